@@ -1,0 +1,199 @@
+"""The `autointerp` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from autointerp.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers.")
+console = Console()
+err = Console(stderr=True)
+
+DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (created if missing).")]
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a UserError into one red sentence on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_units(spec: str | None) -> list[int] | None:
+    """`0:512`, `3,17,42` or `0:8,100` -> indices; None -> all."""
+    if not spec:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                out.extend(range(int(a), int(b)))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--units {spec!r} is not a list like 0:512 or 3,17,42; fix the value.") from None
+    if not out:
+        raise UserError(f"--units {spec!r} selects no unit; give a non-empty range such as 0:512.")
+    return sorted(set(out))
+
+
+def tokens_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} tokens"),
+        TextColumn("{task.fields[rate]:,.0f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@app.command()
+@user_errors
+def setup(
+    only: Annotated[list[str] | None, typer.Option(help="Only these assets (default: all).")] = None,
+) -> None:
+    """Fetch, assemble, verify (sha256) and cache the embedded models and corpus. Idempotent."""
+    from autointerp import assets
+
+    unknown = [n for n in only or [] if n not in assets.ASSETS]
+    if unknown:
+        raise UserError(f"Unknown asset {unknown[0]!r}; choose from {', '.join(assets.ASSETS)}.")
+    with err.status("setting up embedded assets"):
+        paths = assets.setup(only, log=lambda m: err.print(f"  [green]ok[/green] {m}"))
+    console.print(f"{len(paths)} assets ready under {assets.home()}")
+
+
+@app.command()
+@user_errors
+def record(
+    db: DbOpt,
+    hook: Annotated[list[str], typer.Option("--hook", help="Hook to record (repeatable).")],
+    units: Annotated[str | None, typer.Option(help="Unit indices, e.g. 0:512 or 3,17,42 (default all).")] = None,
+    model: Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")] = "gemma-3-270m",
+    model_path: Annotated[str | None, typer.Option(help="Local Hugging Face folder with the weights.")] = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="default, wiki, code, a file/dir, hf:NAME.")] = None,
+    tokens: Annotated[int, typer.Option(help="Tokens to stream.")] = 200_000,
+    ctx: Annotated[int, typer.Option(help="Window length in tokens (BOS included).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
+    top_k: Annotated[int, typer.Option(help="Max-activating windows kept per unit.")] = 20,
+    seed: int = 0,
+) -> None:
+    """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
+    from autointerp.record import record_units
+
+    if ctx < 2 or tokens < ctx or batch_size < 1:
+        raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
+    with tokens_progress() as bar:
+        task = bar.add_task("recording", total=None, rate=0.0)
+
+        def on_progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 1e-9
+            bar.update(task, completed=done, total=total, rate=done / elapsed)
+
+        result = record_units(
+            db=db,
+            model=model,
+            model_path=model_path,
+            hooks=hook,
+            units=parse_units(units),
+            corpus=corpus or ["default"],
+            max_tokens=tokens,
+            ctx=ctx,
+            batch_size=batch_size,
+            top_k=top_k,
+            seed=seed,
+            progress=on_progress,
+        )
+    if result.already_complete:
+        console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
+        return
+    resumed = f" (resumed at {result.resumed_from:,} tokens)" if result.resumed_from else ""
+    console.print(
+        f"recorded {result.n_units:,} units over {result.n_tokens:,} tokens in {result.seconds:.1f} s"
+        f"{resumed} -> {db} (run {result.run_id})"
+    )
+
+
+def highlight(tokens: list[str], acts: list[float], top: float) -> Text:
+    """Tokens with background intensity by activation (relative to the unit's max)."""
+    text = Text()
+    for tok, a in zip(tokens, acts, strict=True):
+        shown = tok.replace("\n", "⏎")
+        frac = max(0.0, min(1.0, a / top)) if top > 0 else 0.0
+        if frac > 0.05:
+            g = int(80 + 175 * frac)
+            text.append(shown, style=f"bold black on rgb({g},{g},0)" if frac > 0.5 else f"on rgb(0,{g // 2},0)")
+        else:
+            text.append(shown, style="dim")
+    return text
+
+
+@app.command()
+@user_errors
+def show(
+    unit_id: Annotated[str, typer.Argument(help="e.g. gemma-3-270m/blocks.6.mlp.hook_post/1234")],
+    db: DbOpt,
+    kind: Annotated[str, typer.Option(help="Example kind: top, quantile, random, negative, ...")] = "top",
+    n: Annotated[int, typer.Option(help="How many examples.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Show a unit's statistics and examples, the activating tokens highlighted."""
+    from autointerp.store import Store
+    from autointerp.types import UnitRef
+
+    ref = UnitRef.parse(unit_id)
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    store = Store(db)
+    unit = store.get_unit(ref.id)
+    if unit is None:
+        raise UserError(f"{ref.id} is not recorded in {db}; record its hook first (`autointerp record`).")
+    examples = store.examples(ref.id, kind)[:n]
+    if as_json:
+        print(json.dumps({"unit": unit.model_dump(), "examples": [e.model_dump() for e in examples]}))
+        return
+    s = unit.stats
+    console.print(
+        f"[bold]{ref.id}[/bold]  max {s.max:.3g}  mean {s.mean:.3g}  std {s.std:.3g}  "
+        f"fires on {100 * s.frac_firing:.2f}% of {s.n_tokens:,} tokens"
+    )
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("context")
+    for e in examples:
+        label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
+        table.add_row(label, f"{e.max_act:.3g}", highlight(e.context.tokens, e.acts, s.max))
+    console.print(table)
+    if not examples:
+        console.print(f"(no {kind} examples)")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

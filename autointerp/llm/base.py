@@ -1,0 +1,129 @@
+"""The one LLM protocol every explainer, simulator, scorer and the agent talk to.
+
+Backends (local, openai, anthropic) implement `LLM`. Every call is cached in the store by the hash of
+its canonical request and logged with token counts and latency. A failed call raises `LLMError`; it is
+never turned into an empty answer, a default or a score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+
+class LLMError(Exception):
+    """An LLM call failed (after retries, where retrying makes sense). The message names the fix."""
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Tool(BaseModel):
+    """A function the model may call: name, description, JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict
+
+
+class ChatRequest(BaseModel):
+    messages: list[Message]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    stop: list[str] | None = None
+    json_schema: dict | None = None  # ask for a JSON answer matching this schema, where supported
+    tools: list[Tool] | None = None
+    top_logprobs: int = 0  # > 0: return that many alternatives per generated token, where supported
+    seed: int | None = None
+
+    def cache_key(self, backend: str, model: str) -> str:
+        blob = json.dumps({"backend": backend, "model": model, "req": self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)  # alternative token -> logprob
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float | None = None
+    cached: bool = False
+
+
+class ChatResponse(BaseModel):
+    text: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    model: str
+    backend: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+class TokenProbsRequest(BaseModel):
+    """Distribution over `candidates` as the next token after each prefix `prompt[:p]`, p in `positions`.
+
+    Positions are character offsets into `prompt` that fall on token boundaries of the backend's
+    tokenizer (the caller ends each prefix with a separator such as a tab). What an exact simulator
+    needs: one pass over the prompt gives every position's distribution.
+    """
+
+    prompt: str
+    positions: list[int]
+    candidates: list[str]  # e.g. ["0", ..., "9"]; each must be a single token for the backend
+
+    def cache_key(self, backend: str, model: str) -> str:
+        blob = json.dumps({"backend": backend, "model": model, "tp": self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class TokenProbsResponse(BaseModel):
+    probs: list[dict[str, float]]  # one per position: candidate -> probability, renormalised over candidates
+    mass: list[float]  # probability the model put on the candidates at all, before renormalising
+    model: str
+    backend: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+class Capabilities(BaseModel):
+    token_probs: bool  # exact distributions at prompt positions (local; servers with prompt logprobs)
+    top_logprobs: bool  # alternatives for generated tokens
+    tools: bool
+    json_schema: bool
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """What every backend offers. `spec` is the string that built it, e.g. `local:smollm2-135m`."""
+
+    spec: str
+    backend: str
+    model: str
+    capabilities: Capabilities
+
+    async def chat(self, request: ChatRequest) -> ChatResponse: ...
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        """Raises LLMError when capabilities.token_probs is False."""
+        ...
+
+
+Message.model_rebuild()

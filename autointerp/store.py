@@ -1,0 +1,300 @@
+"""The SQLite store: schema, migrations and every read and write. No other module writes SQL.
+
+One file per project or run. Rows that belong together (a unit, its statistics and its examples)
+are written in one transaction, so a killed process never leaves a unit that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from autointerp.errors import UserError
+from autointerp.types import (
+    Context,
+    Example,
+    LLMCallRecord,
+    RunRecord,
+    Unit,
+    UnitRef,
+    UnitStats,
+    now,
+)
+
+SCHEMA_VERSION = 1
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    db["records"].create(
+        {
+            "id": str,
+            "kind": str,
+            "settings": str,
+            "code_version": str,
+            "started_at": str,
+            "finished_at": str,
+            "status": str,
+            "summary": str,
+        },
+        pk="id",
+    )
+    db["contexts"].create({"id": str, "token_ids": str, "tokens": str}, pk="id")
+    db["units"].create(
+        {
+            "id": str,
+            "model": str,
+            "hook": str,
+            "sae": str,
+            "idx": int,
+            "run_id": str,
+            "n_tokens": int,
+            "max": float,
+            "mean": float,
+            "std": float,
+            "frac_firing": float,
+            "fire_threshold": float,
+            "hist": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "records", "id")],
+    )
+    db["examples"].create(
+        {
+            "unit_id": str,
+            "kind": str,
+            "rank": int,
+            "context_id": str,
+            "acts": bytes,
+            "max_act": float,
+            "max_pos": int,
+            "quantile": int,
+            "provenance": str,
+        },
+        pk=("unit_id", "kind", "rank"),
+        foreign_keys=[("unit_id", "units", "id"), ("context_id", "contexts", "id")],
+    )
+    db["examples"].create_index(["context_id"])
+    db["llm_calls"].create(
+        {
+            "hash": str,
+            "backend": str,
+            "model": str,
+            "request": str,
+            "response": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "latency_s": float,
+            "cost_usd": float,
+            "created_at": str,
+        },
+        pk="hash",
+    )
+
+
+# MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _create_v1}
+
+
+class Store:
+    """A project's SQLite file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite_utils.Database(self.path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite_utils.db.sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path} is not an autointerp store ({e}); pass another --db path.") from e
+
+    # -- schema ---------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0 if not self.db.table_names() else -1
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else -1
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version == -1:
+            raise UserError(f"{self.path} is an SQLite file but not an autointerp store; pass another --db.")
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} has store schema v{version}, newer than this autointerp (v{SCHEMA_VERSION}); "
+                "upgrade autointerp to read it."
+            )
+        while version < SCHEMA_VERSION:
+            with self.db.conn:
+                MIGRATIONS[version](self.db)
+                version += 1
+                self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
+
+    # -- runs -----------------------------------------------------------------------------------
+    def start_run(self, run: RunRecord) -> None:
+        with self.db.conn:
+            self.db["records"].upsert(_run_row(run), pk="id")
+
+    def finish_run(self, run_id: str, status: str, summary: dict) -> None:
+        with self.db.conn:
+            self.db["records"].update(
+                run_id, {"status": status, "finished_at": now(), "summary": json.dumps(summary)}
+            )
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = list(self.db["records"].rows_where("id = ?", [run_id]))
+        return _run_from_row(rows[0]) if rows else None
+
+    def runs(self, kind: str | None = None) -> list[RunRecord]:
+        where, args = ("kind = ?", [kind]) if kind else (None, None)
+        return [_run_from_row(r) for r in self.db["records"].rows_where(where, args, order_by="started_at")]
+
+    # -- units and examples ---------------------------------------------------------------------
+    def write_units(self, units: Iterable[Unit], examples: Iterable[Example]) -> None:
+        """Replace these units and their examples in one transaction (all or nothing)."""
+        units = list(units)
+        examples = list(examples)
+        contexts = {e.context.id: e.context for e in examples}
+        with self.db.conn:
+            for chunk in _chunks([u.id for u in units], 500):
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM examples WHERE unit_id IN ({marks})", chunk)
+            self.db["contexts"].insert_all(
+                (
+                    {"id": c.id, "token_ids": json.dumps(c.token_ids), "tokens": json.dumps(c.tokens)}
+                    for c in contexts.values()
+                ),
+                pk="id",
+                ignore=True,
+                batch_size=500,
+            )
+            self.db["units"].upsert_all((_unit_row(u) for u in units), pk="id", batch_size=500)
+            self.db["examples"].insert_all((_example_row(e) for e in examples), batch_size=1000)
+
+    def get_unit(self, unit_id: str) -> Unit | None:
+        rows = list(self.db["units"].rows_where("id = ?", [unit_id]))
+        return _unit_from_row(rows[0]) if rows else None
+
+    def units(self, hook: str | None = None, model: str | None = None) -> list[Unit]:
+        clauses, args = [], []
+        for col, val in (("hook", hook), ("model", model)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        where = " AND ".join(clauses) or None
+        rows = self.db["units"].rows_where(where, args or None, order_by="model, hook, sae, idx")
+        return [_unit_from_row(r) for r in rows]
+
+    def count_units(self) -> int:
+        return self.db["units"].count
+
+    def examples(self, unit_id: str, kind: str | None = None) -> list[Example]:
+        sql = (
+            "SELECT e.*, c.token_ids, c.tokens FROM examples e JOIN contexts c ON c.id = e.context_id "
+            "WHERE e.unit_id = ?" + (" AND e.kind = ?" if kind else "") + " ORDER BY e.kind, e.rank"
+        )
+        cur = self.db.execute(sql, [unit_id, kind] if kind else [unit_id])
+        cols = [d[0] for d in cur.description]
+        return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
+
+    # -- LLM call cache -------------------------------------------------------------------------
+    def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
+        rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
+        if not rows:
+            return None
+        row = rows[0]
+        return LLMCallRecord(**{**row, "request": json.loads(row["request"]), "response": json.loads(row["response"])})
+
+    def put_llm_call(self, call: LLMCallRecord) -> None:
+        row = call.model_dump()
+        row["request"] = json.dumps(row["request"], sort_keys=True)
+        row["response"] = json.dumps(row["response"], sort_keys=True)
+        with self.db.conn:
+            self.db["llm_calls"].upsert(row, pk="hash")
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _run_row(run: RunRecord) -> dict:
+    row = run.model_dump()
+    row["settings"] = json.dumps(row["settings"], sort_keys=True)
+    row["summary"] = json.dumps(row["summary"], sort_keys=True)
+    return row
+
+
+def _run_from_row(row: dict) -> RunRecord:
+    return RunRecord(
+        **{**row, "settings": json.loads(row["settings"]), "summary": json.loads(row["summary"] or "{}")}
+    )
+
+
+def _unit_row(u: Unit) -> dict:
+    s = u.stats
+    return {
+        "id": u.id,
+        "model": u.ref.model,
+        "hook": u.ref.hook,
+        "sae": u.ref.sae,
+        "idx": u.ref.index,
+        "run_id": u.run_id,
+        "n_tokens": s.n_tokens,
+        "max": s.max,
+        "mean": s.mean,
+        "std": s.std,
+        "frac_firing": s.frac_firing,
+        "fire_threshold": s.fire_threshold,
+        "hist": json.dumps({"edges": s.hist_edges, "counts": s.hist_counts}),
+    }
+
+
+def _unit_from_row(row: dict) -> Unit:
+    hist = json.loads(row["hist"])
+    stats = UnitStats(
+        n_tokens=row["n_tokens"],
+        max=row["max"],
+        mean=row["mean"],
+        std=row["std"],
+        frac_firing=row["frac_firing"],
+        fire_threshold=row["fire_threshold"],
+        hist_edges=hist["edges"],
+        hist_counts=hist["counts"],
+    )
+    ref = UnitRef(model=row["model"], hook=row["hook"], index=row["idx"], sae=row["sae"])
+    return Unit(ref=ref, run_id=row["run_id"], stats=stats)
+
+
+def _example_row(e: Example) -> dict:
+    return {
+        "unit_id": e.unit_id,
+        "kind": e.kind,
+        "rank": e.rank,
+        "context_id": e.context.id,
+        "acts": np.asarray(e.acts, dtype=np.float32).tobytes(),
+        "max_act": e.max_act,
+        "max_pos": e.max_pos,
+        "quantile": e.quantile,
+        "provenance": json.dumps(e.provenance, sort_keys=True),
+    }
+
+
+def _example_from_row(row: dict) -> Example:
+    context = Context(id=row["context_id"], token_ids=json.loads(row["token_ids"]), tokens=json.loads(row["tokens"]))
+    return Example(
+        unit_id=row["unit_id"],
+        kind=row["kind"],
+        rank=row["rank"],
+        context=context,
+        acts=np.frombuffer(row["acts"], dtype=np.float32).tolist(),
+        quantile=row["quantile"],
+        provenance=json.loads(row["provenance"] or "{}"),
+    )

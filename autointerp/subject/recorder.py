@@ -1,0 +1,382 @@
+"""The recorder: stream corpus windows through the subject model once, keep per unit what explainers
+and scorers need (top-k windows, quantile samples, random and non-firing windows, statistics).
+
+Memory does not grow with the corpus: every kept set is a fixed-size buffer updated by a keyed top-k
+(the top windows by max activation; uniform reservoirs by random keys). State is checkpointed, so a
+killed run resumes where it stopped; the store is written once, in one transaction, at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autointerp import corpus
+from autointerp.errors import UserError
+from autointerp.store import Store
+from autointerp.subject.model import SubjectModel
+from autointerp.types import Context, Example, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
+from autointerp.version import code_version
+
+# Fixed symmetric log-spaced histogram edges (1e-4 .. 1e3 each side of 0), good for any unit's scale.
+_POS = [10 ** (k / 4) for k in range(-16, 13)]
+HIST_EDGES = torch.tensor([-e for e in reversed(_POS)] + [0.0] + _POS, dtype=torch.float32)
+CHECKPOINT_EVERY_S = 30.0
+
+
+class KeyedTopK:
+    """Per unit, the k windows with the largest key, with their activations and token ids.
+
+    keys: (k, U); acts: (k, U, T); toks: (k, U, T). An empty slot has key -inf.
+    """
+
+    def __init__(self, k: int, n_units: int, ctx: int):
+        self.keys = torch.full((k, n_units), -math.inf)
+        self.acts = torch.zeros((k, n_units, ctx))
+        self.toks = torch.zeros((k, n_units, ctx), dtype=torch.int32)
+
+    @property
+    def k(self) -> int:
+        return self.keys.shape[0]
+
+    def update(self, keys: torch.Tensor, acts: torch.Tensor, toks: torch.Tensor) -> None:
+        """keys (B, U), acts (B, T, U), toks (B, T): merge this batch into the buffers."""
+        if self.k == 0:
+            return
+        # Only units where some window beats the current k-th key need work.
+        cols = (keys > self.keys.min(dim=0).values).any(dim=0).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return
+        k, n_b, n_t = self.k, keys.shape[0], acts.shape[1]
+        merged = torch.cat([self.keys[:, cols], keys[:, cols]])  # (k + B, C)
+        top_keys, idx = merged.topk(k, dim=0)  # (k, C), sorted descending
+        from_old = (idx < k).unsqueeze(-1)  # (k, C, 1)
+        old_idx = idx.clamp(max=k - 1).unsqueeze(-1).expand(k, cols.numel(), n_t)
+        new_idx = (idx - k).clamp(min=0, max=n_b - 1)
+        old_acts = self.acts[:, cols].gather(0, old_idx)
+        new_acts = acts[:, :, cols].permute(0, 2, 1).gather(0, new_idx.unsqueeze(-1).expand_as(old_idx))
+        old_toks = self.toks[:, cols].gather(0, old_idx)
+        new_toks = toks[new_idx]  # (k, C, T)
+        self.keys[:, cols] = top_keys
+        self.acts[:, cols] = torch.where(from_old, old_acts, new_acts)
+        self.toks[:, cols] = torch.where(from_old, old_toks, new_toks)
+
+    def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
+        keys = self.keys[:, unit]
+        order = keys.argsort(descending=True)
+        return [
+            (float(keys[i]), self.acts[i, unit].numpy(), self.toks[i, unit].numpy())
+            for i in order.tolist()
+            if keys[i] > -math.inf
+        ]
+
+    def state(self) -> dict:
+        return {"keys": self.keys, "acts": self.acts, "toks": self.toks}
+
+    def load(self, state: dict) -> None:
+        self.keys, self.acts, self.toks = state["keys"], state["acts"], state["toks"]
+
+
+class UnitStatsAcc:
+    """Streaming count, sum, sum of squares, max, firing count and histogram per unit."""
+
+    def __init__(self, n_units: int, threshold: float):
+        self.threshold = threshold
+        self.n = 0
+        self.sum = torch.zeros(n_units, dtype=torch.float64)
+        self.sumsq = torch.zeros(n_units, dtype=torch.float64)
+        self.max = torch.full((n_units,), -math.inf)
+        self.fire = torch.zeros(n_units, dtype=torch.int64)
+        self.hist = torch.zeros((n_units, len(HIST_EDGES) + 1), dtype=torch.int64)
+
+    def update(self, acts: torch.Tensor) -> None:
+        """acts: (N, U) activations of N tokens."""
+        n_units = acts.shape[1]
+        self.n += acts.shape[0]
+        self.sum += acts.sum(0, dtype=torch.float64)
+        self.sumsq += acts.double().square().sum(0)
+        self.max = torch.maximum(self.max, acts.max(0).values)
+        self.fire += (acts > self.threshold).sum(0)
+        bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * self.hist.shape[1]
+        self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
+
+    def stats(self, unit: int) -> UnitStats:
+        mean = float(self.sum[unit]) / self.n
+        var = max(float(self.sumsq[unit]) / self.n - mean * mean, 0.0)
+        return UnitStats(
+            n_tokens=self.n,
+            max=float(self.max[unit]),
+            mean=mean,
+            std=math.sqrt(var),
+            frac_firing=int(self.fire[unit]) / self.n,
+            fire_threshold=self.threshold,
+            hist_edges=[-math.inf, *HIST_EDGES.tolist(), math.inf],
+            hist_counts=self.hist[unit].tolist(),
+        )
+
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in ("n", "sum", "sumsq", "max", "fire", "hist")}
+
+    def load(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+@dataclass
+class UnitSource:
+    """A set of units read off one hook: neurons (a slice of the hook) or SAE latents (an encoder)."""
+
+    hook: str
+    indices: list[int]
+    sae: str | None = None
+    # Maps the hook's activations (N, d_in) to the selected units' activations (N, U); None: slice.
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.hook}/sae:{self.sae}" if self.sae else self.hook
+
+    def unit_acts(self, hook_acts: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) hook activations -> (B, T, U) float32 unit activations."""
+        if self.encode is None:
+            return hook_acts[..., self.indices].float()
+        b, t, d = hook_acts.shape
+        return self.encode(hook_acts.reshape(b * t, d)).float().reshape(b, t, -1)
+
+
+@dataclass
+class SourceState:
+    top: KeyedTopK
+    quantile: KeyedTopK
+    random: KeyedTopK
+    negative: KeyedTopK
+    stats: UnitStatsAcc
+
+    @classmethod
+    def new(cls, s: RecordSettings, n_units: int) -> SourceState:
+        return cls(
+            top=KeyedTopK(s.top_k, n_units, s.ctx),
+            quantile=KeyedTopK(s.quantile_pool, n_units, s.ctx),
+            random=KeyedTopK(s.n_random, n_units, s.ctx),
+            negative=KeyedTopK(s.n_negative, n_units, s.ctx),
+            stats=UnitStatsAcc(n_units, s.fire_threshold),
+        )
+
+    def buffers(self) -> dict[str, KeyedTopK]:
+        return {"top": self.top, "quantile": self.quantile, "random": self.random, "negative": self.negative}
+
+    def update(self, acts: torch.Tensor, toks: torch.Tensor, gen: torch.Generator) -> None:
+        """acts (B, T, U) float32, toks (B, T) int32."""
+        b, _, n_units = acts.shape
+        win_max = acts.max(dim=1).values  # (B, U)
+        fires = win_max > self.stats.threshold
+        rand = torch.rand((b, n_units), generator=gen)
+        shared = torch.rand((b, 1), generator=gen).expand(b, n_units)  # one key per window: same for all units
+        self.top.update(win_max, acts, toks)
+        self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks)
+        self.random.update(shared, acts, toks)
+        self.negative.update(torch.where(fires, -math.inf, rand), acts, toks)
+        self.stats.update(acts.reshape(-1, n_units))
+
+
+@dataclass
+class RecordResult:
+    run_id: str
+    n_units: int
+    n_tokens: int
+    seconds: float
+    tokens_per_s: float
+    resumed_from: int = 0
+    already_complete: bool = False
+    per_source: dict[str, int] = field(default_factory=dict)
+
+
+def run_id_for(settings: RecordSettings) -> str:
+    blob = json.dumps(settings.model_dump(), sort_keys=True).encode()
+    return "rec-" + hashlib.sha1(blob).hexdigest()[:12]
+
+
+def checkpoint_path(db_path: Path, run_id: str) -> Path:
+    return db_path.with_name(db_path.name + ".ckpt") / f"{run_id}.pt"
+
+
+def batches(windows: Iterator[list[int]], size: int, max_windows: int) -> Iterator[torch.Tensor]:
+    it = itertools.islice(windows, max_windows)
+    while chunk := list(itertools.islice(it, size)):
+        yield torch.tensor(chunk, dtype=torch.long)
+
+
+class Recorder:
+    """Runs one recording: settings + subject model + unit sources -> units and examples in a store."""
+
+    def __init__(self, subject: SubjectModel, settings: RecordSettings, sources: list[UnitSource]):
+        self.subject = subject
+        self.settings = settings
+        self.sources = sources
+        self.hooks = sorted({s.hook for s in sources})
+        self.stop_at = subject.stop_layer(self.hooks)
+
+    def forward(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass, stopped after the last needed layer; returns the hooks' activations."""
+        acts: dict[str, torch.Tensor] = {}
+
+        def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
+            acts[hook.name] = act.detach()
+
+        model = self.subject.model
+        with torch.no_grad():
+            model.run_with_hooks(
+                toks.to(model.cfg.device),
+                fwd_hooks=[(h, grab) for h in self.hooks],
+                stop_at_layer=self.stop_at,
+                return_type=None,
+            )
+        return {h: a.cpu() for h, a in acts.items()}
+
+    def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
+        s = self.settings
+        run_id = run_id_for(s)
+        existing = store.get_run(run_id)
+        if existing and existing.status == "complete":
+            return RecordResult(run_id, 0, 0, 0.0, 0.0, already_complete=True)
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(s.seed)
+        states = {src.key: SourceState.new(s, len(src.indices)) for src in self.sources}
+        ckpt = checkpoint_path(store.path, run_id)
+        done_windows = 0
+        if ckpt.exists():
+            saved = torch.load(ckpt, weights_only=False)
+            done_windows = saved["windows_done"]
+            gen.set_state(saved["gen"])
+            for key, st in states.items():
+                for name, buf in st.buffers().items():
+                    buf.load(saved["states"][key][name])
+                st.stats.load(saved["states"][key]["stats"])
+        resumed_from = done_windows
+        store.start_run(
+            RunRecord(
+                id=run_id,
+                kind="record",
+                settings=s.model_dump(),
+                code_version=code_version(),
+                started_at=existing.started_at if existing else now(),
+            )
+        )
+        max_windows = max(s.max_tokens // s.ctx, 1)
+        windows = corpus.windows(s.corpus, self.subject.tokenizer, s.ctx, self.subject.bos_id)
+        windows = itertools.islice(windows, done_windows, None)
+        last_ckpt = time.perf_counter()
+        for toks in batches(windows, s.batch_size, max_windows - done_windows):
+            hook_acts = self.forward(toks)
+            toks32 = toks.to(torch.int32)
+            for src in self.sources:
+                states[src.key].update(src.unit_acts(hook_acts[src.hook]), toks32, gen)
+            done_windows += toks.shape[0]
+            if progress:
+                progress(done_windows * s.ctx, max_windows * s.ctx)
+            if time.perf_counter() - last_ckpt > CHECKPOINT_EVERY_S:
+                self._checkpoint(ckpt, done_windows, gen, states)
+                last_ckpt = time.perf_counter()
+        if done_windows == 0:
+            store.finish_run(run_id, "failed", {"error": "corpus shorter than one window"})
+            raise UserError(
+                f"The corpus is shorter than one window of {s.ctx} tokens; add text or lower --ctx."
+            )
+        self._checkpoint(ckpt, done_windows, gen, states)  # the write below may still be killed
+        units, examples = self._collect(run_id, states)
+        store.write_units(units, examples)
+        seconds = time.perf_counter() - t0
+        n_tokens = (done_windows - resumed_from) * s.ctx
+        summary = {"windows": done_windows, "tokens": done_windows * s.ctx, "units": len(units)}
+        store.finish_run(run_id, "complete", summary)
+        ckpt.unlink(missing_ok=True)
+        return RecordResult(
+            run_id=run_id,
+            n_units=len(units),
+            n_tokens=done_windows * s.ctx,
+            seconds=seconds,
+            tokens_per_s=n_tokens / seconds if seconds else 0.0,
+            resumed_from=resumed_from * s.ctx,
+            per_source={src.key: len(src.indices) for src in self.sources},
+        )
+
+    @staticmethod
+    def _checkpoint(path: Path, done: int, gen: torch.Generator, states: dict[str, SourceState]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "windows_done": done,
+            "gen": gen.get_state(),
+            "states": {
+                key: {**{n: b.state() for n, b in st.buffers().items()}, "stats": st.stats.state()}
+                for key, st in states.items()
+            },
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+    def _context(self, toks: np.ndarray, cache: dict[bytes, Context]) -> Context:
+        raw = toks.astype(np.int32).tobytes()
+        ctx = cache.get(raw)
+        if ctx is None:
+            ids = toks.tolist()
+            cid = hashlib.sha1(raw).hexdigest()[:16]
+            ctx = cache[raw] = Context(id=cid, token_ids=ids, tokens=self.subject.token_strs(ids))
+        return ctx
+
+    def _collect(self, run_id: str, states: dict[str, SourceState]) -> tuple[list[Unit], list[Example]]:
+        s = self.settings
+        units: list[Unit] = []
+        examples: list[Example] = []
+        contexts: dict[bytes, Context] = {}
+        for src in self.sources:
+            st = states[src.key]
+            for col, index in enumerate(src.indices):
+                ref = UnitRef(model=self.subject.short, hook=src.hook, index=index, sae=src.sae)
+                units.append(Unit(ref=ref, run_id=run_id, stats=st.stats.stats(col)))
+
+                def add(kind: str, entries: list, quantiles: list[int] | None = None) -> None:
+                    for rank, (_, acts, toks) in enumerate(entries):
+                        examples.append(
+                            Example(
+                                unit_id=ref.id,  # noqa: B023 - used immediately, in this iteration
+                                kind=kind,
+                                rank=rank,
+                                context=self._context(toks, contexts),
+                                acts=acts.tolist(),
+                                quantile=quantiles[rank] if quantiles else None,
+                                provenance={"run_id": run_id},
+                            )
+                        )
+
+                add("top", st.top.entries(col))
+                pool = sorted(st.quantile.entries(col), key=lambda e: float(e[1].max()))
+                groups = np.array_split(np.arange(len(pool)), min(s.n_quantiles, max(len(pool), 1)))
+                q_of = [q for q, g in enumerate(groups) for _ in g]
+                add("quantile", pool, q_of)
+                add("random", st.random.entries(col))
+                add("negative", st.negative.entries(col))
+        return units, examples
+
+
+def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | None) -> list[UnitSource]:
+    """One source per hook, slicing out the requested neuron indices (all when None)."""
+    out = []
+    for hook in hooks:
+        width = subject.check_hook(hook)
+        indices = list(range(width)) if units is None else units
+        bad = [i for i in indices if not 0 <= i < width]
+        if bad:
+            raise UserError(f"Unit index {bad[0]} is out of range for {hook}, which has {width} units (0..{width - 1}).")
+        out.append(UnitSource(hook=hook, indices=indices))
+    return out

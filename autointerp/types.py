@@ -1,0 +1,147 @@
+"""Pydantic models shared by every module: what crosses a module border is one of these."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autointerp.errors import UserError
+
+ExampleKind = Literal["top", "quantile", "random", "negative", "counterfactual", "minimal", "hard_negative"]
+
+_UNIT_RE = re.compile(r"^(?P<model>[^/]+)/(?P<hook>[^/]+)/(?:sae:(?P<sae>[^/]+)/)?(?P<index>\d+)$")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class UnitRef(BaseModel):
+    """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    hook: str
+    index: int = Field(ge=0)
+    sae: str | None = None
+
+    @property
+    def id(self) -> str:
+        sae = f"sae:{self.sae}/" if self.sae else ""
+        return f"{self.model}/{self.hook}/{sae}{self.index}"
+
+    @classmethod
+    def parse(cls, unit_id: str) -> UnitRef:
+        m = _UNIT_RE.match(unit_id.strip())
+        if not m:
+            raise UserError(
+                f"{unit_id!r} is not a unit id; write MODEL/HOOK/INDEX, "
+                "e.g. gemma-3-270m/blocks.6.mlp.hook_post/1234."
+            )
+        return cls(model=m["model"], hook=m["hook"], index=int(m["index"]), sae=m["sae"])
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Context(BaseModel):
+    """One window of tokens from the corpus, shared by every unit that kept it."""
+
+    id: str  # sha1 of the token ids: the same window is stored once
+    token_ids: list[int]
+    tokens: list[str]
+
+
+class Example(BaseModel):
+    """A unit's activations over one context window."""
+
+    unit_id: str
+    kind: ExampleKind
+    rank: int  # order within (unit, kind): 0 is the strongest for `top`
+    context: Context
+    acts: list[float]
+    quantile: int | None = None  # which activation quantile a `quantile` example was drawn from
+    provenance: dict[str, str | float | int | None] = Field(default_factory=dict)
+
+    @property
+    def max_act(self) -> float:
+        return max(self.acts)
+
+    @property
+    def max_pos(self) -> int:
+        return max(range(len(self.acts)), key=self.acts.__getitem__)
+
+
+class UnitStats(BaseModel):
+    """Streaming statistics of one unit's activation over every recorded token."""
+
+    n_tokens: int
+    max: float
+    mean: float
+    std: float
+    frac_firing: float  # share of tokens with activation > fire_threshold
+    fire_threshold: float
+    hist_edges: list[float]  # len(hist_counts) + 1 edges; the outer ones are -inf / +inf
+    hist_counts: list[int]
+
+
+class Unit(BaseModel):
+    ref: UnitRef
+    run_id: str
+    stats: UnitStats
+
+    @property
+    def id(self) -> str:
+        return self.ref.id
+
+
+class RecordSettings(BaseModel):
+    """Everything that decides what `record` writes; its hash names the run (and its checkpoint)."""
+
+    model: str
+    hooks: list[str]
+    units: list[int] | None = None  # None: every index of each hook
+    sae: dict[str, str] = Field(default_factory=dict)  # hook -> SAE directory (SAE latents)
+    corpus: list[str] = Field(default_factory=lambda: ["default"])
+    max_tokens: int = 200_000
+    ctx: int = 64
+    batch_size: int = 32
+    top_k: int = 20
+    quantile_pool: int = 50  # uniform reservoir of firing windows, split into quantiles at the end
+    n_quantiles: int = 5
+    n_random: int = 20  # uniform random windows (shared by all units): unbiased for scoring
+    n_negative: int = 10  # random windows where the unit never fires
+    fire_threshold: float = 0.0
+    seed: int = 0
+
+
+class RunRecord(BaseModel):
+    """What produced a set of rows: model, corpus, settings, code version, and how it ended."""
+
+    id: str
+    kind: str
+    settings: dict
+    code_version: str
+    started_at: str
+    finished_at: str | None = None
+    status: Literal["running", "complete", "failed"] = "running"
+    summary: dict = Field(default_factory=dict)
+
+
+class LLMCallRecord(BaseModel):
+    """One LLM request and its answer, as cached and logged in the store (never an API key)."""
+
+    hash: str  # sha256 of the canonical request: the cache key
+    backend: str
+    model: str
+    request: dict
+    response: dict
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float | None = None
+    created_at: str = Field(default_factory=now)
