@@ -17,7 +17,9 @@ from rich.text import Text
 
 from autointerp.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -94,10 +96,18 @@ def setup(
 def record(
     db: DbOpt,
     hook: Annotated[list[str], typer.Option("--hook", help="Hook to record (repeatable).")],
-    units: Annotated[str | None, typer.Option(help="Unit indices, e.g. 0:512 or 3,17,42 (default all).")] = None,
-    model: Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")] = "gemma-3-270m",
-    model_path: Annotated[str | None, typer.Option(help="Local Hugging Face folder with the weights.")] = None,
-    corpus: Annotated[list[str] | None, typer.Option(help="default, wiki, code, a file/dir, hf:NAME.")] = None,
+    units: Annotated[
+        str | None, typer.Option(help="Unit indices, e.g. 0:512 or 3,17,42 (default all).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Embedded name or a TransformerLens model name.")
+    ] = "gemma-3-270m",
+    model_path: Annotated[
+        str | None, typer.Option(help="Local Hugging Face folder with the weights.")
+    ] = None,
+    corpus: Annotated[
+        list[str] | None, typer.Option(help="default, wiki, code, a file/dir, hf:NAME.")
+    ] = None,
     tokens: Annotated[int, typer.Option(help="Tokens to stream.")] = 200_000,
     ctx: Annotated[int, typer.Option(help="Window length in tokens (BOS included).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
@@ -148,7 +158,9 @@ def highlight(tokens: list[str], acts: list[float], top: float) -> Text:
         frac = max(0.0, min(1.0, a / top)) if top > 0 else 0.0
         if frac > 0.05:
             g = int(80 + 175 * frac)
-            text.append(shown, style=f"bold black on rgb({g},{g},0)" if frac > 0.5 else f"on rgb(0,{g // 2},0)")
+            text.append(
+                shown, style=f"bold black on rgb({g},{g},0)" if frac > 0.5 else f"on rgb(0,{g // 2},0)"
+            )
         else:
             text.append(shown, style="dim")
     return text

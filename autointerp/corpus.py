@@ -63,7 +63,7 @@ def _file_texts(path: Path) -> Iterator[str]:
                             text = json.loads(line).get("text")
                         except (json.JSONDecodeError, AttributeError) as e:
                             raise UserError(
-                                f"{path}:{n} is not a JSON object with a \"text\" field; fix that line."
+                                f'{path}:{n} is not a JSON object with a "text" field; fix that line.'
                             ) from e
                         if text:
                             yield text
@@ -74,7 +74,9 @@ def _file_texts(path: Path) -> Iterator[str]:
 
 
 def _hf_texts(spec: str) -> Iterator[str]:
-    name, split, field = (spec.split(":") + ["train", "text"])[1:4] if spec.count(":") else (spec, "train", "text")
+    name, split, field = (
+        (spec.split(":") + ["train", "text"])[1:4] if spec.count(":") else (spec, "train", "text")
+    )
     try:
         import datasets
 

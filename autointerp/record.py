@@ -19,15 +19,26 @@ def record_units(
     model_path: str | None = None,
     subject: SubjectModel | None = None,
     progress: Callable[[int, int], None] | None = None,
+    saes: dict[str, str] | None = None,
     **settings,
 ) -> RecordResult:
     """Record neurons of `hooks` (all, or the `units` indices) into the store at `db`.
+
+    `saes` maps a hook to an SAE directory (or "embedded"): that hook records the SAE's latents
+    (all, or the `units` latent indices) instead of its neurons; its hook need not be in `hooks`.
 
     Extra keyword arguments are RecordSettings fields (corpus, max_tokens, ctx, batch_size, top_k, ...).
     A run with the same settings resumes from its checkpoint, or does nothing when already complete.
     """
     store = Store(db)  # open (and check) the store before the slow model load
     subject = subject or load_subject(model, model_path)
-    s = RecordSettings(model=subject.name, hooks=hooks, units=units, **settings)
-    sources = neuron_sources(subject, hooks, units)
+    sae_sources = []
+    if saes:
+        from autointerp.subject.sae import resolve_sae_path, sae_source
+
+        saes = {h: str(resolve_sae_path(p).resolve()) for h, p in saes.items()}
+        sae_sources = [sae_source(subject, p, hook=h, latents=units)[0] for h, p in saes.items()]
+        hooks = list(dict.fromkeys([*hooks, *saes]))
+    s = RecordSettings(model=subject.name, hooks=hooks, units=units, sae=saes or {}, **settings)
+    sources = neuron_sources(subject, [h for h in hooks if h not in s.sae], units) + sae_sources
     return Recorder(subject, s, sources).run(store, progress=progress)

@@ -132,18 +132,18 @@ class Store:
                 "upgrade autointerp to read it."
             )
         while version < SCHEMA_VERSION:
-            with self.db.conn:
+            with self.db.atomic():
                 MIGRATIONS[version](self.db)
                 version += 1
                 self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
 
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, run: RunRecord) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["records"].upsert(_run_row(run), pk="id")
 
     def finish_run(self, run_id: str, status: str, summary: dict) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db["records"].update(
                 run_id, {"status": status, "finished_at": now(), "summary": json.dumps(summary)}
             )
@@ -162,7 +162,7 @@ class Store:
         units = list(units)
         examples = list(examples)
         contexts = {e.context.id: e.context for e in examples}
-        with self.db.conn:
+        with self.db.atomic():
             for chunk in _chunks([u.id for u in units], 500):
                 marks = ",".join("?" * len(chunk))
                 self.db.execute(f"DELETE FROM examples WHERE unit_id IN ({marks})", chunk)
@@ -210,13 +210,15 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        return LLMCallRecord(**{**row, "request": json.loads(row["request"]), "response": json.loads(row["response"])})
+        return LLMCallRecord(
+            **{**row, "request": json.loads(row["request"]), "response": json.loads(row["response"])}
+        )
 
     def put_llm_call(self, call: LLMCallRecord) -> None:
         row = call.model_dump()
         row["request"] = json.dumps(row["request"], sort_keys=True)
         row["response"] = json.dumps(row["response"], sort_keys=True)
-        with self.db.conn:
+        with self.db.atomic():
             self.db["llm_calls"].upsert(row, pk="hash")
 
 
@@ -288,7 +290,9 @@ def _example_row(e: Example) -> dict:
 
 
 def _example_from_row(row: dict) -> Example:
-    context = Context(id=row["context_id"], token_ids=json.loads(row["token_ids"]), tokens=json.loads(row["tokens"]))
+    context = Context(
+        id=row["context_id"], token_ids=json.loads(row["token_ids"]), tokens=json.loads(row["tokens"])
+    )
     return Example(
         unit_id=row["unit_id"],
         kind=row["kind"],

@@ -36,46 +36,50 @@ CHECKPOINT_EVERY_S = 30.0
 class KeyedTopK:
     """Per unit, the k windows with the largest key, with their activations and token ids.
 
-    keys: (k, U); acts: (k, U, T); toks: (k, U, T). An empty slot has key -inf.
+    keys: (U, k); acts: (U, k, T); toks: (U, k, T). An empty slot has key -inf. Slots are not kept in
+    key order: a batch only writes the slots its windows take over, so after the first batches a
+    batch costs little more than a comparison against each unit's current k-th key.
     """
 
     def __init__(self, k: int, n_units: int, ctx: int):
-        self.keys = torch.full((k, n_units), -math.inf)
-        self.acts = torch.zeros((k, n_units, ctx))
-        self.toks = torch.zeros((k, n_units, ctx), dtype=torch.int32)
+        self.keys = torch.full((n_units, k), -math.inf)
+        self.acts = torch.zeros((n_units, k, ctx))
+        self.toks = torch.zeros((n_units, k, ctx), dtype=torch.int32)
 
     @property
     def k(self) -> int:
-        return self.keys.shape[0]
+        return self.keys.shape[1]
 
     def update(self, keys: torch.Tensor, acts: torch.Tensor, toks: torch.Tensor) -> None:
         """keys (B, U), acts (B, T, U), toks (B, T): merge this batch into the buffers."""
         if self.k == 0:
             return
-        # Only units where some window beats the current k-th key need work.
-        cols = (keys > self.keys.min(dim=0).values).any(dim=0).nonzero().squeeze(1)
+        keys = keys.T  # (U, B)
+        cols = (keys > self.keys.min(dim=1, keepdim=True).values).any(dim=1).nonzero().squeeze(1)
         if cols.numel() == 0:
             return
-        k, n_b, n_t = self.k, keys.shape[0], acts.shape[1]
-        merged = torch.cat([self.keys[:, cols], keys[:, cols]])  # (k + B, C)
-        top_keys, idx = merged.topk(k, dim=0)  # (k, C), sorted descending
-        from_old = (idx < k).unsqueeze(-1)  # (k, C, 1)
-        old_idx = idx.clamp(max=k - 1).unsqueeze(-1).expand(k, cols.numel(), n_t)
-        new_idx = (idx - k).clamp(min=0, max=n_b - 1)
-        old_acts = self.acts[:, cols].gather(0, old_idx)
-        new_acts = acts[:, :, cols].permute(0, 2, 1).gather(0, new_idx.unsqueeze(-1).expand_as(old_idx))
-        old_toks = self.toks[:, cols].gather(0, old_idx)
-        new_toks = toks[new_idx]  # (k, C, T)
-        self.keys[:, cols] = top_keys
-        self.acts[:, cols] = torch.where(from_old, old_acts, new_acts)
-        self.toks[:, cols] = torch.where(from_old, old_toks, new_toks)
+        k = self.k
+        merged = torch.cat([self.keys[cols], keys[cols]], dim=1)  # (C, k + B)
+        chosen = torch.zeros_like(merged, dtype=torch.bool)
+        chosen.scatter_(1, merged.topk(k, dim=1).indices, True)
+        # Per unit, the i-th evicted slot takes the i-th incoming window: nonzero() lists both in
+        # (unit, position) order and each unit evicts exactly as many slots as windows come in.
+        evicted = (~chosen[:, :k]).nonzero()
+        incoming = chosen[:, k:].nonzero()
+        if incoming.numel() == 0:
+            return
+        unit = cols[incoming[:, 0]]
+        slot, window = evicted[:, 1], incoming[:, 1]
+        self.keys[unit, slot] = keys[unit, window]
+        self.acts[unit, slot] = acts[window, :, unit]
+        self.toks[unit, slot] = toks[window]
 
     def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
-        keys = self.keys[:, unit]
+        keys = self.keys[unit]
         order = keys.argsort(descending=True)
         return [
-            (float(keys[i]), self.acts[i, unit].numpy(), self.toks[i, unit].numpy())
+            (float(keys[i]), self.acts[unit, i].numpy(), self.toks[unit, i].numpy())
             for i in order.tolist()
             if keys[i] > -math.inf
         ]
@@ -99,13 +103,13 @@ class UnitStatsAcc:
         self.fire = torch.zeros(n_units, dtype=torch.int64)
         self.hist = torch.zeros((n_units, len(HIST_EDGES) + 1), dtype=torch.int64)
 
-    def update(self, acts: torch.Tensor) -> None:
-        """acts: (N, U) activations of N tokens."""
+    def update(self, acts: torch.Tensor, win_max: torch.Tensor) -> None:
+        """acts: (N, U) activations of N tokens; win_max: (B, U) per-window maxima of the same tokens."""
         n_units = acts.shape[1]
         self.n += acts.shape[0]
-        self.sum += acts.sum(0, dtype=torch.float64)
-        self.sumsq += acts.double().square().sum(0)
-        self.max = torch.maximum(self.max, acts.max(0).values)
+        self.sum += acts.sum(0)  # a batch's fp32 sum is exact enough; the running total is fp64
+        self.sumsq += acts.square().sum(0)
+        self.max = torch.maximum(self.max, win_max.max(0).values)
         self.fire += (acts > self.threshold).sum(0)
         bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * self.hist.shape[1]
         self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
@@ -149,6 +153,9 @@ class UnitSource:
     def unit_acts(self, hook_acts: torch.Tensor) -> torch.Tensor:
         """(B, T, d) hook activations -> (B, T, U) float32 unit activations."""
         if self.encode is None:
+            n = len(self.indices)
+            if self.indices == list(range(self.indices[0], self.indices[0] + n)):  # a range: no copy
+                return hook_acts[..., self.indices[0] : self.indices[0] + n].float()
             return hook_acts[..., self.indices].float()
         b, t, d = hook_acts.shape
         return self.encode(hook_acts.reshape(b * t, d)).float().reshape(b, t, -1)
@@ -181,12 +188,12 @@ class SourceState:
         win_max = acts.max(dim=1).values  # (B, U)
         fires = win_max > self.stats.threshold
         rand = torch.rand((b, n_units), generator=gen)
-        shared = torch.rand((b, 1), generator=gen).expand(b, n_units)  # one key per window: same for all units
+        shared = torch.rand((b, 1), generator=gen).expand(b, n_units)  # one key per window, all units
         self.top.update(win_max, acts, toks)
         self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks)
         self.random.update(shared, acts, toks)
         self.negative.update(torch.where(fires, -math.inf, rand), acts, toks)
-        self.stats.update(acts.reshape(-1, n_units))
+        self.stats.update(acts.reshape(-1, n_units), win_max)
 
 
 @dataclass
@@ -335,7 +342,6 @@ class Recorder:
         return ctx
 
     def _collect(self, run_id: str, states: dict[str, SourceState]) -> tuple[list[Unit], list[Example]]:
-        s = self.settings
         units: list[Unit] = []
         examples: list[Example] = []
         contexts: dict[bytes, Context] = {}
@@ -344,28 +350,28 @@ class Recorder:
             for col, index in enumerate(src.indices):
                 ref = UnitRef(model=self.subject.short, hook=src.hook, index=index, sae=src.sae)
                 units.append(Unit(ref=ref, run_id=run_id, stats=st.stats.stats(col)))
-
-                def add(kind: str, entries: list, quantiles: list[int] | None = None) -> None:
-                    for rank, (_, acts, toks) in enumerate(entries):
-                        examples.append(
-                            Example(
-                                unit_id=ref.id,  # noqa: B023 - used immediately, in this iteration
-                                kind=kind,
-                                rank=rank,
-                                context=self._context(toks, contexts),
-                                acts=acts.tolist(),
-                                quantile=quantiles[rank] if quantiles else None,
-                                provenance={"run_id": run_id},
-                            )
-                        )
-
-                add("top", st.top.entries(col))
                 pool = sorted(st.quantile.entries(col), key=lambda e: float(e[1].max()))
-                groups = np.array_split(np.arange(len(pool)), min(s.n_quantiles, max(len(pool), 1)))
-                q_of = [q for q, g in enumerate(groups) for _ in g]
-                add("quantile", pool, q_of)
-                add("random", st.random.entries(col))
-                add("negative", st.negative.entries(col))
+                n_groups = min(self.settings.n_quantiles, max(len(pool), 1))
+                q_of = [q for q, g in enumerate(np.array_split(np.arange(len(pool)), n_groups)) for _ in g]
+                kinds = {
+                    "top": (st.top.entries(col), None),
+                    "quantile": (pool, q_of),
+                    "random": (st.random.entries(col), None),
+                    "negative": (st.negative.entries(col), None),
+                }
+                for kind, (entries, quantiles) in kinds.items():
+                    examples.extend(
+                        Example(
+                            unit_id=ref.id,
+                            kind=kind,
+                            rank=rank,
+                            context=self._context(toks, contexts),
+                            acts=acts.tolist(),
+                            quantile=quantiles[rank] if quantiles else None,
+                            provenance={"run_id": run_id},
+                        )
+                        for rank, (_, acts, toks) in enumerate(entries)
+                    )
         return units, examples
 
 
@@ -377,6 +383,8 @@ def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | N
         indices = list(range(width)) if units is None else units
         bad = [i for i in indices if not 0 <= i < width]
         if bad:
-            raise UserError(f"Unit index {bad[0]} is out of range for {hook}, which has {width} units (0..{width - 1}).")
+            raise UserError(
+                f"Unit index {bad[0]} is out of range for {hook}, which has {width} units (0..{width - 1})."
+            )
         out.append(UnitSource(hook=hook, indices=indices))
     return out

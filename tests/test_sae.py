@@ -1,0 +1,182 @@
+"""SAE loading (SAELens format, three architectures, Gemma Scope npz), clear errors, and the latent encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from autointerp.errors import UserError
+from autointerp.subject.model import SubjectModel
+from autointerp.subject.sae import (
+    EMBEDDED_SAE,
+    embedded_sae_path,
+    load_sae,
+    parse_sae_specs,
+    sae_source,
+)
+
+D_IN, D_SAE, HOOK = 16, 48, "blocks.1.hook_resid_post"
+
+
+def write_sae(path: Path, arch: str, d_in: int = D_IN, d_sae: int = D_SAE, hook: str = HOOK,
+              old_format: bool = False, drop: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """A random SAE directory in SAELens format (6.x config, or the pre-6.0 flat config)."""
+    g = torch.Generator().manual_seed(seed)
+    w = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "W_dec": torch.randn(d_sae, d_in, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g) * 0.5,
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+    if arch == "jumprelu":
+        w["threshold"] = torch.rand(d_sae, generator=g)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(w, str(path / "sae_weights.safetensors"))
+    if old_format:
+        cfg = {"d_in": d_in, "d_sae": d_sae, "hook_point": hook, "model_name": "tiny",
+               "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "activation_fn_str": "relu"}
+    else:
+        cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
+               "apply_b_dec_to_input": arch != "jumprelu", "normalize_activations": "none",
+               "reshape_activations": "none",
+               "metadata": {"hook_name": hook, "model_name": "tiny", "sae_lens_version": "6.54.0"}}
+        if arch == "topk":
+            cfg["k"] = 5
+    for f in drop:
+        cfg.pop(f, None)
+        cfg.get("metadata", {}).pop(f, None)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_subject() -> SubjectModel:
+    """A 2-layer random HookedTransformer (d_model 16): real hooks, no download."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D_IN, n_ctx=32, d_head=4, n_heads=4, d_mlp=32,
+                                  d_vocab=50, act_fn="gelu", default_prepend_bos=True, seed=0)
+    return SubjectModel("tiny", HookedTransformer(cfg), SimpleNamespace(bos_token_id=1))
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_load_each_architecture(tmp_path: Path, arch: str) -> None:
+    sae, info = load_sae(write_sae(tmp_path / f"my {arch}", arch))
+    assert info.architecture == arch and info.hook == HOOK and (info.d_in, info.d_sae) == (D_IN, D_SAE)
+    assert info.name == f"my-{arch}"  # usable inside a unit id
+    assert info.k == (5 if arch == "topk" else None)
+    assert sae.W_enc.dtype == torch.float32
+
+
+def test_load_pre_6_config(tmp_path: Path) -> None:
+    _, info = load_sae(write_sae(tmp_path / "old", "standard", old_format=True))
+    assert (info.architecture, info.hook) == ("standard", HOOK)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_encoder_matches_sae_lens(tmp_path: Path, tiny_subject: SubjectModel, arch: str) -> None:
+    path = write_sae(tmp_path / arch, arch)
+    latents = [0, 3, 7, 20, 47]
+    src, info = sae_source(tiny_subject, path, latents=latents)
+    assert src.sae == arch and src.hook == HOOK and src.indices == latents
+    assert src.key == f"{HOOK}/sae:{arch}"
+    x = torch.randn(2, 9, D_IN) * 2
+    got = src.unit_acts(x.to(torch.bfloat16))
+    sae, _ = load_sae(path)
+    want = sae.encode(x.to(torch.bfloat16).float())[..., latents]
+    assert got.shape == (2, 9, len(latents))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got > 0).any() and (got == 0).any()  # a real sparse code, not all-zero or dense
+
+
+def test_topk_selects_per_token_top_k(tmp_path: Path, tiny_subject: SubjectModel) -> None:
+    src, _ = sae_source(tiny_subject, write_sae(tmp_path / "t", "topk"))
+    acts = src.unit_acts(torch.randn(4, 8, D_IN))
+    assert acts.shape == (4, 8, D_SAE)
+    assert int((acts > 0).sum(-1).max()) <= 5
+
+
+def test_gemma_scope_npz(tmp_path: Path, tiny_subject: SubjectModel) -> None:
+    """A raw Gemma Scope params.npz (JumpReLU, no config): loads once the hook is named."""
+    g = np.random.default_rng(0)
+    d = tmp_path / "layer_1" / "width_16k" / "average_l0_20"
+    d.mkdir(parents=True)
+    params = {"W_enc": g.normal(size=(D_IN, D_SAE)), "W_dec": g.normal(size=(D_SAE, D_IN)),
+              "b_enc": g.normal(size=D_SAE), "b_dec": g.normal(size=D_IN), "threshold": g.uniform(size=D_SAE)}
+    np.savez(d / "params.npz", **{k: v.astype(np.float32) for k, v in params.items()})
+    with pytest.raises(UserError, match="names no hook"):
+        load_sae(d)
+    src, info = sae_source(tiny_subject, d, hook=HOOK, latents=[1, 2])
+    assert info.architecture == "jumprelu" and info.name == "average_l0_20"
+    x = torch.randn(3, 4, D_IN)
+    pre = (x @ torch.tensor(params["W_enc"]).float() + torch.tensor(params["b_enc"]).float())[..., [1, 2]]
+    thr = torch.tensor(params["threshold"]).float()[[1, 2]]
+    torch.testing.assert_close(src.unit_acts(x), torch.where(pre > thr, pre, torch.zeros(())))
+
+
+def test_error_missing_fields(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"lacks the field\(s\) d_in"):
+        load_sae(write_sae(tmp_path / "a", "standard", drop=("d_in",)))
+    with pytest.raises(UserError, match="hook_name"):
+        load_sae(write_sae(tmp_path / "b", "jumprelu", drop=("hook_name",)))
+    with pytest.raises(UserError, match="lacks the field.* k"):
+        load_sae(write_sae(tmp_path / "c", "topk", drop=("k",)))
+
+
+def test_error_unknown_architecture(tmp_path: Path) -> None:
+    path = write_sae(tmp_path / "g", "standard")
+    cfg = json.loads((path / "cfg.json").read_text())
+    (path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(UserError, match="architecture 'gated'.*not supported"):
+        load_sae(path)
+
+
+def test_error_hook_and_width_mismatch(tmp_path: Path, tiny_subject: SubjectModel) -> None:
+    with pytest.raises(UserError, match="trained on blocks.1.hook_resid_post, not blocks.0.hook_resid_post"):
+        sae_source(tiny_subject, write_sae(tmp_path / "h", "standard"), hook="blocks.0.hook_resid_post")
+    with pytest.raises(UserError, match="expects d_in=24 but tiny blocks.1.hook_resid_post has width 16"):
+        sae_source(tiny_subject, write_sae(tmp_path / "w", "standard", d_in=24))
+    with pytest.raises(UserError, match="not a one-vector-per-token hook"):
+        sae_source(tiny_subject, write_sae(tmp_path / "x", "standard", hook="blocks.9.hook_resid_post"))
+    with pytest.raises(UserError, match="Latent 48 is out of range"):
+        sae_source(tiny_subject, write_sae(tmp_path / "r", "standard"), latents=[0, 48])
+
+
+def test_error_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_sae(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither cfg.json"):
+        load_sae(tmp_path / "empty")
+    path = write_sae(tmp_path / "j", "standard")
+    (path / "cfg.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_sae(path)
+    path = write_sae(tmp_path / "s", "standard")
+    save_file({"W_enc": torch.zeros(D_IN, 3)}, str(path / "sae_weights.safetensors"))
+    with pytest.raises(UserError, match="could not load"):
+        load_sae(path)
+
+
+def test_parse_sae_specs(tmp_path: Path) -> None:
+    path = write_sae(tmp_path / "p", "topk")
+    assert parse_sae_specs([str(path)]) == {HOOK: str(path)}
+    assert parse_sae_specs([f"blocks.0.hook_resid_post={path}"]) == {"blocks.0.hook_resid_post": str(path)}
+    with pytest.raises(UserError, match="Two SAEs"):
+        parse_sae_specs([str(path), f"{HOOK}={path}"])
+
+
+def test_embedded_sae_ships_and_loads() -> None:
+    path = embedded_sae_path()
+    sae, info = load_sae("embedded")
+    assert info.name == EMBEDDED_SAE and path.name == EMBEDDED_SAE
+    assert (info.architecture, info.hook, info.d_in, info.d_sae, info.k) == (
+        "topk", "blocks.6.hook_resid_post", 640, 4096, 32)
+    assert info.metrics["eval"]["loss_recovered"] >= 0.8
+    assert (path / "sae_weights.safetensors").stat().st_size < 12 * 2**20

@@ -1,0 +1,89 @@
+"""The store: schema versioning, all-or-nothing unit writes, round trips."""
+
+import sqlite3
+
+import pytest
+
+from autointerp.errors import UserError
+from autointerp.store import SCHEMA_VERSION, Store
+from autointerp.types import Context, Example, RunRecord, Unit, UnitRef, UnitStats
+
+
+def make_unit(i: int, run_id: str = "r1") -> Unit:
+    stats = UnitStats(
+        n_tokens=10, max=2.0, mean=0.1, std=0.3, frac_firing=0.2, fire_threshold=0.0,
+        hist_edges=[float("-inf"), 0.0, float("inf")], hist_counts=[8, 2],
+    )
+    return Unit(ref=UnitRef(model="m", hook="blocks.0.mlp.hook_post", index=i), run_id=run_id, stats=stats)
+
+
+def make_example(unit: Unit, rank: int, kind: str = "top") -> Example:
+    ctx = Context(id=f"c{rank}", token_ids=[1, 2, 3], tokens=["a", " b", " c"])
+    return Example(unit_id=unit.id, kind=kind, rank=rank, context=ctx, acts=[0.0, 2.0 - rank, 0.5])
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "x.db")
+    s.start_run(RunRecord(id="r1", kind="record", settings={"a": 1}, code_version="t", started_at="now"))
+    return s
+
+
+def test_new_store_has_current_schema(store):
+    assert store.schema_version() == SCHEMA_VERSION
+    assert {"units", "examples", "records", "contexts", "llm_calls"} <= set(store.db.table_names())
+
+
+def test_round_trip_units_and_examples(store):
+    units = [make_unit(i) for i in range(3)]
+    store.write_units(units, [make_example(u, r) for u in units for r in range(2)])
+    again = Store(store.path)
+    assert again.get_unit(units[1].id) == units[1]
+    ex = again.examples(units[1].id, "top")
+    assert [e.rank for e in ex] == [0, 1]
+    assert ex[0].acts == [0.0, 2.0, 0.5] and ex[0].max_pos == 1
+    assert ex[0].context.tokens == ["a", " b", " c"]
+    assert again.count_units() == 3
+
+
+def test_rewriting_a_unit_replaces_its_examples(store):
+    u = make_unit(0)
+    store.write_units([u], [make_example(u, r) for r in range(5)])
+    store.write_units([u], [make_example(u, 0)])
+    assert len(store.examples(u.id)) == 1
+
+
+def test_failed_write_leaves_nothing_half_written(store):
+    u = make_unit(0)
+    store.write_units([u], [make_example(u, 0)])
+    bad = make_unit(1)
+    dup = [make_example(bad, 0), make_example(bad, 0)]  # duplicate primary key: the write fails
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_units([bad], dup)
+    assert store.get_unit(bad.id) is None
+    assert len(store.examples(u.id)) == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    s = Store(tmp_path / "x.db")
+    s.db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION + 1)}, pk="key")
+    with pytest.raises(UserError, match="newer than this autointerp"):
+        Store(tmp_path / "x.db")
+
+
+def test_foreign_sqlite_and_garbage_files_are_refused(tmp_path):
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(UserError, match="not an autointerp store"):
+        Store(other)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(UserError, match="not an autointerp store"):
+        Store(junk)
+
+
+def test_runs_record_settings_and_status(store):
+    store.finish_run("r1", "complete", {"tokens": 5})
+    run = store.get_run("r1")
+    assert run.status == "complete" and run.settings == {"a": 1} and run.summary == {"tokens": 5}
+    assert run.finished_at

@@ -1,0 +1,97 @@
+"""The streaming buffers and statistics against brute-force references on random data."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autointerp.subject.recorder import HIST_EDGES, KeyedTopK, SourceState, UnitStatsAcc
+from autointerp.types import RecordSettings
+
+
+def stream(n_batches=7, b=5, t=6, u=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_batches):
+        acts = torch.randn((b, t, u), generator=g)
+        acts[:, :, 0] = 0.0  # a unit that never fires: ties everywhere
+        toks = torch.arange(i * b * t, (i + 1) * b * t, dtype=torch.int32).view(b, t)
+        yield acts, toks
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 40])
+def test_topk_by_window_max_matches_brute_force(k):
+    batches = list(stream())
+    buf = KeyedTopK(k, 9, 6)
+    for acts, toks in batches:
+        buf.update(acts.max(dim=1).values, acts, toks)
+    all_acts = torch.cat([a for a, _ in batches])  # (N, T, U)
+    all_toks = torch.cat([t for _, t in batches])
+    for u in range(1, 9):
+        maxes = all_acts[:, :, u].max(dim=1).values
+        want = maxes.sort(descending=True).values[:k]
+        got = buf.entries(u)
+        assert [e[0] for e in got] == pytest.approx(want.tolist())
+        for key, acts, toks in got:  # each kept window carries its own activations and tokens
+            row = int(np.nonzero((all_toks.numpy() == toks).all(axis=1))[0][0])
+            assert np.allclose(acts, all_acts[row, :, u].numpy())
+            assert acts.max() == pytest.approx(key)
+
+
+def test_topk_keeps_all_when_fewer_windows_than_k():
+    buf = KeyedTopK(100, 9, 6)
+    for acts, toks in stream(n_batches=2):
+        buf.update(acts.max(dim=1).values, acts, toks)
+    assert len(buf.entries(3)) == 10
+
+
+def test_masked_keys_never_enter():
+    """-inf keys (a reservoir's excluded windows) are never kept."""
+    buf = KeyedTopK(4, 9, 6)
+    for acts, toks in stream():
+        keys = torch.where(acts.max(dim=1).values > 1.5, torch.rand(acts.shape[0], 9), -math.inf)
+        buf.update(keys, acts, toks)
+    for u in range(9):
+        assert all(e[1].max() > 1.5 for e in buf.entries(u))
+    assert buf.entries(0) == []
+
+
+def test_stats_match_numpy():
+    acc = UnitStatsAcc(9, threshold=0.5)
+    batches = list(stream())
+    for acts, _ in batches:
+        acc.update(acts.reshape(-1, 9), acts.max(dim=1).values)
+    x = torch.cat([a.reshape(-1, 9) for a, _ in batches]).numpy().astype(np.float64)
+    for u in range(9):
+        s = acc.stats(u)
+        assert s.n_tokens == x.shape[0]
+        assert s.mean == pytest.approx(x[:, u].mean(), abs=1e-6)
+        assert s.std == pytest.approx(x[:, u].std(), abs=1e-5)
+        assert s.max == pytest.approx(x[:, u].max())
+        assert s.frac_firing == pytest.approx((x[:, u] > 0.5).mean())
+        want, _ = np.histogram(x[:, u], bins=[-np.inf, *HIST_EDGES.tolist(), np.inf])
+        assert sum(s.hist_counts) == x.shape[0]
+        if u == 0:  # exactly 0.0 everywhere: bins are (a, b], so all of it in the bin that ends at 0
+            zero_bin = HIST_EDGES.tolist().index(0.0)  # bin j is (edges[j-1], edges[j]]
+            assert s.hist_counts[zero_bin] == x.shape[0]
+        else:  # numpy's bins are [a, b): the same counts for values not exactly on an edge
+            assert s.hist_counts == want.tolist()
+
+
+def test_reservoirs_are_uniform_and_respect_firing():
+    """Quantile pool holds only firing windows, negatives only non-firing, random is shared by units."""
+    s = RecordSettings(model="m", hooks=["h"], ctx=6, quantile_pool=30, n_negative=30, n_random=10)
+    st = SourceState.new(s, 9)
+    gen = torch.Generator().manual_seed(1)
+    for acts, toks in stream(n_batches=40):
+        st.update(acts, toks, gen)
+    for u in range(1, 9):
+        assert all(e[1].max() > 0 for e in st.quantile.entries(u))
+        assert all(e[1].max() <= 0 for e in st.negative.entries(u))
+    shared = {tuple(e[2].tolist()) for e in st.random.entries(1)}
+    assert len(shared) == 10
+    for u in range(2, 9):
+        assert {tuple(e[2].tolist()) for e in st.random.entries(u)} == shared
+    # uniform: over 200 windows the kept random windows come from all over the stream, not its start
+    firsts = sorted(int(e[2][0]) for e in st.random.entries(1))
+    assert firsts[-1] > 100 * 6
