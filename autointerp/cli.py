@@ -120,7 +120,7 @@ def record(
     if ctx < 2 or tokens < ctx or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
     with tokens_progress() as bar:
-        task = bar.add_task("recording", total=None, rate=0.0)
+        task = bar.add_task("recording", total=tokens, rate=0.0)
 
         def on_progress(done: int, total: int) -> None:
             elapsed = bar.tasks[0].elapsed or 1e-9
@@ -174,6 +174,7 @@ def show(
     kind: Annotated[str, typer.Option(help="Example kind: top, quantile, random, negative, ...")] = "top",
     n: Annotated[int, typer.Option(help="How many examples.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    width: Annotated[int, typer.Option(help="Tokens shown around each peak (0: the whole window).")] = 24,
 ) -> None:
     """Show a unit's statistics and examples, the activating tokens highlighted."""
     from autointerp.store import Store
@@ -201,7 +202,9 @@ def show(
     table.add_column("context")
     for e in examples:
         label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
-        table.add_row(label, f"{e.max_act:.3g}", highlight(e.context.tokens, e.acts, s.max))
+        lo = max(0, e.max_pos - (3 * width) // 4) if width else 0
+        hi = lo + width if width else len(e.acts)
+        table.add_row(label, f"{e.max_act:.3g}", highlight(e.context.tokens[lo:hi], e.acts[lo:hi], s.max))
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")
@@ -209,3 +212,30 @@ def show(
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+@app.command()
+@user_errors
+def demo(
+    db: Annotated[Path, typer.Option("--db", help="Where the demo store goes.")] = Path("runs/demo.db"),
+    tokens: Annotated[int, typer.Option(help="Tokens to record.")] = 60_000,
+    units: Annotated[str, typer.Option(help="Neurons of blocks.6.mlp.hook_post to record.")] = "0:256",
+    show_n: Annotated[int, typer.Option("--show", help="How many units to show.")] = 5,
+) -> None:
+    """The main job on the embedded default: set up, record Gemma 3 270M neurons, show what they do."""
+    from autointerp import assets
+    from autointerp.store import Store
+
+    with err.status("checking embedded assets"):
+        assets.setup(log=lambda m: None)
+    hook = "blocks.6.mlp.hook_post"
+    record(db=db, hook=[hook], units=units, tokens=tokens)
+    store = Store(db)
+    recorded = [u for u in store.units(hook=hook) if u.stats.frac_firing > 0]
+    # Show the most selective units: rare firing with a clear peak.
+    recorded.sort(key=lambda u: u.stats.frac_firing)
+    for unit in recorded[:show_n]:
+        show(unit.id, db=db, kind="top", n=3, as_json=False, width=24)
+    console.print(
+        f"\nstore: {db}  ({store.count_units():,} units)  inspect one: autointerp show UNIT_ID --db {db}"
+    )

@@ -162,21 +162,21 @@ class Store:
         units = list(units)
         examples = list(examples)
         contexts = {e.context.id: e.context for e in examples}
+        conn = self.db.conn
         with self.db.atomic():
             for chunk in _chunks([u.id for u in units], 500):
                 marks = ",".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM examples WHERE unit_id IN ({marks})", chunk)
-            self.db["contexts"].insert_all(
-                (
-                    {"id": c.id, "token_ids": json.dumps(c.token_ids), "tokens": json.dumps(c.tokens)}
-                    for c in contexts.values()
-                ),
-                pk="id",
-                ignore=True,
-                batch_size=500,
+                conn.execute(f"DELETE FROM examples WHERE unit_id IN ({marks})", chunk)
+            conn.executemany(
+                "INSERT OR IGNORE INTO contexts (id, token_ids, tokens) VALUES (?, ?, ?)",
+                ((c.id, json.dumps(c.token_ids), json.dumps(c.tokens)) for c in contexts.values()),
             )
             self.db["units"].upsert_all((_unit_row(u) for u in units), pk="id", batch_size=500)
-            self.db["examples"].insert_all((_example_row(e) for e in examples), batch_size=1000)
+            cols = ", ".join(_EXAMPLE_COLS)
+            conn.executemany(
+                f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})",
+                (tuple(_example_row(e).values()) for e in examples),
+            )
 
     def get_unit(self, unit_id: str) -> Unit | None:
         rows = list(self.db["units"].rows_where("id = ?", [unit_id]))
@@ -275,15 +275,29 @@ def _unit_from_row(row: dict) -> Unit:
     return Unit(ref=ref, run_id=row["run_id"], stats=stats)
 
 
+_EXAMPLE_COLS = (
+    "unit_id",
+    "kind",
+    "rank",
+    "context_id",
+    "acts",
+    "max_act",
+    "max_pos",
+    "quantile",
+    "provenance",
+)
+
+
 def _example_row(e: Example) -> dict:
+    acts = np.asarray(e.acts, dtype=np.float32)
     return {
         "unit_id": e.unit_id,
         "kind": e.kind,
         "rank": e.rank,
         "context_id": e.context.id,
-        "acts": np.asarray(e.acts, dtype=np.float32).tobytes(),
-        "max_act": e.max_act,
-        "max_pos": e.max_pos,
+        "acts": acts.tobytes(),
+        "max_act": float(acts.max()),
+        "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": json.dumps(e.provenance, sort_keys=True),
     }

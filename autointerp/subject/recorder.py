@@ -76,13 +76,22 @@ class KeyedTopK:
 
     def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
-        keys = self.keys[unit]
-        order = keys.argsort(descending=True)
-        return [
-            (float(keys[i]), self.acts[unit, i].numpy(), self.toks[unit, i].numpy())
-            for i in order.tolist()
-            if keys[i] > -math.inf
-        ]
+        keys, acts, toks = self.sorted()
+        return [(float(keys[unit, i]), acts[unit, i], toks[unit, i]) for i in range(self.filled[unit])]
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """keys (U, k), acts (U, k, T), toks (U, k, T) as numpy, each unit's slots in descending key order."""
+        order = self.keys.argsort(dim=1, descending=True)
+        idx = order.unsqueeze(-1).expand_as(self.acts)
+        return (
+            self.keys.gather(1, order).numpy(),
+            self.acts.gather(1, idx).numpy(),
+            self.toks.gather(1, idx).numpy(),
+        )
+
+    @property
+    def filled(self) -> list[int]:
+        return (self.keys > -math.inf).sum(dim=1).tolist()
 
     def state(self) -> dict:
         return {"keys": self.keys, "acts": self.acts, "toks": self.toks}
@@ -333,44 +342,49 @@ class Recorder:
         tmp.replace(path)
 
     def _context(self, toks: np.ndarray, cache: dict[bytes, Context]) -> Context:
-        raw = toks.astype(np.int32).tobytes()
+        raw = toks.tobytes()
         ctx = cache.get(raw)
         if ctx is None:
             ids = toks.tolist()
             cid = hashlib.sha1(raw).hexdigest()[:16]
-            ctx = cache[raw] = Context(id=cid, token_ids=ids, tokens=self.subject.token_strs(ids))
+            ctx = cache[raw] = Context.model_construct(
+                id=cid, token_ids=ids, tokens=self.subject.token_strs(ids)
+            )
         return ctx
 
     def _collect(self, run_id: str, states: dict[str, SourceState]) -> tuple[list[Unit], list[Example]]:
+        """Units and their examples from the buffers (built without re-validation: trusted, and many)."""
         units: list[Unit] = []
         examples: list[Example] = []
         contexts: dict[bytes, Context] = {}
+        provenance = {"run_id": run_id}
         for src in self.sources:
             st = states[src.key]
+            kinds = {name: (buf.sorted(), buf.filled) for name, buf in st.buffers().items()}
             for col, index in enumerate(src.indices):
                 ref = UnitRef(model=self.subject.short, hook=src.hook, index=index, sae=src.sae)
                 units.append(Unit(ref=ref, run_id=run_id, stats=st.stats.stats(col)))
-                pool = sorted(st.quantile.entries(col), key=lambda e: float(e[1].max()))
-                n_groups = min(self.settings.n_quantiles, max(len(pool), 1))
-                q_of = [q for q, g in enumerate(np.array_split(np.arange(len(pool)), n_groups)) for _ in g]
-                kinds = {
-                    "top": (st.top.entries(col), None),
-                    "quantile": (pool, q_of),
-                    "random": (st.random.entries(col), None),
-                    "negative": (st.negative.entries(col), None),
-                }
-                for kind, (entries, quantiles) in kinds.items():
+                for kind, ((_, acts, toks), filled) in kinds.items():
+                    rows = range(filled[col])
+                    quantiles: list[int | None] = [None] * filled[col]
+                    if (
+                        kind == "quantile"
+                    ):  # the uniform pool of firing windows, cut into equal-count quantiles
+                        rows = sorted(rows, key=lambda r: acts[col, r].max())  # noqa: B023 - used at once
+                        n_groups = min(self.settings.n_quantiles, max(len(rows), 1))
+                        groups = np.array_split(np.arange(len(rows)), n_groups)
+                        quantiles = [q for q, g in enumerate(groups) for _ in g]
                     examples.extend(
-                        Example(
+                        Example.model_construct(
                             unit_id=ref.id,
                             kind=kind,
                             rank=rank,
-                            context=self._context(toks, contexts),
-                            acts=acts.tolist(),
-                            quantile=quantiles[rank] if quantiles else None,
-                            provenance={"run_id": run_id},
+                            context=self._context(toks[col, r], contexts),
+                            acts=acts[col, r].tolist(),
+                            quantile=quantiles[rank],
+                            provenance=provenance,
                         )
-                        for rank, (_, acts, toks) in enumerate(entries)
+                        for rank, r in enumerate(rows)
                     )
         return units, examples
 
