@@ -17,15 +17,17 @@ from autointerp.errors import UserError
 from autointerp.types import (
     Context,
     Example,
+    Explanation,
     LLMCallRecord,
     RunRecord,
+    Score,
     Unit,
     UnitRef,
     UnitStats,
     now,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
@@ -95,8 +97,45 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_explanations_v2(db: sqlite_utils.Database) -> None:
+    db["explanations"].create(
+        {
+            "id": str,
+            "unit_id": str,
+            "text": str,
+            "method": str,
+            "model": str,
+            "prompt": str,
+            "settings": str,
+            "run_id": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["explanations"].create_index(["unit_id"])
+    db["scores"].create(
+        {
+            "explanation_id": str,
+            "unit_id": str,
+            "scorer": str,
+            "value": float,
+            "status": str,
+            "reason": str,
+            "details": str,
+            "simulator": str,
+            "prompt": str,
+            "settings": str,
+            "run_id": str,
+            "created_at": str,
+        },
+        pk=("explanation_id", "scorer", "simulator", "prompt"),
+        foreign_keys=[("explanation_id", "explanations", "id")],
+    )
+    db["scores"].create_index(["unit_id"])
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _create_v1}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _create_v1, 1: _add_explanations_v2}
 
 
 class Store:
@@ -177,6 +216,79 @@ class Store:
                 f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})",
                 (tuple(_example_row(e).values()) for e in examples),
             )
+
+    def add_examples(self, examples: Iterable[Example]) -> None:
+        """Add (or replace, by unit, kind and rank) examples of recorded units, in one transaction."""
+        examples = list(examples)
+        unknown = {e.unit_id for e in examples} - {u for (u,) in self.db.execute("SELECT id FROM units")}
+        if unknown:
+            raise UserError(f"{sorted(unknown)[0]} is not recorded in {self.path}; record it first.")
+        contexts = {e.context.id: e.context for e in examples}
+        conn = self.db.conn
+        with self.db.atomic():
+            conn.executemany(
+                "INSERT OR IGNORE INTO contexts (id, token_ids, tokens) VALUES (?, ?, ?)",
+                ((c.id, json.dumps(c.token_ids), json.dumps(c.tokens)) for c in contexts.values()),
+            )
+            cols = ", ".join(_EXAMPLE_COLS)
+            conn.executemany(
+                f"INSERT OR REPLACE INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})",
+                (tuple(_example_row(e).values()) for e in examples),
+            )
+
+    def delete_examples(self, unit_id: str, kind: str) -> None:
+        with self.db.atomic():
+            self.db.conn.execute("DELETE FROM examples WHERE unit_id = ? AND kind = ?", [unit_id, kind])
+
+    # -- explanations and scores ----------------------------------------------------------------
+    def put_explanation(self, explanation: Explanation, scores: Iterable[Score] = ()) -> None:
+        """Write an explanation with its scores in one transaction."""
+        row = explanation.model_dump()
+        row["settings"] = json.dumps(row["settings"], sort_keys=True)
+        with self.db.atomic():
+            self.db["explanations"].upsert(row, pk="id")
+            for score in scores:
+                self._put_score(score)
+
+    def put_scores(self, scores: Iterable[Score]) -> None:
+        with self.db.atomic():
+            for score in scores:
+                self._put_score(score)
+
+    def _put_score(self, score: Score) -> None:
+        row = score.model_dump()
+        for key in ("details", "settings"):
+            row[key] = json.dumps(row[key], sort_keys=True, allow_nan=True)
+        self.db["scores"].upsert(row, pk=("explanation_id", "scorer", "simulator", "prompt"))
+
+    def explanations(self, unit_id: str | None = None, method: str | None = None) -> list[Explanation]:
+        clauses, args = [], []
+        for col, val in (("unit_id", unit_id), ("method", method)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        rows = self.db["explanations"].rows_where(
+            " AND ".join(clauses) or None, args or None, order_by="created_at"
+        )
+        return [Explanation(**{**r, "settings": json.loads(r["settings"])}) for r in rows]
+
+    def get_explanation(self, explanation_id: str) -> Explanation | None:
+        rows = list(self.db["explanations"].rows_where("id = ?", [explanation_id]))
+        return Explanation(**{**rows[0], "settings": json.loads(rows[0]["settings"])}) if rows else None
+
+    def scores(self, explanation_id: str | None = None, unit_id: str | None = None) -> list[Score]:
+        clauses, args = [], []
+        for col, val in (("explanation_id", explanation_id), ("unit_id", unit_id)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        rows = self.db["scores"].rows_where(
+            " AND ".join(clauses) or None, args or None, order_by="created_at"
+        )
+        return [
+            Score(**{**r, "details": json.loads(r["details"]), "settings": json.loads(r["settings"])})
+            for r in rows
+        ]
 
     def get_unit(self, unit_id: str) -> Unit | None:
         rows = list(self.db["units"].rows_where("id = ?", [unit_id]))

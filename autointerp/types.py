@@ -145,3 +145,34 @@ class LLMCallRecord(BaseModel):
     latency_s: float = 0.0
     cost_usd: float | None = None
     created_at: str = Field(default_factory=now)
+
+
+class Explanation(BaseModel):
+    """A proposed explanation of a unit and what produced it."""
+
+    id: str  # hash of (unit, method, model, prompt version, settings, text)
+    unit_id: str
+    text: str
+    method: str  # explainer: top, highlight, contrastive, true (a ground truth), ...
+    model: str  # LLM spec, e.g. local:qwen2.5-coder-1.5b ("" for a given text)
+    prompt: str  # prompt template name@version
+    settings: dict = Field(default_factory=dict)
+    run_id: str | None = None
+    created_at: str = Field(default_factory=now)
+
+
+class Score(BaseModel):
+    """One scorer's verdict on one explanation. `value` is None exactly when status is not "ok"."""
+
+    explanation_id: str
+    unit_id: str
+    scorer: str  # correlation, detection, fuzzing, embedding, counterfactual, ...
+    value: float | None
+    status: Literal["ok", "nan", "failed"]  # nan: undefined (e.g. constant simulation), failed: error
+    reason: str = ""  # why a score is nan or failed
+    details: dict = Field(default_factory=dict)  # per-example predictions, per-quantile values, AUC, ...
+    simulator: str = ""  # LLM spec of the simulator / judge
+    prompt: str = ""  # prompt template name@version
+    settings: dict = Field(default_factory=dict)
+    run_id: str | None = None
+    created_at: str = Field(default_factory=now)

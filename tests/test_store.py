@@ -11,8 +11,14 @@ from autointerp.types import Context, Example, RunRecord, Unit, UnitRef, UnitSta
 
 def make_unit(i: int, run_id: str = "r1") -> Unit:
     stats = UnitStats(
-        n_tokens=10, max=2.0, mean=0.1, std=0.3, frac_firing=0.2, fire_threshold=0.0,
-        hist_edges=[float("-inf"), 0.0, float("inf")], hist_counts=[8, 2],
+        n_tokens=10,
+        max=2.0,
+        mean=0.1,
+        std=0.3,
+        frac_firing=0.2,
+        fire_threshold=0.0,
+        hist_edges=[float("-inf"), 0.0, float("inf")],
+        hist_counts=[8, 2],
     )
     return Unit(ref=UnitRef(model="m", hook="blocks.0.mlp.hook_post", index=i), run_id=run_id, stats=stats)
 
@@ -87,3 +93,65 @@ def test_runs_record_settings_and_status(store):
     run = store.get_run("r1")
     assert run.status == "complete" and run.settings == {"a": 1} and run.summary == {"tokens": 5}
     assert run.finished_at
+
+
+def test_v1_store_is_migrated_in_place(tmp_path):
+    import sqlite_utils
+
+    from autointerp import store as store_mod
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    store_mod._create_v1(db)
+    db["meta"].insert({"key": "schema_version", "value": "1"}, pk="key")
+    db["records"].insert(
+        {
+            "id": "r0",
+            "kind": "record",
+            "settings": "{}",
+            "code_version": "old",
+            "started_at": "t",
+            "status": "complete",
+            "summary": "{}",
+        }
+    )
+    db.conn.commit()
+    s = Store(tmp_path / "old.db")
+    assert s.schema_version() == SCHEMA_VERSION
+    assert {"explanations", "scores"} <= set(s.db.table_names())
+    assert s.get_run("r0").code_version == "old"  # existing rows survive
+
+
+def test_explanations_and_explicit_nan_scores(store):
+    from autointerp.types import Explanation, Score
+
+    u = make_unit(0)
+    store.write_units([u], [make_example(u, 0)])
+    exp = Explanation(
+        id="e1", unit_id=u.id, text="months", method="top", model="local:x", prompt="explain-top@1"
+    )
+    nan = Score(
+        explanation_id="e1",
+        unit_id=u.id,
+        scorer="correlation",
+        value=None,
+        status="nan",
+        reason="simulation is constant",
+        details={"per_quantile": [float("nan"), 0.5]},
+    )
+    ok = Score(explanation_id="e1", unit_id=u.id, scorer="detection", value=0.75, status="ok")
+    store.put_explanation(exp, [nan, ok])
+    assert store.explanations(u.id) == [exp]
+    got = {s.scorer: s for s in store.scores("e1")}
+    assert got["correlation"].value is None and got["correlation"].status == "nan"
+    assert got["correlation"].reason == "simulation is constant"
+    assert got["detection"].value == 0.75
+
+
+def test_add_examples_needs_a_recorded_unit(store):
+    u = make_unit(0)
+    store.write_units([u], [make_example(u, 0)])
+    store.add_examples([make_example(u, 0, kind="counterfactual"), make_example(u, 1, kind="counterfactual")])
+    assert len(store.examples(u.id, "counterfactual")) == 2
+    ghost = make_unit(9)
+    with pytest.raises(UserError, match="not recorded"):
+        store.add_examples([make_example(ghost, 0, kind="minimal")])
