@@ -210,8 +210,99 @@ def show(
         console.print(f"(no {kind} examples)")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+@app.command()
+@user_errors
+def label(
+    db: DbOpt,
+    units: Annotated[
+        list[str] | None, typer.Option("--unit", help="Unit id (repeatable; default all).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
+    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
+    ] = None,
+    simulator_mode: Annotated[str, typer.Option(help="exact, json or auto.")] = "auto",
+    methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "top",
+    scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+    best_of: Annotated[int, typer.Option(help="Explanations sampled; the best on validation is kept.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 4,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
+) -> None:
+    """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
+    from autointerp.pipeline import label as run_label
+
+    progress = Progress(
+        TextColumn("[bold]labelling"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} units"),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    with progress:
+        task = progress.add_task("label", total=None, last="")
+
+        def on_result(r) -> None:  # noqa: ANN001
+            note = (
+                "skipped" if r.skipped else ("[red]failed[/red]" if r.error else (r.explanation or "")[:40])
+            )
+            progress.update(task, advance=1, last=note)
+
+        summary = run_label(
+            db,
+            units,
+            limit=limit,
+            explainer=explainer,
+            simulator=simulator,
+            base_url=base_url,
+            no_cache=no_cache,
+            progress=on_result,
+            simulator_mode=simulator_mode,
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            scorers=[x.strip() for x in scorers.split(",") if x.strip()],
+            best_of=best_of,
+            concurrency=concurrency,
+        )
+    print_summary(summary)
+    if report:
+        from autointerp.report import write_report
+        from autointerp.store import Store
+
+        console.print(f"report: {write_report(Store(db), report)}")
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
+    table = Table(title="explanations", show_header=True, header_style="bold")
+    table.add_column("unit")
+    table.add_column("method")
+    table.add_column("explanation")
+    scorers = sorted({k for r in summary.results for k in r.scores})
+    for sc in scorers:
+        table.add_column(sc, justify="right")
+    for r in summary.results:
+        cells = [f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else "nan" for sc in scorers]
+        text = r.explanation or f"[red]{r.error}[/red]"
+        table.add_row(r.unit_id, r.method, text, *cells)
+    console.print(table)
+    done = [r for r in summary.results if not r.error]
+    parts = [
+        f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
+        f"{len(summary.failures)} failed",
+    ]
+    for sc in scorers:
+        st = summary.stats(sc)
+        if st["n"]:
+            parts.append(f"{sc} mean {st['mean']:.3f} median {st['median']:.3f} (n={st['n']})")
+    tokens = f"{summary.prompt_tokens:,} prompt + {summary.completion_tokens:,} completion tokens"
+    console.print(" · ".join(parts) + f" · {tokens} · {summary.seconds:.0f} s")
 
 
 @app.command()
@@ -220,9 +311,11 @@ def demo(
     db: Annotated[Path, typer.Option("--db", help="Where the demo store goes.")] = Path("runs/demo.db"),
     tokens: Annotated[int, typer.Option(help="Tokens to record.")] = 60_000,
     units: Annotated[str, typer.Option(help="Neurons of blocks.6.mlp.hook_post to record.")] = "0:256",
-    show_n: Annotated[int, typer.Option("--show", help="How many units to show.")] = 5,
+    n_label: Annotated[
+        int, typer.Option("--label", help="How many units to label with the embedded LLM.")
+    ] = 6,
 ) -> None:
-    """The main job on the embedded default: set up, record Gemma 3 270M neurons, show what they do."""
+    """The main job on the embedded default: set up, record Gemma 3 270M, label a handful of units."""
     from autointerp import assets
     from autointerp.store import Store
 
@@ -231,11 +324,17 @@ def demo(
     hook = "blocks.6.mlp.hook_post"
     record(db=db, hook=[hook], units=units, tokens=tokens)
     store = Store(db)
-    recorded = [u for u in store.units(hook=hook) if u.stats.frac_firing > 0]
-    # Show the most selective units: rare firing with a clear peak.
-    recorded.sort(key=lambda u: u.stats.frac_firing)
-    for unit in recorded[:show_n]:
-        show(unit.id, db=db, kind="top", n=3, as_json=False, width=24)
-    console.print(
-        f"\nstore: {db}  ({store.count_units():,} units)  inspect one: autointerp show UNIT_ID --db {db}"
+    # Label the most selective units: the ones that fire on the fewest tokens.
+    chosen = sorted(store.units(hook=hook), key=lambda u: u.stats.frac_firing)[:n_label]
+    label(
+        db=db,
+        units=[u.id for u in chosen],
+        scorers="correlation,detection",
+        concurrency=2,
+        report=db.with_suffix(".html"),
     )
+    console.print(f"store: {db}  ·  inspect a unit: autointerp show UNIT_ID --db {db}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,104 @@
+"""Explainers: turn a unit's examples into a short explanation with an LLM.
+
+Methods (prompt templates in prompts/): `top` (token<TAB>activation records), `highlight` (activating
+tokens in [[ ]] plus the top tokens with counts), `contrastive` (activating vs non-activating or
+counterfactual text). An empty or unusable answer raises ExplanationError; it is never stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from pydantic import BaseModel
+
+from autointerp.llm.base import LLM, ChatRequest, LLMError
+from autointerp.prompts import Prompt, prompt
+from autointerp.sampling import UnitSample, crop, normalize
+from autointerp.simulate import show_token
+from autointerp.types import Example
+
+METHODS = {
+    "top": "explain_top.j2",
+    "highlight": "explain_highlight.j2",
+    "contrastive": "explain_contrastive.j2",
+}
+MARK_AT = 0.4  # a token is "activating" (marked [[ ]]) at >= 40% of the unit's max
+
+
+class ExplanationError(LLMError):
+    """The explainer's answer holds no usable explanation."""
+
+
+class ExplainSettings(BaseModel):
+    method: str = "top"
+    temperature: float = 0.0
+    max_tokens: int = 24
+    best_of: int = 1  # > 1: sample this many at temperature 0.7 and keep the best on the validation set
+
+
+def parse_explanation(text: str) -> str:
+    """First non-empty line, without a leading label, quotes, list marks or a final period."""
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\s*[-*\d.)]+\s+", "", line)  # list marks
+        line = re.sub(
+            r"^(?:explanation|answer|the neuron (?:responds to|fires on))\s*:?\s*", "", line, flags=re.I
+        )
+        line = line.strip().strip("\"'`*").strip().rstrip(".").strip()
+        if line:
+            return line[:200]
+    raise ExplanationError(f"the explainer's answer holds no explanation: {text[:80]!r}")
+
+
+def marked(example: Example, unit_max: float, window: int) -> str:
+    tokens, acts = crop(example, window)
+    return "".join(
+        f"[[{t}]]" if unit_max > 0 and a >= MARK_AT * unit_max else t
+        for t, a in zip(tokens, acts, strict=True)
+    )
+
+
+def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
+    """The prompt template and its messages for one method."""
+    unit_max = sample.unit.stats.max
+    p = prompt(METHODS[method])
+    if method == "top":
+        examples = []
+        for e in sample.explain:
+            tokens, acts = crop(e, window)
+            examples.append(
+                list(zip((show_token(t) for t in tokens), normalize(acts, unit_max), strict=True))
+            )
+        return p, p.messages(examples=examples)
+    if method == "highlight":
+        counts = Counter(
+            t
+            for e in sample.explain
+            for t, a in zip(*crop(e, window), strict=True)
+            if a >= MARK_AT * unit_max
+        )
+        top_tokens = ", ".join(f"{t!r} x{n}" for t, n in counts.most_common(8)) or "(none)"
+        texts = [show_token(marked(e, unit_max, window)) for e in sample.explain]
+        return p, p.messages(top_tokens=top_tokens, examples=texts)
+    if method == "contrastive":
+        positives = [show_token(marked(e, unit_max, window)) for e in sample.explain[:6]]
+        negatives = ["".join(crop(e, window)[0]) for e in sample.contrast[:6]]
+        return p, p.messages(positives=positives, negatives=[show_token(t) for t in negatives])
+    raise ExplanationError(f"unknown explainer method {method!r}; use one of {', '.join(METHODS)}")
+
+
+async def propose(
+    llm: LLM,
+    sample: UnitSample,
+    s: ExplainSettings,
+    window: int,
+    seed: int = 0,
+    temperature: float | None = None,
+) -> tuple[str, str]:
+    """One explanation and the prompt id that produced it."""
+    p, messages = render(s.method, sample, window)
+    temp = s.temperature if temperature is None else temperature
+    resp = await llm.chat(
+        ChatRequest(messages=messages, temperature=temp, max_tokens=s.max_tokens, seed=seed)
+    )
+    return parse_explanation(resp.text), p.id

@@ -1,0 +1,317 @@
+"""Bulk labelling: explain, simulate and score many units; async, bounded, resumable, with progress.
+
+A unit's explanation id is the hash of everything that decides it (unit, method, explainer, prompt,
+settings), so a unit already explained and scored with the same settings is skipped. An explanation
+and its scores are written in one transaction; a failed explanation is counted and reported, never
+stored as a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from autointerp import score as scoring
+from autointerp.errors import UserError
+from autointerp.explain import METHODS, ExplainSettings, ExplanationError, propose
+from autointerp.llm import get_llm
+from autointerp.llm.base import LLM, LLMError
+from autointerp.sampling import SampleSettings, UnitSample, sample_unit
+from autointerp.simulate import make_simulator
+from autointerp.store import Store
+from autointerp.types import Explanation, RunRecord, Score, UnitRef, now
+from autointerp.version import code_version
+
+
+class LabelSettings(BaseModel):
+    explainer: str = "local:qwen2.5-coder-1.5b"
+    simulator: str = "local:qwen2.5-coder-1.5b"
+    simulator_mode: str = "auto"  # exact (token probabilities), json, or auto
+    methods: list[str] = Field(default_factory=lambda: ["top"])
+    scorers: list[str] = Field(default_factory=lambda: ["correlation"])
+    best_of: int = 1
+    concurrency: int = 4
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    score: scoring.ScoreSettings = Field(default_factory=scoring.ScoreSettings)
+
+
+class UnitResult(BaseModel):
+    unit_id: str
+    method: str
+    explanation: str | None = None
+    scores: dict[str, float | None] = Field(default_factory=dict)
+    skipped: bool = False
+    error: str | None = None
+
+
+class LabelSummary(BaseModel):
+    run_id: str
+    results: list[UnitResult]
+    seconds: float
+    prompt_tokens: int
+    completion_tokens: int
+
+    def stats(self, scorer: str) -> dict[str, float | int | None]:
+        vals = [r.scores[scorer] for r in self.results if r.scores.get(scorer) is not None]
+        return {
+            "n": len(vals),
+            "mean": statistics.fmean(vals) if vals else None,
+            "median": statistics.median(vals) if vals else None,
+        }
+
+    @property
+    def failures(self) -> list[UnitResult]:
+        return [r for r in self.results if r.error]
+
+
+class TokenMeter:
+    """Wraps an LLM and adds up the tokens of the calls it actually made (cache hits cost nothing)."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - spec, backend, model, capabilities
+        return getattr(self.llm, name)
+
+    def _count(self, usage) -> None:  # noqa: ANN001
+        if not usage.cached:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+
+    async def chat(self, request):  # noqa: ANN001, ANN201
+        resp = await self.llm.chat(request)
+        self._count(resp.usage)
+        return resp
+
+    async def token_probs(self, request):  # noqa: ANN001, ANN201
+        resp = await self.llm.token_probs(request)
+        self._count(resp.usage)
+        return resp
+
+    async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
+        many = getattr(self.llm, "token_probs_many", None)
+        resps = await many(requests) if many else [await self.llm.token_probs(r) for r in requests]
+        for r in resps:
+            self._count(r.usage)
+        return resps
+
+
+def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str) -> str:
+    key = {
+        "unit": unit_id,
+        "method": method,
+        "explainer": s.explainer,
+        "prompt": prompt_id,
+        "best_of": s.best_of,
+        "sample": s.sample.model_dump(),
+    }
+    return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Labeller:
+    def __init__(self, store: Store, s: LabelSettings, explainer: LLM, simulator: LLM):
+        unknown = [m for m in s.methods if m not in METHODS]
+        if unknown:
+            raise UserError(f"Unknown explainer method {unknown[0]!r}; use {', '.join(METHODS)}.")
+        bad = [x for x in s.scorers if x not in scoring.SCORERS]
+        if bad:
+            raise UserError(f"Unknown scorer {bad[0]!r}; use {', '.join(scoring.SCORERS)}.")
+        self.store, self.s = store, s
+        self.explainer, self.sim_llm = TokenMeter(explainer), TokenMeter(simulator)
+        self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
+        self.run_id = (
+            "lab-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        )
+
+    def score_fields(self, scorer: str) -> dict:
+        if scorer == "correlation":
+            return {
+                "simulator": f"{self.sim_llm.spec}#{self.simulator.name}",
+                "prompt": self.simulator.prompt.id,
+            }
+        if scorer == "embedding":
+            return {"simulator": "local:all-minilm-l6-v2", "prompt": ""}
+        from autointerp.prompts import prompt
+
+        return {"simulator": self.sim_llm.spec, "prompt": prompt(f"{scorer}.j2").id}
+
+    def done(self, exp_id: str) -> bool:
+        have = {(x.scorer, x.simulator, x.prompt) for x in self.store.scores(exp_id) if x.status != "failed"}
+        want = {(sc, f["simulator"], f["prompt"]) for sc in self.s.scorers for f in [self.score_fields(sc)]}
+        return self.store.get_explanation(exp_id) is not None and want <= have
+
+    async def explain(self, sample: UnitSample, method: str) -> tuple[str, str, dict]:
+        es = ExplainSettings(method=method)
+        text, prompt_id = await propose(self.explainer, sample, es, self.s.sample.explain_window)
+        extra: dict = {}
+        if self.s.best_of > 1 and sample.validation:
+            candidates = [text]
+            for seed in range(1, self.s.best_of):
+                try:
+                    cand, _ = await propose(
+                        self.explainer, sample, es, self.s.sample.explain_window, seed, 0.7
+                    )
+                    candidates.append(cand)
+                except ExplanationError:
+                    continue
+            val_scores = []
+            for cand in candidates:
+                sims = await self.simulator.simulate(cand, sample.validation)
+                val_scores.append(scoring._corr(sims))
+            best = max(
+                range(len(candidates)),
+                key=lambda i: -1.0 if val_scores[i] != val_scores[i] else val_scores[i],
+            )
+            text = candidates[best]
+            extra = {"candidates": candidates, "validation_correlation": val_scores}
+        return text, prompt_id, extra
+
+    async def score(self, text: str, sample: UnitSample, fields: dict) -> list[Score]:
+        out = []
+        for scorer in self.s.scorers:
+            f = {**fields, **self.score_fields(scorer)}
+            try:
+                if scorer == "correlation":
+                    out.append(await scoring.correlation(self.simulator, text, sample, self.s.score, **f))
+                elif scorer == "detection":
+                    out.append(await scoring.detection(self.sim_llm, text, sample, self.s.score, **f))
+                elif scorer == "fuzzing":
+                    out.append(await scoring.fuzzing(self.sim_llm, text, sample, self.s.score, **f))
+                else:
+                    out.append(await scoring.embedding(text, sample, self.s.score, **f))
+            except LLMError as e:
+                out.append(scoring.failed(scorer, e, **f))
+        return out
+
+    async def label_one(self, unit_id: str, method: str) -> UnitResult:
+        from autointerp.explain import METHODS as _M
+        from autointerp.prompts import prompt
+
+        sample = sample_unit(self.store, unit_id, self.s.sample)
+        exp_id = explanation_id(unit_id, method, self.s, prompt(_M[method]).id)
+        if self.done(exp_id):
+            exp = self.store.get_explanation(exp_id)
+            scores = {x.scorer: x.value for x in self.store.scores(exp_id)}
+            return UnitResult(
+                unit_id=unit_id, method=method, explanation=exp.text, scores=scores, skipped=True
+            )
+        try:
+            text, prompt_id, extra = await self.explain(sample, method)
+        except LLMError as e:
+            return UnitResult(unit_id=unit_id, method=method, error=f"{type(e).__name__}: {e}")
+        settings = {**self.s.model_dump(exclude={"concurrency"}), **extra, "code_version": code_version()}
+        exp = Explanation(
+            id=exp_id,
+            unit_id=unit_id,
+            text=text,
+            method=method,
+            model=self.explainer.spec,
+            prompt=prompt_id,
+            settings=settings,
+            run_id=self.run_id,
+        )
+        fields = {
+            "explanation_id": exp_id,
+            "unit_id": unit_id,
+            "run_id": self.run_id,
+            "settings": self.s.score.model_dump(),
+        }
+        scores = await self.score(text, sample, fields)
+        self.store.put_explanation(exp, scores)
+        return UnitResult(
+            unit_id=unit_id, method=method, explanation=text, scores={x.scorer: x.value for x in scores}
+        )
+
+    async def run(
+        self, unit_ids: list[str], progress: Callable[[UnitResult], None] | None = None
+    ) -> LabelSummary:
+        t0 = time.perf_counter()
+        self.store.start_run(
+            RunRecord(
+                id=self.run_id,
+                kind="label",
+                settings=self.s.model_dump(),
+                code_version=code_version(),
+                started_at=now(),
+            )
+        )
+        sem = asyncio.Semaphore(self.s.concurrency)
+
+        async def one(uid: str, method: str) -> UnitResult:
+            async with sem:
+                result = await self.label_one(uid, method)
+            if progress:
+                progress(result)
+            return result
+
+        results = await asyncio.gather(*(one(u, m) for u in unit_ids for m in self.s.methods))
+        summary = LabelSummary(
+            run_id=self.run_id,
+            results=list(results),
+            seconds=time.perf_counter() - t0,
+            prompt_tokens=self.explainer.prompt_tokens
+            + (self.sim_llm.prompt_tokens if self.sim_llm.llm is not self.explainer.llm else 0),
+            completion_tokens=self.explainer.completion_tokens
+            + (self.sim_llm.completion_tokens if self.sim_llm.llm is not self.explainer.llm else 0),
+        )
+        self.store.finish_run(
+            self.run_id,
+            "complete" if not summary.failures else "failed",
+            {
+                "units": len(results),
+                "failures": [r.model_dump() for r in summary.failures],
+                "seconds": summary.seconds,
+            },
+        )
+        return summary
+
+
+def resolve_units(store: Store, units: list[str] | None, limit: int | None = None) -> list[str]:
+    """Unit ids to label: those given (checked), or every recorded unit."""
+    if units:
+        ids = [UnitRef.parse(u).id for u in units]
+        missing = [u for u in ids if store.get_unit(u) is None]
+        if missing:
+            raise UserError(f"{missing[0]} is not recorded in {store.path}; record its hook first.")
+    else:
+        ids = [u.id for u in store.units()]
+        if not ids:
+            raise UserError(f"{store.path} holds no recorded units; run `autointerp record` first.")
+    return ids[:limit] if limit else ids
+
+
+def label(
+    db: str | Path,
+    units: list[str] | None = None,
+    *,
+    limit: int | None = None,
+    explainer: str = "local:qwen2.5-coder-1.5b",
+    simulator: str | None = None,
+    base_url: str | None = None,
+    no_cache: bool = False,
+    progress: Callable[[UnitResult], None] | None = None,
+    **settings,
+) -> LabelSummary:
+    """Explain and score units of a recorded store (the Python API behind `autointerp label`)."""
+    if not Path(db).exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    store = Store(db)
+    s = LabelSettings(explainer=explainer, simulator=simulator or explainer, **settings)
+    unit_ids = resolve_units(store, units, limit)
+    exp_llm = get_llm(s.explainer, store, base_url=base_url, concurrency=s.concurrency, no_cache=no_cache)
+    sim_llm = (
+        exp_llm
+        if s.simulator == s.explainer
+        else get_llm(s.simulator, store, base_url=base_url, concurrency=s.concurrency, no_cache=no_cache)
+    )
+    labeller = Labeller(store, s, exp_llm, sim_llm)
+    return asyncio.run(labeller.run(unit_ids, progress))

@@ -1,0 +1,84 @@
+"""Which recorded examples an explainer sees and which ones score its explanation.
+
+The split is deterministic: the explainer reads every other top example; the scorers read the other
+top examples plus uniform random windows (OpenAI's top + random mix), the quantile samples, and
+non-firing windows. Best-of-k and revision choose on a validation set kept apart from the test set.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from autointerp.errors import UserError
+from autointerp.store import Store
+from autointerp.types import Example, Unit
+
+
+class SampleSettings(BaseModel):
+    n_explain: int = 10  # top examples shown to the explainer
+    n_test_top: int = 10  # held-out top examples in the correlation test set
+    n_test_random: int = 10  # random windows in the correlation test set
+    n_negatives: int = 10  # non-firing windows for contrast, detection and embedding
+    explain_window: int = 24  # tokens around each peak shown to the explainer (0: whole window)
+    low_fraction: float = 0.25  # a random window peaking below this share of the unit's max is a negative
+
+
+class UnitSample(BaseModel):
+    unit: Unit
+    explain: list[Example]  # what the explainer reads
+    test: list[Example]  # held-out top + random: the correlation score
+    quantile: list[Example]  # firing windows by activation quantile: per-quantile scores, detection
+    negatives: list[Example]  # windows where the unit does not fire
+    validation: list[Example]  # best-of-k / revision choose on these, never on `test`
+    contrast: list[
+        Example
+    ]  # counterfactual / hard-negative / negative examples for the contrastive explainer
+
+
+def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
+    unit = store.get_unit(unit_id)
+    if unit is None:
+        raise UserError(
+            f"{unit_id} is not recorded in {store.path}; run `autointerp record` for its hook first."
+        )
+    by_kind: dict[str, list[Example]] = {}
+    for e in store.examples(unit_id):
+        by_kind.setdefault(e.kind, []).append(e)
+    top = by_kind.get("top", [])
+    if not top or top[0].max_act <= unit.stats.fire_threshold:
+        raise UserError(
+            f"{unit_id} has no activating examples in {store.path}; it never fired on the corpus."
+        )
+    random = by_kind.get("random", [])
+    explain, held = top[0::2][: s.n_explain], top[1::2]
+    test = held[: s.n_test_top] + random[: s.n_test_random]
+    # Non-firing windows; for dense units (GELU neurons fire a little almost everywhere) also random
+    # windows that stay below a quarter of the unit's max.
+    low = s.low_fraction * unit.stats.max
+    negatives = (by_kind.get("negative", []) + [e for e in random if e.max_act < low])[: s.n_negatives]
+    validation = held[s.n_test_top :] + random[s.n_test_random :] + by_kind.get("quantile", [])[::2]
+    contrast = by_kind.get("counterfactual", []) + by_kind.get("hard_negative", []) + negatives
+    return UnitSample(
+        unit=unit,
+        explain=explain,
+        test=test,
+        quantile=by_kind.get("quantile", []),
+        negatives=negatives,
+        validation=validation,
+        contrast=contrast,
+    )
+
+
+def normalize(acts: list[float], unit_max: float) -> list[int]:
+    """0-9 integers: activation / unit max, negatives as 0 (single-digit tokens for every tokenizer)."""
+    if unit_max <= 0:
+        return [0] * len(acts)
+    return [min(9, max(0, int(9 * a / unit_max))) for a in acts]
+
+
+def crop(example: Example, window: int) -> tuple[list[str], list[float]]:
+    """Tokens and activations around the example's peak (3/4 of the window before it)."""
+    if not window or window >= len(example.acts):
+        return example.context.tokens, example.acts
+    lo = max(0, min(example.max_pos - (3 * window) // 4, len(example.acts) - window))
+    return example.context.tokens[lo : lo + window], example.acts[lo : lo + window]
