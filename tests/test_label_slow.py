@@ -1,0 +1,65 @@
+"""Labelling end to end on real embedded models: Gemma records, SmolLM2 explains, simulates and judges."""
+
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from autointerp import label, record_units
+from autointerp.cli import app
+from autointerp.errors import UserError
+from autointerp.store import Store
+
+pytestmark = pytest.mark.slow
+HOOK = "blocks.6.mlp.hook_post"
+LLM = "local:smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def db(gemma, tmp_path_factory):
+    path = tmp_path_factory.mktemp("label") / "x.db"
+    record_units(path, [HOOK], units=[1, 2], subject=gemma, max_tokens=2048, ctx=32, batch_size=16, top_k=8)
+    return path
+
+
+def test_label_stores_explanations_and_scores_with_provenance(db):
+    units = [f"gemma-3-270m/{HOOK}/1", f"gemma-3-270m/{HOOK}/2"]
+    summary = label(db, units, explainer=LLM, scorers=["correlation", "detection", "fuzzing"], concurrency=2)
+    assert not summary.failures
+    store = Store(db)
+    for uid in units:
+        (exp,) = store.explanations(uid)
+        assert exp.text and exp.model == LLM and exp.prompt == "explain-top@1"
+        assert exp.settings["code_version"]
+        scores = {s.scorer: s for s in store.scores(exp.id)}
+        assert set(scores) == {"correlation", "detection", "fuzzing"}
+        for s in scores.values():
+            assert s.status in ("ok", "nan")
+            assert (s.value is None) == (s.status == "nan")
+            if s.status == "ok":
+                assert -1 <= s.value <= 1 and not math.isnan(s.value)
+            else:
+                assert s.reason
+        corr = scores["correlation"]
+        assert corr.simulator == f"{LLM}#exact" and corr.prompt == "simulate-exact@1"
+        assert len(corr.details["predicted"]) == corr.details["n_test"] > 0
+    run = [r for r in store.runs("label")][0]
+    assert run.status == "complete"
+
+
+def test_second_label_run_skips_done_units(db):
+    units = [f"gemma-3-270m/{HOOK}/1"]
+    again = label(db, units, explainer=LLM, scorers=["correlation", "detection", "fuzzing"])
+    assert [r.skipped for r in again.results] == [True]
+    assert again.prompt_tokens == 0
+
+
+def test_label_bad_input(db, tmp_path):
+    with pytest.raises(UserError, match="not recorded"):
+        label(db, [f"gemma-3-270m/{HOOK}/999"], explainer=LLM)
+    with pytest.raises(UserError, match="No store"):
+        label(tmp_path / "missing.db", explainer=LLM)
+    with pytest.raises(UserError, match="Unknown scorer"):
+        label(db, [f"gemma-3-270m/{HOOK}/1"], explainer=LLM, scorers=["vibes"])
+    out = CliRunner().invoke(app, ["label", "--db", str(db), "--explainer", "nonsense"])
+    assert out.exit_code == 2 and "not an LLM spec" in " ".join(out.output.split())
