@@ -179,6 +179,7 @@ class Labeller:
         out = []
         for scorer in self.s.scorers:
             f = {**fields, **self.score_fields(scorer)}
+            t0 = time.perf_counter()
             try:
                 if scorer == "correlation":
                     out.append(await scoring.correlation(self.simulator, text, sample, self.s.score, **f))
@@ -190,6 +191,7 @@ class Labeller:
                     out.append(await scoring.embedding(text, sample, self.s.score, **f))
             except LLMError as e:
                 out.append(scoring.failed(scorer, e, **f))
+            out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
     async def label_one(self, unit_id: str, method: str) -> UnitResult:
@@ -204,11 +206,17 @@ class Labeller:
             return UnitResult(
                 unit_id=unit_id, method=method, explanation=exp.text, scores=scores, skipped=True
             )
+        t0 = time.perf_counter()
         try:
             text, prompt_id, extra = await self.explain(sample, method)
         except LLMError as e:
             return UnitResult(unit_id=unit_id, method=method, error=f"{type(e).__name__}: {e}")
-        settings = {**self.s.model_dump(exclude={"concurrency"}), **extra, "code_version": code_version()}
+        settings = {
+            **self.s.model_dump(exclude={"concurrency"}),
+            **extra,
+            "code_version": code_version(),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         exp = Explanation(
             id=exp_id,
             unit_id=unit_id,
