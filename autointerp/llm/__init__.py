@@ -1,0 +1,105 @@
+"""LLM access: `get_llm(spec)` builds a backend and wraps it in the store-backed cache.
+
+Specs: `local:qwen2.5-coder-1.5b`, `local:smollm2-135m`, `local:PATH` (model directory or .gguf),
+`local:HF_ID` (from the Hugging Face cache), `openai:MODEL` (+ base_url / OPENAI_BASE_URL for any
+OpenAI-compatible server), `anthropic:MODEL`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel
+
+from autointerp.errors import UserError
+from autointerp.llm.base import (
+    LLM,
+    Capabilities,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    Message,
+    TokenLogprob,
+    TokenProbsRequest,
+    TokenProbsResponse,
+    Tool,
+    ToolCall,
+    Usage,
+)
+from autointerp.llm.cache import CachedLLM
+from autointerp.store import Store
+
+__all__ = [
+    "LLM",
+    "CachedLLM",
+    "Capabilities",
+    "ChatRequest",
+    "ChatResponse",
+    "LLMError",
+    "LLMSpec",
+    "Message",
+    "TokenLogprob",
+    "TokenProbsRequest",
+    "TokenProbsResponse",
+    "Tool",
+    "ToolCall",
+    "Usage",
+    "get_llm",
+    "parse_spec",
+]
+
+BACKENDS = ("local", "openai", "anthropic")
+
+
+class LLMSpec(BaseModel):
+    backend: Literal["local", "openai", "anthropic"]
+    model: str
+
+
+def parse_spec(spec: str) -> LLMSpec:
+    """`BACKEND:MODEL` -> LLMSpec; UserError naming the accepted forms otherwise."""
+    backend, sep, model = spec.strip().partition(":")
+    if not sep or backend not in BACKENDS or not model.strip():
+        raise UserError(
+            f"{spec!r} is not an LLM spec; write local:qwen2.5-coder-1.5b, local:PATH, openai:MODEL "
+            "or anthropic:MODEL."
+        )
+    return LLMSpec(backend=backend, model=model.strip())  # type: ignore[arg-type]
+
+
+def get_llm(
+    spec: str,
+    store: Store | None = None,
+    *,
+    base_url: str | None = None,
+    concurrency: int = 8,
+    no_cache: bool = False,
+) -> CachedLLM:
+    """The LLM named by `spec`, served through the store's cache (`no_cache`: always call, still record)."""
+    s = parse_spec(spec)
+    if s.backend == "local":
+        from autointerp.llm.local import LocalLLM, resolve
+
+        resolve(s.model)  # a bad path fails here, before any model loads
+        inner: LLM = LocalLLM(s.model)
+    elif s.backend == "openai":
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key and base_url is None:
+            raise UserError(
+                f"{spec} needs an API key: set OPENAI_API_KEY (or pass --base-url for a local "
+                "OpenAI-compatible server)."
+            )
+        from autointerp.llm.openai_backend import OpenAILLM
+
+        inner = OpenAILLM(s.model, api_key=key, base_url=base_url, concurrency=concurrency)
+    else:
+        key = os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            raise UserError(f"{spec} needs an API key: set ANTHROPIC_API_KEY.")
+        from autointerp.llm.anthropic_backend import AnthropicLLM
+
+        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        inner = AnthropicLLM(s.model, api_key=key, base_url=base_url, concurrency=concurrency)
+    return CachedLLM(inner, store, no_cache=no_cache)

@@ -1,0 +1,183 @@
+"""Anthropic backend (official `anthropic` SDK): chat, tools, JSON answers through a forced tool.
+
+No logprobs: `top_logprobs` requests and `token_probs` raise LLMError. Requests are bounded by a
+semaphore; the SDK retries 408/409/429/5xx/529 and connection errors with exponential backoff
+(honouring retry-after); 400/401/403/404 fail at once with the fix named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+
+from autointerp.errors import UserError
+from autointerp.llm.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    Message,
+    TokenProbsRequest,
+    TokenProbsResponse,
+    ToolCall,
+    Usage,
+)
+from autointerp.llm.util import PerLoop, cost_usd
+
+try:
+    import anthropic
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise UserError(
+        "The anthropic backend needs the anthropic package; run `pip install autointerp[anthropic]`."
+    ) from e
+
+_ACCEPTS_TEMPERATURE = (
+    "temperature" in inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters
+)
+ANSWER_TOOL = "json_answer"  # the forced tool that carries a JSON-schema answer
+
+
+class AnthropicLLM:
+    """`anthropic:MODEL`, e.g. `anthropic:claude-3-5-haiku-latest`."""
+
+    backend = "anthropic"
+    capabilities = Capabilities(token_probs=False, top_logprobs=False, tools=True, json_schema=True)
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 120.0,
+        http_client=None,  # noqa: ANN001 - an httpx.AsyncClient, for tests at the HTTP boundary
+    ):
+        self.model = model
+        self.spec = f"anthropic:{model}"
+        kwargs = dict(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout)
+        self._client = PerLoop(lambda: anthropic.AsyncAnthropic(**kwargs, http_client=http_client))
+        self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        if request.top_logprobs > 0:
+            raise LLMError(f"{self.spec} returns no logprobs; use a local: or openai: model for them.")
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        params: dict = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": _messages([m for m in request.messages if m.role != "system"]),
+        }
+        if _ACCEPTS_TEMPERATURE:  # recent SDKs dropped sampling settings: the API chooses them
+            params["temperature"] = request.temperature
+        if system:
+            params["system"] = system
+        if request.stop:
+            params["stop_sequences"] = request.stop
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools or []
+        ]
+        if request.json_schema is not None:
+            tools.append(
+                {
+                    "name": ANSWER_TOOL,
+                    "description": "Give the answer as JSON.",
+                    "input_schema": request.json_schema,
+                }
+            )
+            params["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
+        if tools:
+            params["tools"] = tools
+        t0 = time.perf_counter()
+        resp = await self._request(params)
+        latency = time.perf_counter() - t0
+        texts, calls = [], []
+        for block in resp.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use" and block.name == ANSWER_TOOL and request.json_schema is not None:
+                texts = [json.dumps(block.input)]
+            elif block.type == "tool_use":
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input)))
+        if request.json_schema is not None and not any(
+            b.type == "tool_use" and b.name == ANSWER_TOOL for b in resp.content
+        ):
+            raise LLMError(f"{self.spec} did not give a JSON answer; retry the call.")
+        pt, ct = resp.usage.input_tokens, resp.usage.output_tokens
+        return ChatResponse(
+            text="".join(texts),
+            tool_calls=calls,
+            finish_reason=resp.stop_reason,
+            model=self.model,
+            backend=self.backend,
+            usage=Usage(
+                prompt_tokens=pt,
+                completion_tokens=ct,
+                latency_s=latency,
+                cost_usd=cost_usd(self.model, pt, ct),
+            ),
+        )
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        raise LLMError(
+            f"{self.spec} returns no token probabilities; simulate with a local: model or an "
+            "OpenAI-compatible server that returns prompt logprobs."
+        )
+
+    async def _request(self, params: dict):  # noqa: ANN202
+        async with self._sem.get():
+            try:
+                return await (await self._client.aget()).messages.create(**params)
+            except anthropic.AuthenticationError as e:
+                raise LLMError(
+                    f"{self.spec}: the API rejected the key (401: {_detail(e)}); check ANTHROPIC_API_KEY."
+                ) from e
+            except anthropic.PermissionDeniedError as e:
+                raise LLMError(f"{self.spec}: the key may not use this model (403: {_detail(e)}).") from e
+            except anthropic.NotFoundError as e:
+                raise LLMError(f"{self.spec}: unknown model or endpoint (404: {_detail(e)}).") from e
+            except anthropic.BadRequestError as e:
+                raise LLMError(f"{self.spec}: request rejected (400: {_detail(e)}).") from e
+            except anthropic.RateLimitError as e:
+                raise LLMError(
+                    f"{self.spec}: still rate-limited after retries (429); lower --concurrency."
+                ) from e
+            except anthropic.APITimeoutError as e:
+                raise LLMError(f"{self.spec}: the API timed out after retries; try again later.") from e
+            except anthropic.APIConnectionError as e:
+                raise LLMError(f"{self.spec}: cannot reach the Anthropic API; check the network.") from e
+            except anthropic.APIStatusError as e:
+                raise LLMError(
+                    f"{self.spec}: the API answered {e.status_code} after retries ({_detail(e)})."
+                ) from e
+
+
+def _detail(e: anthropic.APIStatusError) -> str:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    return str(err.get("message") or e.message)
+
+
+def _messages(messages: list[Message]) -> list[dict]:
+    """Our messages in Anthropic's shape: tool results are user turns, tool calls are tool_use blocks."""
+    out: list[dict] = []
+    for m in messages:
+        if m.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif m.role == "assistant" and m.tool_calls:
+            blocks: list[dict] = [{"type": "text", "text": m.content}] if m.content else []
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in m.tool_calls
+            ]
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out

@@ -1,0 +1,178 @@
+"""The caching and logging wrapper every backend is served through.
+
+Each call is looked up in the store by the hash of its canonical request; a hit is returned with
+`usage.cached=True`. A miss is performed, timed and written with its token counts, latency and cost.
+Identical requests in flight at the same time are performed once. A failed call raises `LLMError`
+and is never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from autointerp.errors import UserError
+from autointerp.llm.base import (
+    LLM,
+    Capabilities,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    TokenProbsRequest,
+    TokenProbsResponse,
+)
+from autointerp.store import Store
+from autointerp.types import LLMCallRecord
+
+log = logging.getLogger("autointerp.llm")
+
+R = TypeVar("R", ChatResponse, TokenProbsResponse)
+
+
+class CachedLLM:
+    """Wraps a backend: cache lookups, in-flight de-duplication, timing and logging of every call."""
+
+    def __init__(self, inner: LLM, store: Store | None = None, no_cache: bool = False):
+        self.inner = inner
+        self.store = store
+        self.no_cache = no_cache
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.calls = 0  # calls actually performed by the backend (not served from the cache)
+
+    @property
+    def spec(self) -> str:
+        return self.inner.spec
+
+    @property
+    def backend(self) -> str:
+        return self.inner.backend
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        key = request.cache_key(self.backend, self.model)
+        return await self._call(key, "chat", request, ChatResponse, lambda: self.inner.chat(request))
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        key = request.cache_key(self.backend, self.model)
+        return await self._call(
+            key, "token_probs", request, TokenProbsResponse, lambda: self.inner.token_probs(request)
+        )
+
+    async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
+        """Many prompts at once: cache hits are served, the misses go to the backend as one batch."""
+        out: list[TokenProbsResponse | None] = [None] * len(requests)
+        misses = []
+        for i, req in enumerate(requests):
+            hit = self._lookup(req.cache_key(self.backend, self.model), TokenProbsResponse)
+            if hit is not None:
+                out[i] = hit
+            else:
+                misses.append(i)
+        if misses:
+            many = getattr(self.inner, "token_probs_many", None)
+            reqs = [requests[i] for i in misses]
+            t0 = time.perf_counter()
+            try:
+                if many is not None:
+                    results = await many(reqs)
+                else:
+                    results = await asyncio.gather(*(self.inner.token_probs(r) for r in reqs))
+            except (LLMError, UserError):
+                raise
+            except Exception as e:  # a backend bug or an unexpected transport error: never a default
+                raise LLMError(f"{self.spec}: token_probs failed: {e}") from e
+            share = (time.perf_counter() - t0) / len(reqs)
+            for i, req, res in zip(misses, reqs, results, strict=True):
+                if not res.usage.latency_s:
+                    res.usage.latency_s = share
+                self._write(req.cache_key(self.backend, self.model), "token_probs", req, res)
+                out[i] = res
+        return [r for r in out if r is not None]
+
+    # -- internals ------------------------------------------------------------------------------
+    def _lookup(self, key: str, kind: type[R]) -> R | None:
+        if self.store is None or self.no_cache:
+            return None
+        rec = self.store.get_llm_call(key)
+        if rec is None:
+            return None
+        resp = kind.model_validate(rec.response)
+        resp.usage.cached = True
+        log.debug("llm cache hit %s %s", self.spec, key[:12])
+        return resp
+
+    def _write(
+        self, key: str, kind: str, request: BaseModel, resp: ChatResponse | TokenProbsResponse
+    ) -> None:
+        self.calls += 1
+        u = resp.usage
+        log.debug(
+            "llm call %s %s %s: %d+%d tokens, %.2f s",
+            self.spec,
+            kind,
+            key[:12],
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.latency_s,
+        )
+        if self.store is None:
+            return
+        self.store.put_llm_call(
+            LLMCallRecord(
+                hash=key,
+                backend=self.backend,
+                model=self.model,
+                request={"kind": kind, **request.model_dump()},
+                response=resp.model_dump(),
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                latency_s=u.latency_s,
+                cost_usd=u.cost_usd,
+            )
+        )
+
+    async def _call(
+        self, key: str, kind: str, request: BaseModel, rtype: type[R], perform: Callable[[], Awaitable[R]]
+    ) -> R:
+        hit = self._lookup(key, rtype)
+        if hit is not None:
+            return hit
+        loop = asyncio.get_running_loop()
+        pending = self._inflight.get(key)
+        if pending is not None and pending.get_loop() is loop:
+            return (await asyncio.shield(pending)).model_copy(deep=True)
+        fut: asyncio.Future = loop.create_future()
+        self._inflight[key] = fut
+        try:
+            t0 = time.perf_counter()
+            try:
+                resp = await perform()
+            except (LLMError, UserError):
+                raise
+            except Exception as e:  # a backend bug or an unexpected transport error: never a default
+                raise LLMError(f"{self.spec}: {kind} failed: {e}") from e
+            if not resp.usage.latency_s:
+                resp.usage.latency_s = time.perf_counter() - t0
+            self._write(key, kind, request, resp)
+            fut.set_result(resp)
+            return resp
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: a lone caller must not log "never retrieved"
+            raise
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]

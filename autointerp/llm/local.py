@@ -1,0 +1,443 @@
+"""Local backend: a transformers causal LM in bf16 on CPU (or CUDA when present).
+
+Chat uses the tokenizer's chat template; temperature 0 is greedy and deterministic. `token_probs`
+reads exact next-token distributions from the logits. Concurrent `token_probs` calls are gathered
+into one batch, and the key/value cache of a shared prompt prefix is computed once and reused:
+within a batch (the common token prefix of its prompts) and across calls (a small LRU of recent
+prefixes, matched by longest common token prefix). Torch work runs in a worker thread under a
+per-model lock, so the event loop is never blocked; models load once per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autointerp.errors import UserError
+from autointerp.llm.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    TokenLogprob,
+    TokenProbsRequest,
+    TokenProbsResponse,
+    Usage,
+)
+from autointerp.llm.util import PerLoop, parse_json_answer, schema_instruction
+
+
+class TokenizationError(LLMError, UserError):
+    """A request the tokenizer cannot serve: a position off a token boundary, a multi-token candidate."""
+
+
+MIN_REUSE = 16  # shortest shared prefix (tokens) worth a cached key/value pass
+LRU_SIZE = 8  # prefixes kept per model
+BATCH_TOKENS = 4096  # suffix tokens per forward pass (rows x longest suffix)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class _Prepared:
+    ids: list[int]
+    idx: list[int]  # per requested position: the token index whose logits predict the next token
+    cand: list[int]  # candidate token ids
+
+
+@dataclass
+class Engine:
+    """A loaded model + tokenizer, its lock and its prefix cache. One per (source, dtype) per process."""
+
+    name: str
+    model: object
+    tok: object
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    prefixes: OrderedDict = field(default_factory=OrderedDict)  # tuple(token ids) -> DynamicCache
+    sliding: bool = False  # the model has sliding-window layers: prefix reuse is off
+    stats: dict = field(default_factory=lambda: {"forward_tokens": 0, "reused_tokens": 0})
+
+    # -- token_probs ----------------------------------------------------------------------------
+    def prepare(self, req: TokenProbsRequest) -> _Prepared:
+        enc = self.tok(req.prompt, return_offsets_mapping=True)
+        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        special = set(self.tok.all_special_ids)
+        n_special = 0  # leading special tokens (BOS): they let position 0 be predicted
+        while n_special < len(ids) and offs[n_special] == (0, 0) and ids[n_special] in special:
+            n_special += 1
+        ends: dict[int, int] = {}
+        for i, (s, e) in enumerate(offs):
+            if e > s:
+                ends[e] = i  # the last token ending at e
+        idx = []
+        for p in req.positions:
+            if p == 0 and n_special:
+                idx.append(n_special - 1)
+            elif p in ends and (ends[p] + 1 >= len(offs) or offs[ends[p] + 1][0] >= p):
+                idx.append(ends[p])
+            else:
+                raise TokenizationError(
+                    f"Position {p} of the prompt is not on a token boundary for {self.name} "
+                    f"(near {req.prompt[max(0, p - 10) : p + 10]!r}); end each prefix with a separator "
+                    "such as a tab."
+                )
+        cand = []
+        for c in req.candidates:
+            t = self.tok.encode(c, add_special_tokens=False)
+            if len(t) != 1:
+                raise TokenizationError(
+                    f"Candidate {c!r} is {len(t)} tokens for {self.name}; use single-token candidates "
+                    "such as the digits 0-9."
+                )
+            cand.append(t[0])
+        return _Prepared(ids, idx, cand)
+
+    def token_probs_batch(
+        self, preps: list[_Prepared], reuse: bool = True
+    ) -> list[tuple[list[list[float]], list[float]]]:
+        """Candidate probabilities and raw mass at every requested position of every prompt."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            out: list = [None] * len(preps)
+            shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
+            shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
+            if reuse and len(preps) > 1 and shared >= MIN_REUSE:
+                kv = self._prefix_kv(preps[0].ids[:shared])
+                self._forward_rows(list(range(len(preps))), preps, shared if kv is not None else 0, kv, out)
+            elif reuse:
+                for i, p in enumerate(preps):  # no common prefix in this batch: each may match the LRU
+                    cut = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
+                    kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
+                    self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
+            else:
+                self._forward_rows(list(range(len(preps))), preps, 0, None, out)
+            return out
+
+    def _forward_rows(self, rows: list[int], preps: list[_Prepared], start: int, kv, out: list) -> None:
+        """Forward `preps[rows]` from token `start` on (past key/values `kv` cover the tokens before)."""
+        import torch
+
+        rows = sorted(rows, key=lambda r: len(preps[r].ids))
+        chunk: list[int] = []
+        for r in [*rows, None]:
+            if r is not None:
+                longest = len(preps[r].ids) - start
+                if not chunk or longest * (len(chunk) + 1) <= BATCH_TOKENS:
+                    chunk.append(r)
+                    continue
+            if not chunk:
+                break
+            suffixes = [preps[c].ids[start:] for c in chunk]
+            width = max(map(len, suffixes))
+            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+            inp = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=self.device)
+            mask = torch.tensor(
+                [[1] * (start + len(s)) + [0] * (width - len(s)) for s in suffixes], device=self.device
+            )
+            keep = sorted({i - start for c in chunk for i in preps[c].idx})
+            kwargs = {}
+            if kv is not None:
+                past = copy.deepcopy(kv)
+                if len(chunk) > 1:
+                    past.batch_repeat_interleave(len(chunk))
+                kwargs["past_key_values"] = past
+            logits = self.model(
+                input_ids=inp,
+                attention_mask=mask,
+                logits_to_keep=torch.tensor(keep, device=self.device),
+                use_cache=kv is not None,
+                **kwargs,
+            ).logits
+            self.stats["forward_tokens"] += sum(map(len, suffixes))
+            self.stats["reused_tokens"] += start * len(chunk)
+            col = {k: j for j, k in enumerate(keep)}
+            for b, c in enumerate(chunk):
+                p = preps[c]
+                sel = logits[b, [col[i - start] for i in p.idx]].float().log_softmax(-1)[:, p.cand]
+                out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist())
+            chunk = [r] if r is not None else []
+
+    def _prefix_kv(self, prefix: list[int]):
+        """Key/value cache of exactly `prefix`: from the LRU (cropped or extended) or computed.
+
+        None where the model's cache cannot be reused (sliding-window attention).
+        """
+        import torch
+
+        if self.sliding:
+            return None
+        key = tuple(prefix)
+        if key in self.prefixes:
+            self.prefixes.move_to_end(key)
+            return self.prefixes[key]
+        best, best_len = None, 0
+        for k in self.prefixes:
+            n = _lcp([k, key])
+            if n > best_len:
+                best, best_len = k, n
+        best_len = min(best_len, len(prefix) - 1)  # the last prefix token is always forwarded
+        if best is not None and best_len >= MIN_REUSE:
+            kv = copy.deepcopy(self.prefixes[best])
+            kv.crop(-(kv.get_seq_length() - best_len))  # negative: tokens to drop (any transformers)
+            start = best_len
+        else:
+            kv, start = None, 0
+        inp = torch.tensor([prefix[start:]], device=self.device)
+        res = self.model(input_ids=inp, past_key_values=kv, use_cache=True, logits_to_keep=1)
+        self.stats["forward_tokens"] += len(prefix) - start
+        self.stats["reused_tokens"] += start
+        if any(getattr(res.past_key_values, "is_sliding", [])):
+            self.sliding = True  # a sliding-window cache cannot be cropped back: no reuse for this model
+            return None
+        self.prefixes[key] = res.past_key_values
+        while len(self.prefixes) > LRU_SIZE:
+            self.prefixes.popitem(last=False)
+        return res.past_key_values
+
+    # -- chat -----------------------------------------------------------------------------------
+    def chat(self, req: ChatRequest, spec: str) -> tuple[str, str, list[TokenLogprob] | None, int, int]:
+        import torch
+        from transformers import GenerationConfig
+
+        msgs = [{"role": m.role, "content": m.content} for m in req.messages]
+        if req.json_schema is not None:
+            msgs.append({"role": "system", "content": schema_instruction(req.json_schema)})
+            if msgs[-2]["role"] == "user":  # keep the user turn last for templates that expect it
+                msgs[-1], msgs[-2] = msgs[-2], msgs[-1]
+        try:
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template that rejects the roles given
+            raise LLMError(f"{spec}: its chat template rejected the messages ({e}).") from e
+        enc = self.tok(text, add_special_tokens=False, return_tensors="pt").to(self.device)
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in eos:
+            eos.append(self.tok.eos_token_id)
+        sample = req.temperature > 0
+        cfg = GenerationConfig(
+            max_new_tokens=req.max_tokens,
+            do_sample=sample,
+            temperature=req.temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=eos,
+            pad_token_id=self.tok.pad_token_id if self.tok.pad_token_id is not None else eos[0],
+            stop_strings=req.stop or None,
+            output_logits=req.top_logprobs > 0,
+            return_dict_in_generate=True,
+        )
+        with self.lock, torch.inference_mode():
+            if sample:
+                torch.manual_seed(req.seed if req.seed is not None else time.time_ns() % 2**31)
+            out = self.model.generate(**enc, generation_config=cfg, tokenizer=self.tok)
+        n_prompt = enc["input_ids"].shape[1]
+        gen = out.sequences[0, n_prompt:].tolist()
+        finish = "length"
+        if gen and gen[-1] in eos:
+            gen, finish = gen[:-1], "stop"
+        answer = self.tok.decode(gen, skip_special_tokens=True)
+        for s in req.stop or []:
+            if s in answer:
+                answer, finish = answer[: answer.index(s)], "stop"
+        logprobs = None
+        if req.top_logprobs > 0:
+            logprobs = []
+            for t, step in zip(gen, out.logits, strict=False):
+                lp = step[0].float().log_softmax(-1)
+                top = torch.topk(lp, req.top_logprobs)
+                alts: dict[str, float] = {}
+                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    alts.setdefault(self.tok.decode([i]), v)
+                logprobs.append(TokenLogprob(token=self.tok.decode([t]), logprob=lp[t].item(), top=alts))
+        if req.json_schema is not None:
+            parse_json_answer(answer, req.json_schema, spec)
+        return answer, finish, logprobs, n_prompt, len(gen)
+
+
+def _lcp(seqs: list) -> int:
+    """Length of the longest common prefix of token sequences."""
+    if not seqs:
+        return 0
+    n = min(map(len, seqs))
+    first = seqs[0]
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
+_ENGINES: dict[tuple[str, str], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def resolve(source: str) -> tuple[str, Path | None]:
+    """(display name, local path or None for a hub id) of a `local:` model source."""
+    from autointerp import assets
+
+    if source in assets.embedded_models():
+        return source, None
+    p = Path(source).expanduser()
+    if p.exists():
+        if p.is_file() and p.suffix != ".gguf":
+            raise UserError(
+                f"{p} is neither a model directory nor a .gguf file; pass one of those to local:."
+            )
+        return p.name, p
+    if source.endswith(".gguf") or source.startswith(("/", "./", "~")):
+        raise UserError(f"No model file at {p}; check the path given to local:.")
+    return source, None
+
+
+def load_engine(source: str, dtype: str = "bfloat16") -> Engine:
+    """Load (once per process) the model behind a `local:` source."""
+    with _ENGINES_LOCK:
+        key = (source, dtype)
+        if key not in _ENGINES:
+            _ENGINES[key] = _load(source, dtype)
+        return _ENGINES[key]
+
+
+def _load(source: str, dtype: str) -> Engine:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from autointerp import assets
+
+    name, path = resolve(source)
+    td = getattr(torch, dtype)
+    gguf: dict = {}
+    if source in assets.embedded_models():
+        where = str(assets.ensure_model(source))
+    elif path is not None and path.is_file():
+        where, gguf = str(path.parent), {"gguf_file": path.name}
+    elif path is not None:
+        where = str(path)
+    else:
+        where = source
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **gguf)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=td, **gguf)
+    except OSError as e:
+        raise UserError(
+            f"Could not load {source!r}: it is not a local model directory and not in the Hugging Face "
+            "cache (no network); use local:qwen2.5-coder-1.5b, local:smollm2-135m or local:PATH."
+        ) from e
+    if gguf:
+        assets.strip_quantization(model)
+    dev = _device()
+    model.to(dev).eval()
+    # Neutral generation defaults: a checkpoint's own (e.g. Qwen's top_p, repetition_penalty) must not
+    # leak into requests; every request states its own sampling settings.
+    g = model.generation_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=g.bos_token_id, eos_token_id=g.eos_token_id, pad_token_id=g.pad_token_id
+    )
+    if tok.chat_template is None:
+        tok.chat_template = _PLAIN_TEMPLATE
+    return Engine(name=name, model=model, tok=tok, device=dev)
+
+
+_PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+class LocalLLM:
+    """`local:SOURCE`: an embedded model name, a model directory, a .gguf file or a hub id (cached)."""
+
+    backend = "local"
+    capabilities = Capabilities(token_probs=True, top_logprobs=True, tools=False, json_schema=False)
+
+    def __init__(self, source: str, *, dtype: str = "bfloat16", prefix_cache: bool = True):
+        self.spec = f"local:{source}"
+        self.source = source
+        self.dtype = dtype
+        self.prefix_cache = prefix_cache
+        self.model = resolve(source)[0] + ("" if dtype == "bfloat16" else f"@{dtype}")
+        self._engine: Engine | None = None
+        self._pending = PerLoop(list)  # (prepared, future) waiting for the next batch
+        self._worker = PerLoop(lambda: [None])
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = load_engine(self.source, self.dtype)
+        return self._engine
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        if request.tools:
+            raise LLMError(
+                f"{self.spec} cannot call tools; use an openai: or anthropic: model for the agent."
+            )
+        t0 = time.perf_counter()
+        engine = await asyncio.to_thread(lambda: self.engine)
+        text, finish, logprobs, n_in, n_out = await asyncio.to_thread(engine.chat, request, self.spec)
+        usage = Usage(prompt_tokens=n_in, completion_tokens=n_out, latency_s=time.perf_counter() - t0)
+        return ChatResponse(
+            text=text,
+            logprobs=logprobs,
+            finish_reason=finish,
+            model=self.model,
+            backend=self.backend,
+            usage=usage,
+        )
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        """One prompt; concurrent calls are gathered into a single batch with a shared prefix."""
+        engine = await asyncio.to_thread(lambda: self.engine)
+        prep = engine.prepare(request)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.get().append((request, prep, fut))
+        worker = self._worker.get()
+        if worker[0] is None or worker[0].done():
+            worker[0] = asyncio.create_task(self._drain(engine))
+        return await fut
+
+    async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
+        return list(await asyncio.gather(*(self.token_probs(r) for r in requests)))
+
+    async def _drain(self, engine: Engine) -> None:
+        pending = self._pending.get()
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            t0 = time.perf_counter()
+            try:
+                preps = [p for _, p, _ in batch]
+                results = await asyncio.to_thread(engine.token_probs_batch, preps, self.prefix_cache)
+            except Exception as e:  # noqa: BLE001 - handed to every waiting caller
+                err = (
+                    e
+                    if isinstance(e, LLMError | UserError)
+                    else LLMError(f"{self.spec}: forward pass failed: {e}")
+                )
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            share = (time.perf_counter() - t0) / len(batch)
+            for (req, prep, fut), (probs, mass) in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                fut.set_result(
+                    TokenProbsResponse(
+                        probs=[dict(zip(req.candidates, row, strict=True)) for row in probs],
+                        mass=mass,
+                        model=self.model,
+                        backend=self.backend,
+                        usage=Usage(prompt_tokens=len(prep.ids), latency_s=share),
+                    )
+                )

@@ -1,0 +1,281 @@
+"""OpenAI backend (official `openai` SDK): api.openai.com or any OpenAI-compatible server.
+
+Chat with top logprobs, tool calls and JSON-schema answers. `token_probs` reads prompt logprobs
+from the legacy completions endpoint (`echo=True`, `logprobs=k`): servers such as llama.cpp return
+them, api.openai.com does not (capability off there). Requests are bounded by a semaphore; the SDK
+retries 408/409/429/5xx and connection errors with exponential backoff; 400/401/403/404 fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from urllib.parse import urlparse
+
+from autointerp.errors import UserError
+from autointerp.llm.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    Message,
+    TokenLogprob,
+    TokenProbsRequest,
+    TokenProbsResponse,
+    ToolCall,
+    Usage,
+)
+from autointerp.llm.util import PerLoop, cost_usd, parse_json_answer
+
+try:
+    import openai
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise UserError(
+        "The openai backend needs the openai package; run `pip install autointerp[openai]`."
+    ) from e
+
+
+class OpenAILLM:
+    """`openai:MODEL`. With `base_url`, any server that speaks the OpenAI API (llama.cpp, vLLM, ...)."""
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 120.0,
+        prompt_logprobs: int = 10,
+        http_client=None,  # noqa: ANN001 - an httpx.AsyncClient, for tests at the HTTP boundary
+    ):
+        self.model = model
+        self.spec = f"openai:{model}"
+        self.base_url = base_url
+        official = base_url is None or urlparse(base_url).hostname == "api.openai.com"
+        self.official = official
+        self.prompt_logprobs = prompt_logprobs
+        self._mode: str | None = None  # echo alignment, probed on first token_probs
+        self.capabilities = Capabilities(
+            token_probs=not official, top_logprobs=True, tools=True, json_schema=True
+        )
+        kwargs = dict(
+            api_key=api_key or "not-needed", base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+        self._client = PerLoop(lambda: openai.AsyncOpenAI(**kwargs, http_client=http_client))
+        self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        params: dict = {
+            "model": self.model,
+            "messages": [_message(m) for m in request.messages],
+            "temperature": request.temperature,
+        }
+        params["max_completion_tokens" if self.official else "max_tokens"] = request.max_tokens
+        if request.stop:
+            params["stop"] = request.stop
+        if request.seed is not None:
+            params["seed"] = request.seed
+        if request.top_logprobs > 0:
+            params["logprobs"] = True
+            params["top_logprobs"] = request.top_logprobs
+        if request.tools:
+            params["tools"] = [{"type": "function", "function": t.model_dump()} for t in request.tools]
+        if request.json_schema is not None:
+            if self.official:
+                params["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": request.json_schema},
+                }
+            else:  # llama.cpp and most compatible servers: a grammar from the schema
+                params["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        t0 = time.perf_counter()
+        resp = await self._request((await self._client.aget()).chat.completions.create, params)
+        latency = time.perf_counter() - t0
+        if not resp.choices:
+            raise LLMError(f"{self.spec} returned no choices; check the model name and the server.")
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        calls = []
+        for tc in choice.message.tool_calls or []:
+            try:
+                args = json.loads(tc.function.arguments or "{}")
+            except json.JSONDecodeError as e:
+                raise LLMError(f"{self.spec} sent malformed tool arguments for {tc.function.name}.") from e
+            calls.append(ToolCall(id=tc.id, name=tc.function.name, arguments=args))
+        if request.json_schema is not None:
+            parse_json_answer(text, request.json_schema, self.spec)
+        logprobs = None
+        if request.top_logprobs > 0:
+            if choice.logprobs is None or choice.logprobs.content is None:
+                raise LLMError(
+                    f"{self.spec}: the server returned no logprobs; use a server that supports them."
+                )
+            logprobs = [
+                TokenLogprob(
+                    token=t.token, logprob=t.logprob, top={a.token: a.logprob for a in t.top_logprobs}
+                )
+                for t in choice.logprobs.content
+            ]
+        return ChatResponse(
+            text=text,
+            tool_calls=calls,
+            logprobs=logprobs,
+            finish_reason=choice.finish_reason,
+            model=self.model,
+            backend=self.backend,
+            usage=self._usage(resp.usage, latency),
+        )
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        if not self.capabilities.token_probs:
+            raise LLMError(
+                f"{self.spec} does not return prompt logprobs; use a local: model or an OpenAI-compatible "
+                "server (e.g. llama.cpp) for exact simulation."
+            )
+        mode = await self._echo_mode()
+        resp, latency = await self._prompt_logprobs(request.prompt, echo=True)
+        at = _distributions(resp.choices[0].logprobs, mode)
+        probs, mass = [], []
+        for p in request.positions:
+            if p not in at:
+                raise LLMError(
+                    f"Position {p} of the prompt is not on a token boundary for {self.spec}; end each "
+                    "prefix with a separator such as a tab."
+                )
+            raw = {c: math.exp(at[p][c]) if c in at[p] else 0.0 for c in request.candidates}
+            total = sum(raw.values())
+            if total <= 0:
+                raise LLMError(
+                    f"{self.spec}: none of the candidates is among the top {self.prompt_logprobs} tokens at "
+                    f"position {p}; raise prompt_logprobs or use a local: model."
+                )
+            probs.append({c: v / total for c, v in raw.items()})
+            mass.append(total)
+        return TokenProbsResponse(
+            probs=probs,
+            mass=mass,
+            model=self.model,
+            backend=self.backend,
+            usage=self._usage(resp.usage, latency),
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+    async def _prompt_logprobs(self, prompt: str, echo: bool):  # noqa: ANN202
+        params = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": echo,
+            "logprobs": max(self.prompt_logprobs, 1),
+        }
+        t0 = time.perf_counter()
+        resp = await self._request((await self._client.aget()).completions.create, params)
+        lp = resp.choices[0].logprobs if resp.choices else None
+        if lp is None or not lp.text_offset or lp.top_logprobs is None:
+            raise LLMError(
+                f"{self.spec}: the server returned no prompt logprobs; start it with logits for every "
+                "token (llama.cpp: --logits_all true)."
+            )
+        return resp, time.perf_counter() - t0
+
+    async def _echo_mode(self) -> str:
+        """How the server aligns echoed prompt logprobs, probed once.
+
+        "standard" (OpenAI): entry i is the distribution of token i given the tokens before it.
+        "shifted" (llama-cpp-python): entry i is the distribution of the token after token i.
+        The probe compares the echoed entries with the (unambiguous) distribution of the first
+        generated token of the same prompt without echo.
+        """
+        if self._mode is not None:
+            return self._mode
+        probe = "1, 2, 3, 4, 5, 6, 7,"
+        echoed, _ = await self._prompt_logprobs(probe, echo=True)
+        plain, _ = await self._prompt_logprobs(probe, echo=False)
+        truth = plain.choices[0].logprobs.top_logprobs[0] or {}
+        for mode in ("shifted", "standard"):
+            got = _distributions(echoed.choices[0].logprobs, mode).get(len(probe))
+            if got and truth and _same(got, truth):
+                self._mode = mode
+                return mode
+        raise LLMError(
+            f"{self.spec}: the server's echoed prompt logprobs match neither known alignment; "
+            "use a local: model for token_probs."
+        )
+
+    def _usage(self, u, latency: float) -> Usage:  # noqa: ANN001 - the SDK's usage object
+        pt = getattr(u, "prompt_tokens", 0) or 0
+        ct = getattr(u, "completion_tokens", 0) or 0
+        cost = cost_usd(self.model, pt, ct) if self.official else None
+        return Usage(prompt_tokens=pt, completion_tokens=ct, latency_s=latency, cost_usd=cost)
+
+    async def _request(self, create, params: dict):  # noqa: ANN001, ANN202
+        """One call under the concurrency bound; SDK errors become LLMError with the fix named."""
+        where = self.base_url or "api.openai.com"
+        async with self._sem.get():
+            try:
+                return await create(**params)
+            except openai.AuthenticationError as e:
+                raise LLMError(
+                    f"{self.spec}: {where} rejected the API key (401); check OPENAI_API_KEY."
+                ) from e
+            except openai.PermissionDeniedError as e:
+                raise LLMError(f"{self.spec}: the API key may not use this model (403); pick another.") from e
+            except openai.NotFoundError as e:
+                raise LLMError(f"{self.spec}: {where} does not know this model or endpoint (404).") from e
+            except openai.BadRequestError as e:
+                raise LLMError(f"{self.spec}: request rejected (400): {e.message}") from e
+            except openai.RateLimitError as e:
+                raise LLMError(
+                    f"{self.spec}: still rate-limited after retries (429); lower --concurrency."
+                ) from e
+            except openai.APITimeoutError as e:
+                raise LLMError(f"{self.spec}: {where} timed out after retries; check the server.") from e
+            except openai.APIConnectionError as e:
+                raise LLMError(f"{self.spec}: cannot reach {where}; check the server and --base-url.") from e
+            except openai.APIStatusError as e:
+                raise LLMError(
+                    f"{self.spec}: {where} answered {e.status_code} after retries: {e.message}"
+                ) from e
+
+
+def _message(m: Message) -> dict:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    out: dict = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    return out
+
+
+def _distributions(lp, mode: str) -> dict[int, dict[str, float]]:  # noqa: ANN001 - the SDK's logprobs
+    """Char offset p -> top logprobs of the next token after prompt[:p], from echoed logprobs."""
+    at: dict[int, dict[str, float]] = {}
+    for i, (off, tok, top) in enumerate(zip(lp.text_offset, lp.tokens, lp.top_logprobs, strict=False)):
+        if top is None:
+            continue
+        if mode == "standard":
+            p = off
+        else:
+            p = lp.text_offset[i + 1] if i + 1 < len(lp.text_offset) else off + len(tok)
+        at.setdefault(p, top)
+    return at
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Two top-logprob dicts describe the same distribution (same best token, close logprobs)."""
+    best = max(b, key=b.get)
+    return best in a and abs(a[best] - b[best]) < 0.05 and max(a, key=a.get) == best

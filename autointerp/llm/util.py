@@ -1,0 +1,101 @@
+"""Small helpers shared by the backends: prices, JSON answers, per-event-loop objects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from autointerp.llm.base import LLMError
+
+T = TypeVar("T")
+
+# USD per million (input, output) tokens, by model-name prefix; longest prefix wins. Unknown: no cost.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "claude-3-haiku": (0.25, 1.25),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-opus-4": (15.00, 75.00),
+}
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Cost of one call at list prices, where the model's price is known."""
+    match = max((p for p in PRICES if model.startswith(p)), key=len, default=None)
+    if match is None:
+        return None
+    pin, pout = PRICES[match]
+    return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+
+def schema_instruction(schema: dict) -> str:
+    return (
+        "Answer with a single JSON object and nothing else. It must match this JSON schema:\n"
+        + json.dumps(schema)
+    )
+
+
+def parse_json_answer(text: str, schema: dict, spec: str) -> dict:
+    """The JSON object in a model's answer, checked for the schema's required keys; LLMError if not."""
+    s = text.strip()
+    if s.startswith("```"):
+        s = s.strip("`").removeprefix("json").strip()
+    start, end = s.find("{"), s.rfind("}")
+    try:
+        obj = json.loads(s[start : end + 1]) if start >= 0 else json.loads(s)
+    except json.JSONDecodeError as e:
+        raise LLMError(
+            f"{spec} did not answer with JSON ({text[:80]!r}); retry or use a stronger model."
+        ) from e
+    if not isinstance(obj, dict):
+        raise LLMError(f"{spec} answered JSON that is not an object ({text[:80]!r}); use a stronger model.")
+    missing = [k for k in schema.get("required", []) if k not in obj]
+    if missing:
+        raise LLMError(f"{spec} answered JSON without required keys {missing}; use a stronger model.")
+    return obj
+
+
+class PerLoop(Generic[T]):
+    """One object per running event loop (asyncio primitives and HTTP clients must not cross loops)."""
+
+    def __init__(self, factory: Callable[[], T]):
+        self._factory = factory
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+        self._lifetimes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is None:
+            item = self._items[loop] = self._factory()
+        return item
+
+    async def aget(self) -> T:
+        """Like get(), for an object with an async close(): it is closed when its loop shuts down.
+
+        An async generator holds it; `asyncio.run` closes every live async generator before closing
+        the loop, so the client's connections close inside their own loop, never from a later one.
+        """
+        loop = asyncio.get_running_loop()
+        if loop not in self._items:
+            holder = _hold(self._factory())
+            self._items[loop] = await holder.__anext__()
+            self._lifetimes[loop] = holder
+        return self._items[loop]
+
+
+async def _hold(item):  # noqa: ANN001, ANN202
+    try:
+        yield item
+    finally:
+        await item.close()

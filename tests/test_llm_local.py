@@ -1,0 +1,117 @@
+"""The local backend on the embedded SmolLM2-135M (real model, marked slow; each test is a few seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from autointerp.errors import UserError
+from autointerp.llm import ChatRequest, LLMError, Message, TokenProbsRequest, Tool, get_llm
+from autointerp.llm.local import LocalLLM
+from autointerp.store import Store
+
+pytestmark = pytest.mark.slow
+
+DIGITS = [str(i) for i in range(10)]
+PREFIX = (
+    "Each line is a word, a tab and how strongly it names a month (0-9).\n"
+    "March\t9\nbanana\t0\nJune\t8\nrun\t0\nOctober\t9\nthe\t0\n"
+)
+WORDS = ["April", "table", "May", "Tuesday", "winter", "December"]
+
+
+def _requests(words: list[str]) -> list[TokenProbsRequest]:
+    reqs = []
+    for w in words:
+        prompt = f"{PREFIX}{w}\t"
+        reqs.append(TokenProbsRequest(prompt=prompt, positions=[len(prompt)], candidates=DIGITS))
+    return reqs
+
+
+def _reference(llm: LocalLLM, prompt: str, candidates: list[str]) -> tuple[list[float], float]:
+    """Softmax over the model's own logits for the next token after `prompt`, restricted to candidates."""
+    import torch
+
+    eng = llm.engine
+    ids = eng.tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        logp = eng.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+    cand = [eng.tok.encode(c, add_special_tokens=False)[0] for c in candidates]
+    p = logp[cand].exp()
+    return (p / p.sum()).tolist(), p.sum().item()
+
+
+def test_token_probs_equal_the_models_logits():
+    llm = LocalLLM("smollm2-135m", dtype="float32")
+    prompt = f"{PREFIX}April\t9\ntable\t0\nMay\t"
+    positions = [len(PREFIX) + len("April\t"), len(PREFIX) + len("April\t9\ntable\t"), len(prompt)]
+    resp = asyncio.run(
+        llm.token_probs(TokenProbsRequest(prompt=prompt, positions=positions, candidates=DIGITS))
+    )
+    assert len(resp.probs) == 3
+    for p, probs, mass in zip(positions, resp.probs, resp.mass, strict=True):
+        ref, ref_mass = _reference(llm, prompt[:p], DIGITS)
+        assert [probs[c] for c in DIGITS] == pytest.approx(ref, abs=1e-4)
+        assert mass == pytest.approx(ref_mass, rel=1e-3)
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and 0 < mass <= 1
+    assert resp.probs[0] != resp.probs[1]  # each position has its own distribution
+
+
+# float32: identical up to float rounding. bfloat16 (the default): a different batch shape alone moves a
+# probability by up to ~0.05 on this model, with or without reuse, so the bound is looser.
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("bfloat16", 0.1)])
+def test_prefix_reuse_gives_the_same_numbers(dtype, tol):
+    reuse = LocalLLM("smollm2-135m", dtype=dtype, prefix_cache=True)
+    plain = LocalLLM("smollm2-135m", dtype=dtype, prefix_cache=False)
+    reqs = _requests(WORDS)
+    stats = reuse.engine.stats
+    before = stats["reused_tokens"]
+    with_reuse = asyncio.run(reuse.token_probs_many(reqs))  # one batch: the common prefix runs once
+    assert stats["reused_tokens"] > before
+    before = stats["reused_tokens"]
+    one_by_one = [asyncio.run(reuse.token_probs(r)) for r in reqs[:2]]  # across calls: the prefix LRU
+    assert stats["reused_tokens"] > before
+    without = asyncio.run(plain.token_probs_many(reqs))
+    for a, b in zip(with_reuse, without, strict=True):
+        assert [a.probs[0][c] for c in DIGITS] == pytest.approx([b.probs[0][c] for c in DIGITS], abs=tol)
+    for a, b in zip(one_by_one, without[:2], strict=True):
+        assert [a.probs[0][c] for c in DIGITS] == pytest.approx([b.probs[0][c] for c in DIGITS], abs=tol)
+
+
+def test_token_probs_reject_off_boundary_positions_and_multi_token_candidates():
+    llm = LocalLLM("smollm2-135m")
+    with pytest.raises(LLMError, match="not on a token boundary"):
+        asyncio.run(llm.token_probs(TokenProbsRequest(prompt="December\t", positions=[3], candidates=DIGITS)))
+    with pytest.raises(UserError, match="single-token"):
+        asyncio.run(llm.token_probs(TokenProbsRequest(prompt="June\t", positions=[5], candidates=["10"])))
+
+
+def test_greedy_chat_is_deterministic_with_stop_and_logprobs(tmp_path):
+    llm = get_llm("local:smollm2-135m", Store(tmp_path / "c.db"), no_cache=True)
+    req = ChatRequest(
+        messages=[Message(role="user", content="List three colors.")], max_tokens=24, top_logprobs=3
+    )
+    a, b = asyncio.run(llm.chat(req)), asyncio.run(llm.chat(req))
+    assert a.text and a.text == b.text and not b.usage.cached
+    assert a.usage.completion_tokens == len(a.logprobs) and a.usage.prompt_tokens > 0
+    for t in a.logprobs:  # greedy: every chosen token is the most likely one
+        assert t.logprob == pytest.approx(max(t.top.values()), abs=1e-6)
+    first_line = a.text.split("\n")[0]
+    stopped = asyncio.run(llm.chat(req.model_copy(update={"stop": ["\n"], "top_logprobs": 0})))
+    assert stopped.text == first_line and stopped.finish_reason == "stop"
+    with pytest.raises(LLMError, match="cannot call tools"):
+        asyncio.run(
+            llm.chat(req.model_copy(update={"tools": [Tool(name="f", description="", parameters={})]}))
+        )
+
+
+def test_token_probs_are_cached_in_the_store(tmp_path):
+    llm = get_llm("local:smollm2-135m", Store(tmp_path / "c.db"))
+    req = _requests(["July"])[0]
+    first = asyncio.run(llm.token_probs(req))
+    second = asyncio.run(llm.token_probs(req))
+    many = asyncio.run(llm.token_probs_many([req, *_requests(["chair"])]))
+    assert not first.usage.cached and second.usage.cached and many[0].usage.cached
+    assert second.probs == first.probs and not many[1].usage.cached
+    assert llm.calls == 2
