@@ -150,6 +150,15 @@ def record(
     )
 
 
+def _register_counterfactuals() -> None:
+    from autointerp.counterfactual import counterfactuals_command  # torch/transformers are imported lazily
+
+    app.command(name="counterfactuals")(user_errors(counterfactuals_command))
+
+
+_register_counterfactuals()
+
+
 def highlight(tokens: list[str], acts: list[float], top: float) -> Text:
     """Tokens with background intensity by activation (relative to the unit's max)."""
     text = Text()
