@@ -241,6 +241,9 @@ def label(
         bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
     ] = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
+    counterfactuals: Annotated[
+        bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
     from autointerp.pipeline import label as run_label
@@ -277,6 +280,7 @@ def label(
             scorers=[x.strip() for x in scorers.split(",") if x.strip()],
             best_of=best_of,
             concurrency=concurrency,
+            counterfactuals=counterfactuals,
         )
     print_summary(summary)
     if report:

@@ -133,7 +133,7 @@ class Labeller:
         )
 
     def score_fields(self, scorer: str) -> dict:
-        if scorer == "correlation":
+        if scorer in ("correlation", "counterfactual"):
             return {
                 "simulator": f"{self.sim_llm.spec}#{self.simulator.name}",
                 "prompt": self.simulator.prompt.id,
@@ -187,6 +187,8 @@ class Labeller:
                     out.append(await scoring.detection(self.sim_llm, text, sample, self.s.score, **f))
                 elif scorer == "fuzzing":
                     out.append(await scoring.fuzzing(self.sim_llm, text, sample, self.s.score, **f))
+                elif scorer == "counterfactual":
+                    out.append(await scoring.counterfactual(self.simulator, text, sample, self.s.score, **f))
                 else:
                     out.append(await scoring.embedding(text, sample, self.s.score, **f))
             except LLMError as e:
@@ -307,9 +309,14 @@ def label(
     base_url: str | None = None,
     no_cache: bool = False,
     progress: Callable[[UnitResult], None] | None = None,
+    counterfactuals: bool = False,
     **settings,
 ) -> LabelSummary:
-    """Explain and score units of a recorded store (the Python API behind `autointerp label`)."""
+    """Explain and score units of a recorded store (the Python API behind `autointerp label`).
+
+    `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
+    negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
+    """
     if not Path(db).exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
@@ -322,4 +329,19 @@ def label(
         else get_llm(s.simulator, store, base_url=base_url, concurrency=s.concurrency, no_cache=no_cache)
     )
     labeller = Labeller(store, s, exp_llm, sim_llm)
+    if counterfactuals:
+        add_counterfactuals(store, unit_ids, exp_llm)
     return asyncio.run(labeller.run(unit_ids, progress))
+
+
+def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:
+    """Run the counterfactual generator over the units, grouped by the subject model that recorded them."""
+    from autointerp.counterfactual import generate_counterfactuals
+    from autointerp.subject.model import load_subject
+
+    by_model: dict[str, list[str]] = {}
+    for uid in unit_ids:
+        run = store.get_run(store.get_unit(uid).run_id)
+        by_model.setdefault(run.settings["model"] if run else UnitRef.parse(uid).model, []).append(uid)
+    for model, ids in by_model.items():
+        generate_counterfactuals(store, load_subject(model), ids, llm)

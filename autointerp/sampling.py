@@ -30,9 +30,8 @@ class UnitSample(BaseModel):
     quantile: list[Example]  # firing windows by activation quantile: per-quantile scores, detection
     negatives: list[Example]  # windows where the unit does not fire
     validation: list[Example]  # best-of-k / revision choose on these, never on `test`
-    contrast: list[
-        Example
-    ]  # counterfactual / hard-negative / negative examples for the contrastive explainer
+    contrast: list[Example]  # `off` counterfactuals, hard negatives, negatives: for the contrastive explainer
+    counterfactual_pairs: list[tuple[Example, Example]] = []  # (source example, verified edit of it)
 
 
 def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
@@ -57,7 +56,15 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
     low = s.low_fraction * unit.stats.max
     negatives = (by_kind.get("negative", []) + [e for e in random if e.max_act < low])[: s.n_negatives]
     validation = held[s.n_test_top :] + random[s.n_test_random :] + by_kind.get("quantile", [])[::2]
-    contrast = by_kind.get("counterfactual", []) + by_kind.get("hard_negative", []) + negatives
+    cfs = by_kind.get("counterfactual", [])
+    off = [e for e in cfs if e.provenance.get("direction") == "off"]
+    contrast = off + by_kind.get("hard_negative", []) + negatives
+    index = {(e.kind, e.rank): e for e in store.examples(unit_id) if e.kind != "counterfactual"}
+    pairs = [
+        (index[key], e)
+        for e in cfs
+        if (key := (e.provenance.get("source_kind"), e.provenance.get("source_rank"))) in index
+    ]
     return UnitSample(
         unit=unit,
         explain=explain,
@@ -66,6 +73,7 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
         negatives=negatives,
         validation=validation,
         contrast=contrast,
+        counterfactual_pairs=pairs,
     )
 
 

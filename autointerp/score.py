@@ -23,7 +23,8 @@ from autointerp.sampling import UnitSample, crop
 from autointerp.simulate import ExactSimulator, JsonSimulator, Simulation, show_token
 from autointerp.types import Example, Score
 
-SCORERS = ("correlation", "detection", "fuzzing", "embedding")
+SCORERS = ("correlation", "detection", "fuzzing", "embedding", "counterfactual")
+MOVE = 1.0  # the simulated peak must move this much (0-9 scale) in the verified direction
 
 
 class ScoreSettings(BaseModel):
@@ -156,3 +157,34 @@ async def embedding(explanation: str, sample: UnitSample, s: ScoreSettings, **fi
         details=details,
         **fields,
     )
+
+
+async def counterfactual(
+    sim: ExactSimulator | JsonSimulator, explanation: str, sample: UnitSample, s: ScoreSettings, **fields
+) -> Score:
+    """Precision: does the simulator, given the explanation, predict that a verified edit moves the peak?
+
+    Value: the share of verified counterfactual pairs where the simulated peak moves by at least MOVE
+    in the verified direction (down for `off` edits, up for `on` edits). NaN without counterfactuals.
+    """
+    pairs = sample.counterfactual_pairs
+    if not pairs:
+        return _score("counterfactual", math.nan, "no verified counterfactual examples", **fields)
+    sims = await sim.simulate(explanation, [e for pair in pairs for e in pair])
+    rows, hits = [], 0
+    for i, (src, edit) in enumerate(pairs):
+        before, after = max(sims[2 * i].expected), max(sims[2 * i + 1].expected)
+        down = edit.provenance.get("direction") == "off"
+        moved = (before - after >= MOVE) if down else (after - before >= MOVE)
+        hits += moved
+        rows.append(
+            {
+                "direction": "off" if down else "on",
+                "sim_before": round(before, 3),
+                "sim_after": round(after, 3),
+                "true_before": src.max_act,
+                "true_after": edit.max_act,
+                "moved": moved,
+            }
+        )
+    return _score("counterfactual", hits / len(pairs), "", details={"pairs": rows}, **fields)

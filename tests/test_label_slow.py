@@ -63,3 +63,29 @@ def test_label_bad_input(db, tmp_path):
         label(db, [f"gemma-3-270m/{HOOK}/1"], explainer=LLM, scorers=["vibes"])
     out = CliRunner().invoke(app, ["label", "--db", str(db), "--explainer", "nonsense"])
     assert out.exit_code == 2 and "not an LLM spec" in " ".join(out.output.split())
+
+
+def test_contrastive_explainer_and_counterfactual_scorer(db):
+    """A verified-looking `off` edit (a quiet window standing in for the edit of top example 0) is
+    shown to the contrastive explainer and scored by whether the simulator predicts the drop."""
+    store = Store(db)
+    uid = f"gemma-3-270m/{HOOK}/2"
+    top = store.examples(uid, "top")[0]
+    quiet = min(store.examples(uid, "random"), key=lambda e: e.max_act)
+    edit = quiet.model_copy(
+        update={
+            "kind": "counterfactual",
+            "rank": 0,
+            "provenance": {"direction": "off", "source_kind": "top", "source_rank": 0},
+        }
+    )
+    store.add_examples([edit])
+    summary = label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
+    assert not summary.failures
+    (exp,) = store.explanations(uid, method="contrastive")
+    assert exp.prompt == "explain-contrastive@1"
+    (score,) = store.scores(exp.id)
+    assert score.scorer == "counterfactual" and score.status == "ok" and 0 <= score.value <= 1
+    (pair,) = score.details["pairs"]
+    assert pair["true_before"] == pytest.approx(top.max_act) and pair["direction"] == "off"
+    assert score.value == float(pair["moved"])
