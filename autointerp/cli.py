@@ -349,5 +349,64 @@ def demo(
     console.print(f"store: {db}  ·  inspect a unit: autointerp show UNIT_ID --db {db}")
 
 
+@app.command()
+@user_errors
+def bench(
+    db: DbOpt,
+    suite: Annotated[
+        str, typer.Option(help="synthetic, real, or a .py/.json/.yaml file of units.")
+    ] = "synthetic",
+    units: Annotated[int | None, typer.Option("--units", help="Benchmark the first N units.")] = None,
+    methods: Annotated[str, typer.Option(help="Explainer methods.")] = "top,highlight,contrastive",
+    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
+    ] = None,
+    scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+    tokens: Annotated[int, typer.Option(help="Corpus tokens to record the units over.")] = 120_000,
+    ctx: Annotated[int, typer.Option(help="Tokens per window.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of recording, sampling and scoring.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 1,
+    no_meta: Annotated[
+        bool, typer.Option("--no-meta", help="Skip scoring the truth and distractors.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the store).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
+    from autointerp.bench.report import tables, write_report
+    from autointerp.bench.run import run_bench
+
+    result = run_bench(
+        db,
+        suite=suite,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        explainer=explainer,
+        simulator=simulator,
+        scorers=[x.strip() for x in scorers.split(",") if x.strip()],
+        seed=seed,
+        n_units=units,
+        tokens=tokens,
+        ctx=ctx,
+        concurrency=concurrency,
+        meta=not no_meta,
+        progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+    )
+    paths = write_report(result, out or db.with_name(db.stem + "-bench"))
+    if as_json:
+        print(result.model_dump_json(indent=1))
+        return
+    for key, rows in tables(result).items():
+        if key == "units":
+            continue
+        table = Table(title=key)
+        for col in rows[0]:
+            table.add_column(col)
+        for row in rows[1:]:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"report: {paths['html']} (+ .md, .png, .json)")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -62,9 +62,10 @@ def test_empty_explanations_raise(answer):
 
 def test_json_activations_are_validated():
     assert parse_json_activations("here: [0, 3, 9]", 3) == [0.0, 3.0, 9.0]
-    for bad, n in [("[0, 3]", 3), ("no list", 1), ("[0, 12, 1]", 3), ("[0, -1]", 2), ('["a"]', 1), ("[1,]", 2)]:
+    bad = [("[0, 3]", 3), ("no list", 1), ("[0, 12, 1]", 3), ("[0, -1]", 2), ('["a"]', 1), ("[1,]", 2)]
+    for answer, n in bad:
         with pytest.raises(SimulationError):
-            parse_json_activations(bad, n)
+            parse_json_activations(answer, n)
 
 
 def test_normalize_to_single_digits():

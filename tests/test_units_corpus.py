@@ -11,7 +11,8 @@ from autointerp.types import UnitRef
 
 
 def test_unit_ids_round_trip():
-    for uid in ["gemma-3-270m/blocks.6.mlp.hook_post/1234", "gemma-3-270m/blocks.6.hook_resid_post/sae:res6/7"]:
+    ids = ["gemma-3-270m/blocks.6.mlp.hook_post/1234", "gemma-3-270m/blocks.6.hook_resid_post/sae:res6/7"]
+    for uid in ids:
         assert UnitRef.parse(uid).id == uid
     ref = UnitRef.parse("gemma-3-270m/blocks.6.hook_resid_post/sae:res6/7")
     assert (ref.sae, ref.index, ref.hook) == ("res6", 7, "blocks.6.hook_resid_post")
@@ -51,7 +52,8 @@ def test_windows_have_fixed_length_and_bos(tmp_path):
 
 def test_jsonl_and_directory_sources(tmp_path):
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "x.jsonl").write_text(json.dumps({"text": "hello"}) + "\n\n" + json.dumps({"text": "world"}))
+    lines = json.dumps({"text": "hello"}) + "\n\n" + json.dumps({"text": "world"})
+    (tmp_path / "d" / "x.jsonl").write_text(lines)
     (tmp_path / "d" / "y.md").write_text("third")
     (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")
     assert list(corpus.texts([str(tmp_path / "d")])) == ["hello", "world", "third"]

@@ -154,6 +154,10 @@ class UnitSource:
     sae: str | None = None
     # Maps the hook's activations (N, d_in) to the selected units' activations (N, U); None: slice.
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Maps the batch's token ids (B, T) straight to unit activations (B, T, U), without the model
+    # (synthetic ground-truth units); `hook` is then only a name. When every source has one, the
+    # recorder skips the forward pass.
+    from_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def key(self) -> str:
@@ -161,6 +165,8 @@ class UnitSource:
 
     def unit_acts(self, hook_acts: torch.Tensor) -> torch.Tensor:
         """(B, T, d) hook activations -> (B, T, U) float32 unit activations."""
+        if self.from_tokens is not None:
+            raise ValueError(f"{self.key} computes its activations from token ids; call from_tokens")
         if self.encode is None:
             n = len(self.indices)
             if self.indices == list(range(self.indices[0], self.indices[0] + n)):  # a range: no copy
@@ -217,8 +223,9 @@ class RecordResult:
     per_source: dict[str, int] = field(default_factory=dict)
 
 
-def run_id_for(settings: RecordSettings) -> str:
-    blob = json.dumps(settings.model_dump(), sort_keys=True).encode()
+def run_id_for(settings: RecordSettings, extra: dict | None = None) -> str:
+    """The run's name: a hash of its settings (and of `extra`, e.g. synthetic unit definitions)."""
+    blob = json.dumps(settings.model_dump() | ({"extra": extra} if extra else {}), sort_keys=True).encode()
     return "rec-" + hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -235,16 +242,26 @@ def batches(windows: Iterator[list[int]], size: int, max_windows: int) -> Iterat
 class Recorder:
     """Runs one recording: settings + subject model + unit sources -> units and examples in a store."""
 
-    def __init__(self, subject: SubjectModel, settings: RecordSettings, sources: list[UnitSource]):
+    def __init__(
+        self,
+        subject: SubjectModel,
+        settings: RecordSettings,
+        sources: list[UnitSource],
+        run_key: dict | None = None,
+    ):
+        """`run_key`: what else decides the result beyond `settings` (hashed into the run id)."""
         self.subject = subject
         self.settings = settings
         self.sources = sources
-        self.hooks = sorted({s.hook for s in sources})
-        self.stop_at = subject.stop_layer(self.hooks)
+        self.run_key = run_key
+        self.hooks = sorted({s.hook for s in sources if s.from_tokens is None})
+        self.stop_at = subject.stop_layer(self.hooks) if self.hooks else None
 
     def forward(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward pass, stopped after the last needed layer; returns the hooks' activations."""
         acts: dict[str, torch.Tensor] = {}
+        if not self.hooks:  # every source reads token ids: no forward pass
+            return acts
 
         def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
             acts[hook.name] = act.detach()
@@ -261,7 +278,7 @@ class Recorder:
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
         s = self.settings
-        run_id = run_id_for(s)
+        run_id = run_id_for(s, self.run_key)
         existing = store.get_run(run_id)
         if existing and existing.status == "complete":
             return RecordResult(run_id, 0, 0, 0.0, 0.0, already_complete=True)
@@ -296,7 +313,8 @@ class Recorder:
             hook_acts = self.forward(toks)
             toks32 = toks.to(torch.int32)
             for src in self.sources:
-                states[src.key].update(src.unit_acts(hook_acts[src.hook]), toks32, gen)
+                acts = src.from_tokens(toks) if src.from_tokens else src.unit_acts(hook_acts[src.hook])
+                states[src.key].update(acts.float(), toks32, gen)
             done_windows += toks.shape[0]
             if progress:
                 progress(done_windows * s.ctx, max_windows * s.ctx)

@@ -1,0 +1,513 @@
+"""The benchmark of explanation methods: every method on the same units, examples and seed.
+
+`run_bench` records the suite's units (synthetic ground-truth units, a user's file of them, or real
+neurons), explains and scores them with each method through the ordinary Labeller (rows in the store's
+explanations / scores tables), scores the true explanation (method `true`) and distractors
+(`distractor:other`, `distractor:negated`, `distractor:near_miss`) with the same scorers, and
+summarises: per method the mean score with a bootstrap 95% CI, failures, tokens and time; the share
+of generated explanations that match the truth; the scorer meta-evaluation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from autointerp.bench import meta
+from autointerp.bench.meta import MetaEval
+from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synthetic_sources
+from autointerp.errors import UserError
+from autointerp.explain import METHODS
+from autointerp.llm import get_llm
+from autointerp.pipeline import Labeller, LabelSettings, explanation_id
+from autointerp.prompts import prompt
+from autointerp.sampling import SampleSettings, sample_unit
+from autointerp.score import SCORERS, ScoreSettings
+from autointerp.store import Store
+from autointerp.types import Explanation, RecordSettings, RunRecord, Score, now
+from autointerp.version import code_version
+
+REAL_HOOK = "blocks.6.mlp.hook_post"
+DISTRACTORS = ("other", "negated", "near_miss")
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "and",
+        "or",
+        "like",
+        "such",
+        "as",
+        "with",
+        "by",
+        "from",
+        "its",
+        "it",
+        "is",
+        "are",
+        "be",
+        "word",
+        "words",
+        "token",
+        "tokens",
+        "right",
+        "after",
+        "before",
+        "code",
+        "python",
+    ]
+)
+
+
+class BenchSettings(BaseModel):
+    suite: str = "synthetic"  # synthetic | real | a .py / .json / .yaml file of ground-truth units
+    methods: list[str] = Field(default_factory=lambda: ["top", "highlight", "contrastive"])
+    explainer: str = "local:qwen2.5-coder-1.5b"
+    simulator: str | None = None  # default: the explainer
+    scorers: list[str] = Field(default_factory=lambda: ["correlation"])
+    seed: int = 0
+    n_units: int | None = None  # the first N units of the suite (all when None)
+    model: str = "gemma-3-270m"
+    corpus: list[str] = Field(default_factory=lambda: ["default"])
+    tokens: int = 120_000
+    ctx: int = 64
+    meta: bool = True  # score the truth and distractors (ground-truth suites only)
+    match_threshold: float = 0.6  # MiniLM cosine at or above which a generated explanation matches the truth
+    keyword_threshold: float = 0.5  # share of the truth's keywords present (fallback without the embedder)
+    concurrency: int = 1
+    real_hook: str = REAL_HOOK
+    n_test_top: int = 10  # held-out top windows in each correlation test set (the labeller's default)
+    n_test_random: int = 10  # random windows in each correlation test set
+    n_per_quantile: int = 1  # quantile windows simulated per quantile (per-quantile correlations; 0: none)
+
+
+class Match(BaseModel):
+    similarity: float | None
+    matched: bool | None
+
+
+class UnitRow(BaseModel):
+    unit_id: str
+    name: str
+    truth: str | None
+    explanations: dict[str, str | None]  # candidate key (gen:METHOD, true, dis:KIND) -> text
+    scores: dict[str, dict[str, float | None]]  # candidate key -> scorer -> value (None: nan / failed)
+    status: dict[str, dict[str, str]] = Field(
+        default_factory=dict
+    )  # candidate key -> scorer -> ok/nan/failed
+    errors: dict[str, str] = Field(default_factory=dict)  # method -> why its explanation failed
+    match: dict[str, Match] = Field(default_factory=dict)  # method -> similarity to the truth
+
+
+class ScorerStat(BaseModel):
+    n: int
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_nan: int
+    n_failed: int
+
+
+class MethodRow(BaseModel):
+    method: str  # an explainer method, `true`, or `distractor:KIND`
+    n_units: int
+    failures: int  # explanations that failed (never stored as results)
+    stats: dict[str, ScorerStat]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # compute time recorded with the stored rows (explaining + scoring), summed
+    resumed: int = 0  # units whose stored results were reused: their tokens are not counted again
+    match_share: float | None = None  # generated explanations matching the truth
+
+
+class BenchResult(BaseModel):
+    settings: BenchSettings
+    db: str
+    run_id: str
+    units: list[UnitRow]
+    skipped_units: dict[str, str]  # unit id -> why it was left out (e.g. never fired)
+    methods: list[MethodRow]
+    meta: MetaEval | None = None
+    match_measure: str = ""  # how `match` was computed, with its threshold
+    near_miss_match_rate: float | None = None  # share of near-miss distractors the measure calls a match
+    seconds: float = 0.0
+    code_version: str = ""
+
+
+def _fnum(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+# -- the suite ----------------------------------------------------------------------------------------
+def suite_units(suite: str) -> list[SyntheticUnit] | None:
+    """The suite's ground-truth units; None for the real suite."""
+    if suite == "synthetic":
+        return list(BUILTIN)
+    if suite == "real":
+        return None
+    return load_units(suite)
+
+
+def record_suite(
+    store: Store,
+    s: BenchSettings,
+    units: list[SyntheticUnit] | None,
+    subject=None,  # noqa: ANN001
+) -> tuple[list[str], dict[str, str]]:
+    """Record the suite's units into the store; returns unit ids and their names (synthetic: rule names)."""
+    from autointerp.subject.model import load_subject
+
+    subject = subject or load_subject(s.model)
+    common = {"corpus": s.corpus, "max_tokens": s.tokens, "ctx": s.ctx, "seed": s.seed}
+    if units is None:
+        from autointerp import record_units
+
+        indices = list(range(s.n_units or 8))
+        record_units(store.path, [s.real_hook], units=indices, subject=subject, **common)
+        ids = [f"{subject.short}/{s.real_hook}/{i}" for i in indices]
+        return ids, {u: u.split("/", 1)[1] for u in ids}
+    from autointerp.subject.recorder import Recorder
+
+    settings = RecordSettings(model=subject.name, hooks=[u.hook for u in units], **common)
+    run_key = {"synthetic": [u.definition() for u in units]}
+    Recorder(subject, settings, synthetic_sources(subject.token_strs, units), run_key=run_key).run(store)
+    return [u.unit_id(subject.short) for u in units], {u.unit_id(subject.short): u.name for u in units}
+
+
+# -- truth and distractors -------------------------------------------------------------------------
+def negate(text: str) -> str:
+    return f"anything except {text}"
+
+
+def distractors(units: list[SyntheticUnit], i: int) -> dict[str, str]:
+    """A unit's distractor explanations: the next unit's truth, the negated truth, its near miss."""
+    out = {"negated": negate(units[i].explanation)}
+    if len(units) > 1:
+        out["other"] = units[(i + 1) % len(units)].explanation
+    if units[i].near_miss:
+        out["near_miss"] = units[i].near_miss
+    return out
+
+
+def given_id(unit_id: str, method: str, text: str, s: LabelSettings) -> str:
+    key = {"unit": unit_id, "method": method, "text": text, "sample": s.sample.model_dump()}
+    return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, str, str]]) -> None:
+    """Score given texts (unit id, method, text) with the labeller's scorers; stored like any explanation."""
+    sem = asyncio.Semaphore(labeller.s.concurrency)
+
+    async def one(unit_id: str, method: str, text: str) -> None:
+        exp_id = given_id(unit_id, method, text, labeller.s)
+        if labeller.done(exp_id):
+            return
+        async with sem:
+            sample = sample_unit(store, unit_id, labeller.s.sample)
+            fields = {
+                "explanation_id": exp_id,
+                "unit_id": unit_id,
+                "run_id": labeller.run_id,
+                "settings": labeller.s.score.model_dump(),
+            }
+            scores = await labeller.score(text, sample, fields)
+        exp = Explanation(
+            id=exp_id,
+            unit_id=unit_id,
+            text=text,
+            method=method,
+            model="",
+            prompt="",
+            settings={"given": True, "code_version": code_version()},
+            run_id=labeller.run_id,
+        )
+        store.put_explanation(exp, scores)
+
+    await asyncio.gather(*(one(*it) for it in items))
+
+
+# -- matching generated explanations to the truth --------------------------------------------------
+def keywords(text: str) -> set[str]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {w.rstrip("s") if len(w) > 3 else w for w in words if w not in STOPWORDS}
+
+
+def keyword_overlap(generated: str, truth: str) -> float:
+    """Share of the truth's keywords (stop words dropped, plural s stripped) found in the generated text."""
+    want = keywords(truth)
+    return len(want & keywords(generated)) / len(want) if want else 0.0
+
+
+def similarities(pairs: list[tuple[str, str]], s: BenchSettings) -> tuple[list[float], float, str]:
+    """Similarity of each (generated, truth) pair, the threshold, and how it was measured."""
+    if not pairs:
+        return [], s.match_threshold, ""
+    try:
+        from autointerp.embed import MODEL_ID, embed
+
+        vecs = embed([t for p in pairs for t in p])
+    except Exception as e:  # noqa: BLE001 - any failure to load the embedder: fall back, and say so
+        sims = [keyword_overlap(g, t) for g, t in pairs]
+        how = (
+            f"keyword overlap (share of the truth's content words in the explanation) >= "
+            f"{s.keyword_threshold}; the embedder was unavailable ({type(e).__name__}: {e})"
+        )
+        return sims, s.keyword_threshold, how
+    sims = [float(vecs[2 * i] @ vecs[2 * i + 1]) for i in range(len(pairs))]
+    return sims, s.match_threshold, f"cosine similarity of {MODEL_ID} embeddings >= {s.match_threshold}"
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def stored_scores(store: Store, labeller: Labeller, exp_id: str) -> dict[str, Score]:
+    """The explanation's scores under the labeller's scorer settings, one per scorer (the latest)."""
+    out: dict[str, Score] = {}
+    for x in store.scores(exp_id):
+        f = labeller.score_fields(x.scorer)
+        if x.scorer in labeller.s.scorers and (x.simulator, x.prompt) == (f["simulator"], f["prompt"]):
+            out[x.scorer] = x
+    return out
+
+
+def _collect(row: UnitRow, key: str, scores: dict[str, Score], spent: dict[str, float]) -> None:
+    """Put the stored scores in the row; add their recorded compute time to spent[key]."""
+    row.scores[key] = {sc: _fnum(x.value) for sc, x in scores.items()}
+    row.status[key] = {sc: x.status for sc, x in scores.items()}
+    spent[key] = spent.get(key, 0.0) + sum(float(x.details.get("seconds", 0.0)) for x in scores.values())
+
+
+def _stat(values: list[float | None], statuses: list[str], seed: int) -> ScorerStat:
+    ok = [v for v in values if v is not None]
+    lo, hi = meta.bootstrap_ci(ok, seed=seed)
+    return ScorerStat(
+        n=len(ok),
+        mean=sum(ok) / len(ok) if ok else None,
+        ci_low=_fnum(lo),
+        ci_high=_fnum(hi),
+        n_nan=statuses.count("nan"),
+        n_failed=statuses.count("failed"),
+    )
+
+
+def run_bench(
+    db: str | Path,
+    suite: str = "synthetic",
+    methods: list[str] | None = None,
+    explainer: str = "local:qwen2.5-coder-1.5b",
+    simulator: str | None = None,
+    scorers: list[str] | None = None,
+    seed: int = 0,
+    n_units: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    subject=None,  # noqa: ANN001 - a loaded SubjectModel to reuse
+    **settings,
+) -> BenchResult:
+    """Run the benchmark into the store at `db` and return its result (write the report with report.py)."""
+    s = BenchSettings(
+        suite=suite,
+        methods=methods or ["top", "highlight", "contrastive"],
+        explainer=explainer,
+        simulator=simulator,
+        scorers=scorers or ["correlation"],
+        seed=seed,
+        n_units=n_units,
+        **settings,
+    )
+    bad = [m for m in s.methods if m not in METHODS]
+    if bad:
+        raise UserError(f"Unknown explainer method {bad[0]!r}; use {', '.join(METHODS)}.")
+    bad = [x for x in s.scorers if x not in SCORERS]
+    if bad:
+        raise UserError(f"Unknown scorer {bad[0]!r}; use {', '.join(SCORERS)}.")
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    store = Store(db)
+    truth_units = suite_units(s.suite)
+    if truth_units is not None and s.n_units:
+        truth_units = truth_units[: s.n_units]
+    say("recording the suite's units")
+    unit_ids, names = record_suite(store, s, truth_units, subject)
+    by_name = {u.name: u for u in truth_units or []}
+    truth = {uid: by_name[n] for uid, n in names.items() if n in by_name}
+
+    sample_s = SampleSettings(n_test_top=s.n_test_top, n_test_random=s.n_test_random)
+    skipped: dict[str, str] = {}
+    usable = []
+    for uid in unit_ids:
+        try:
+            sample = sample_unit(store, uid, sample_s)
+        except UserError as e:
+            skipped[uid] = str(e)
+            continue
+        if len([e for e in sample.test if e.kind == "top"]) < 2:
+            skipped[uid] = "fewer than 2 held-out activating windows; raise --tokens"
+            continue
+        usable.append(uid)
+    if not usable:
+        raise UserError("No unit of the suite fired on the corpus; raise --tokens or check the rules.")
+
+    run_id = "bench-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    store.start_run(
+        RunRecord(
+            id=run_id,
+            kind="bench",
+            settings={
+                **s.model_dump(),
+                "units": usable,
+                "definitions": [u.definition() for u in truth_units or []],
+            },
+            code_version=code_version(),
+            started_at=now(),
+        )
+    )
+    sim_spec = s.simulator or s.explainer
+    exp_llm = get_llm(s.explainer, store, concurrency=s.concurrency)
+    sim_llm = exp_llm if sim_spec == s.explainer else get_llm(sim_spec, store, concurrency=s.concurrency)
+
+    def label_settings(methods: list[str]) -> LabelSettings:
+        return LabelSettings(
+            explainer=s.explainer,
+            simulator=sim_spec,
+            methods=methods,
+            scorers=s.scorers,
+            concurrency=s.concurrency,
+            sample=sample_s,
+            score=ScoreSettings(seed=s.seed, n_per_quantile=s.n_per_quantile),
+        )
+
+    rows = {
+        uid: UnitRow(
+            unit_id=uid,
+            name=names[uid],
+            truth=truth[uid].explanation if uid in truth else None,
+            explanations={},
+            scores={},
+        )
+        for uid in usable
+    }
+    method_rows: list[MethodRow] = []
+    spent: dict[str, float] = {}  # candidate key -> recorded seconds
+    for method in s.methods:
+        say(f"explaining and scoring with method {method}")
+        labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
+        summary = asyncio.run(labeller.run(usable))
+        for r in summary.results:
+            row = rows[r.unit_id]
+            key = f"gen:{method}"
+            row.explanations[key] = r.explanation
+            if r.error:
+                row.errors[method] = r.error
+            else:
+                exp_id = explanation_id(r.unit_id, method, labeller.s, prompt(METHODS[method]).id)
+                _collect(row, key, stored_scores(store, labeller, exp_id), spent)
+                exp = store.get_explanation(exp_id)
+                spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
+        method_rows.append(
+            MethodRow(
+                method=method,
+                n_units=len(usable),
+                failures=len(summary.failures),
+                stats={},
+                prompt_tokens=summary.prompt_tokens,
+                completion_tokens=summary.completion_tokens,
+                resumed=sum(r.skipped for r in summary.results),
+            )
+        )
+
+    given: list[tuple[str, str, str]] = []
+    if truth and s.meta:
+        ordered = [truth[u] for u in usable]
+        for i, uid in enumerate(usable):
+            rows[uid].explanations["true"] = truth[uid].explanation
+            given.append((uid, "true", truth[uid].explanation))
+            for kind, text in distractors(ordered, i).items():
+                rows[uid].explanations[f"dis:{kind}"] = text
+                given.append((uid, f"distractor:{kind}", text))
+        say(f"scoring the truth and {len(given) - len(usable)} distractors")
+        labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
+        asyncio.run(score_given(labeller, store, given))
+        for uid, method, text in given:
+            exp_id = given_id(uid, method, text, labeller.s)
+            key = "true" if method == "true" else "dis:" + method.split(":", 1)[1]
+            _collect(rows[uid], key, stored_scores(store, labeller, exp_id), spent)
+        for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS)]:
+            if any(m == kind for _, m, _ in given):
+                method_rows.append(
+                    MethodRow(
+                        method=kind,
+                        n_units=sum(1 for _, m, _ in given if m == kind),
+                        failures=0,
+                        stats={},
+                    )
+                )
+
+    # Per-method statistics from the stored rows (statuses include nan and failed).
+    for mr in method_rows:
+        key = (
+            f"gen:{mr.method}"
+            if mr.method in METHODS
+            else ("true" if mr.method == "true" else "dis:" + mr.method.split(":", 1)[1])
+        )
+        mr.seconds = round(spent.get(key, 0.0), 1)
+        for sc in s.scorers:
+            have = [u for u in usable if key in rows[u].scores]
+            vals = [rows[u].scores[key].get(sc) for u in have]
+            statuses = [rows[u].status[key].get(sc, "failed") for u in have]
+            mr.stats[sc] = _stat(vals, statuses, s.seed)
+
+    match_measure = ""
+    near_miss_match_rate = None
+    if truth:
+        pairs = [
+            (uid, m, rows[uid].explanations.get(f"gen:{m}"), rows[uid].truth)
+            for uid in usable
+            for m in s.methods
+            if rows[uid].explanations.get(f"gen:{m}")
+        ]
+        # The near misses calibrate the measure: a wrong phrase that still "matches" is a false match.
+        near = [(truth[u].near_miss, truth[u].explanation) for u in usable if truth[u].near_miss]
+        all_pairs = [(g, t) for _, _, g, t in pairs] + near
+        sims, threshold, match_measure = similarities(all_pairs, s)  # type: ignore[arg-type]
+        for (uid, m, _, _), sim in zip(pairs, sims[: len(pairs)], strict=True):
+            rows[uid].match[m] = Match(similarity=round(sim, 4), matched=sim >= threshold)
+        near_sims = sims[len(pairs) :]
+        if near_sims:
+            near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
+        for mr in method_rows:
+            if mr.method in METHODS:
+                got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
+                mr.match_share = sum(got) / len(usable) if usable else None
+
+    meta_eval = None
+    if truth and s.meta:
+        meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+
+    result = BenchResult(
+        settings=s,
+        db=str(store.path),
+        run_id=run_id,
+        units=[rows[u] for u in usable],
+        skipped_units=skipped,
+        methods=method_rows,
+        meta=meta_eval,
+        match_measure=match_measure,
+        near_miss_match_rate=near_miss_match_rate,
+        seconds=round(time.perf_counter() - t0, 2),
+        code_version=code_version(),
+    )
+    store.finish_run(run_id, "complete", json.loads(result.model_dump_json(exclude={"units", "settings"})))
+    return result
