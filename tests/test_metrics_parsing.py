@@ -75,7 +75,7 @@ def test_normalize_to_single_digits():
 
 def test_prompts_have_versions_and_roles():
     p = prompt("explain_top.j2")
-    assert p.id == "explain-top@1"
+    assert p.id == "explain-top@2"
     msgs = p.messages(examples=[[("a", 0), (" b", 9)]])
     assert [m.role for m in msgs][:2] == ["system", "user"] and msgs[-1].role == "user"
     assert " b\t9" in msgs[-1].content

@@ -1,4 +1,4 @@
-"""SAE loading (SAELens format, three architectures, Gemma Scope npz), clear errors, and the latent encoder."""
+"""SAE loading (SAELens format, three architectures, Gemma Scope npz), clear errors, the latent encoder."""
 
 from __future__ import annotations
 
@@ -24,8 +24,16 @@ from autointerp.subject.sae import (
 D_IN, D_SAE, HOOK = 16, 48, "blocks.1.hook_resid_post"
 
 
-def write_sae(path: Path, arch: str, d_in: int = D_IN, d_sae: int = D_SAE, hook: str = HOOK,
-              old_format: bool = False, drop: tuple[str, ...] = (), seed: int = 0) -> Path:
+def write_sae(
+    path: Path,
+    arch: str,
+    d_in: int = D_IN,
+    d_sae: int = D_SAE,
+    hook: str = HOOK,
+    old_format: bool = False,
+    drop: tuple[str, ...] = (),
+    seed: int = 0,
+) -> Path:
     """A random SAE directory in SAELens format (6.x config, or the pre-6.0 flat config)."""
     g = torch.Generator().manual_seed(seed)
     w = {
@@ -39,13 +47,28 @@ def write_sae(path: Path, arch: str, d_in: int = D_IN, d_sae: int = D_SAE, hook:
     path.mkdir(parents=True, exist_ok=True)
     save_file(w, str(path / "sae_weights.safetensors"))
     if old_format:
-        cfg = {"d_in": d_in, "d_sae": d_sae, "hook_point": hook, "model_name": "tiny",
-               "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "activation_fn_str": "relu"}
+        cfg = {
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "hook_point": hook,
+            "model_name": "tiny",
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "activation_fn_str": "relu",
+        }
     else:
-        cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
-               "apply_b_dec_to_input": arch != "jumprelu", "normalize_activations": "none",
-               "reshape_activations": "none",
-               "metadata": {"hook_name": hook, "model_name": "tiny", "sae_lens_version": "6.54.0"}}
+        cfg = {
+            "architecture": arch,
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": arch != "jumprelu",
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": {"hook_name": hook, "model_name": "tiny", "sae_lens_version": "6.54.0"},
+        }
         if arch == "topk":
             cfg["k"] = 5
     for f in drop:
@@ -60,8 +83,18 @@ def tiny_subject() -> SubjectModel:
     """A 2-layer random HookedTransformer (d_model 16): real hooks, no download."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D_IN, n_ctx=32, d_head=4, n_heads=4, d_mlp=32,
-                                  d_vocab=50, act_fn="gelu", default_prepend_bos=True, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D_IN,
+        n_ctx=32,
+        d_head=4,
+        n_heads=4,
+        d_mlp=32,
+        d_vocab=50,
+        act_fn="gelu",
+        default_prepend_bos=True,
+        seed=0,
+    )
     return SubjectModel("tiny", HookedTransformer(cfg), SimpleNamespace(bos_token_id=1))
 
 
@@ -107,8 +140,13 @@ def test_gemma_scope_npz(tmp_path: Path, tiny_subject: SubjectModel) -> None:
     g = np.random.default_rng(0)
     d = tmp_path / "layer_1" / "width_16k" / "average_l0_20"
     d.mkdir(parents=True)
-    params = {"W_enc": g.normal(size=(D_IN, D_SAE)), "W_dec": g.normal(size=(D_SAE, D_IN)),
-              "b_enc": g.normal(size=D_SAE), "b_dec": g.normal(size=D_IN), "threshold": g.uniform(size=D_SAE)}
+    params = {
+        "W_enc": g.normal(size=(D_IN, D_SAE)),
+        "W_dec": g.normal(size=(D_SAE, D_IN)),
+        "b_enc": g.normal(size=D_SAE),
+        "b_dec": g.normal(size=D_IN),
+        "threshold": g.uniform(size=D_SAE),
+    }
     np.savez(d / "params.npz", **{k: v.astype(np.float32) for k, v in params.items()})
     with pytest.raises(UserError, match="names no hook"):
         load_sae(d)
@@ -177,6 +215,11 @@ def test_embedded_sae_ships_and_loads() -> None:
     sae, info = load_sae("embedded")
     assert info.name == EMBEDDED_SAE and path.name == EMBEDDED_SAE
     assert (info.architecture, info.hook, info.d_in, info.d_sae, info.k) == (
-        "topk", "blocks.6.hook_resid_post", 640, 4096, 32)
+        "topk",
+        "blocks.6.hook_resid_post",
+        640,
+        4096,
+        32,
+    )
     assert info.metrics["eval"]["loss_recovered"] >= 0.8
     assert (path / "sae_weights.safetensors").stat().st_size < 12 * 2**20

@@ -127,7 +127,7 @@ def test_explanations_and_explicit_nan_scores(store):
     u = make_unit(0)
     store.write_units([u], [make_example(u, 0)])
     exp = Explanation(
-        id="e1", unit_id=u.id, text="months", method="top", model="local:x", prompt="explain-top@1"
+        id="e1", unit_id=u.id, text="months", method="top", model="local:x", prompt="explain-top@2"
     )
     nan = Score(
         explanation_id="e1",
