@@ -95,9 +95,17 @@ def setup(
 @user_errors
 def record(
     db: DbOpt,
-    hook: Annotated[list[str], typer.Option("--hook", help="Hook to record (repeatable).")],
+    hook: Annotated[list[str] | None, typer.Option("--hook", help="Hook to record (repeatable).")] = None,
+    sae: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sae",
+            help="Record SAE latents: 'embedded', an SAE folder (SAELens cfg.json + "
+            "sae_weights.safetensors), or HOOK=DIR (also for a Gemma Scope params.npz). Repeatable.",
+        ),
+    ] = None,
     units: Annotated[
-        str | None, typer.Option(help="Unit indices, e.g. 0:512 or 3,17,42 (default all).")
+        str | None, typer.Option(help="Unit (or latent) indices, e.g. 0:512 or 3,17,42 (default all).")
     ] = None,
     model: Annotated[
         str, typer.Option(help="Embedded name or a TransformerLens model name.")
@@ -116,7 +124,13 @@ def record(
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
     from autointerp.record import record_units
+    from autointerp.subject.sae import parse_sae_specs
 
+    saes = parse_sae_specs(sae or [])
+    if not hook and not saes:
+        raise UserError(
+            "Give at least one --hook or --sae, e.g. --hook blocks.6.mlp.hook_post or --sae embedded."
+        )
     if ctx < 2 or tokens < ctx or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
     with tokens_progress() as bar:
@@ -130,7 +144,8 @@ def record(
             db=db,
             model=model,
             model_path=model_path,
-            hooks=hook,
+            hooks=hook or [],
+            saes=saes,
             units=parse_units(units),
             corpus=corpus or ["default"],
             max_tokens=tokens,
@@ -148,6 +163,58 @@ def record(
         f"recorded {result.n_units:,} units over {result.n_tokens:,} tokens in {result.seconds:.1f} s"
         f"{resumed} -> {db} (run {result.run_id})"
     )
+
+
+@app.command("train-sae")
+@user_errors
+def train_sae(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the SAE (SAELens format).")],
+    hook: Annotated[str, typer.Option(help="Hook to train on.")] = "blocks.6.hook_resid_post",
+    model: Annotated[
+        str, typer.Option(help="Embedded name or a TransformerLens model name.")
+    ] = "gemma-3-270m",
+    model_path: Annotated[
+        str | None, typer.Option(help="Local Hugging Face folder with the weights.")
+    ] = None,
+    width: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
+    k: Annotated[int, typer.Option(help="Active latents per token (TopK).")] = 32,
+    tokens: Annotated[int, typer.Option(help="Corpus tokens to stream through the model.")] = 1_000_000,
+    passes: Annotated[
+        float, typer.Option(help="Times each streamed token is trained on (buffer reuse).")
+    ] = 1.0,
+    corpus: Annotated[
+        list[str] | None, typer.Option(help="default, wiki, code, a file/dir, hf:NAME.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: scaled by width).")] = None,
+    eval_tokens: Annotated[int, typer.Option(help="Held-out tokens for the final evaluation.")] = 8192,
+    seed: int = 0,
+) -> None:
+    """Train a TopK SAE on a hook and report variance explained, loss recovered and dead latents."""
+    from autointerp.subject.sae_train import train_sae_command
+
+    r = train_sae_command(
+        out=out,
+        hook=hook,
+        model=model,
+        model_path=model_path,
+        width=width,
+        k=k,
+        tokens=tokens,
+        corpus_sources=corpus,
+        passes=passes,
+        lr=lr,
+        eval_tokens=eval_tokens,
+        seed=seed,
+        log=lambda m: err.print(m),
+    )
+    m = r.eval
+    console.print(
+        f"saved {r.name} ({r.width} latents, k={r.k}) to {r.path}: "
+        f"{r.train_tokens:,} tokens in {r.seconds:.0f} s; "
+        f"held-out FVE {m.fve:.3f}, loss clean {m.loss_clean:.3f} / SAE {m.loss_spliced:.3f} / zero "
+        f"{m.loss_zero:.3f} -> {m.loss_recovered:.1%} recovered, L0 {m.l0:.1f}, dead {m.dead_frac:.1%}"
+    )
+    console.print(f"record its latents with: autointerp record --db DB --sae {r.path}")
 
 
 def _register_counterfactuals() -> None:
@@ -323,22 +390,25 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
 def demo(
     db: Annotated[Path, typer.Option("--db", help="Where the demo store goes.")] = Path("runs/demo.db"),
     tokens: Annotated[int, typer.Option(help="Tokens to record.")] = 60_000,
-    units: Annotated[str, typer.Option(help="Neurons of blocks.6.mlp.hook_post to record.")] = "0:256",
+    units: Annotated[str, typer.Option(help="Neurons and SAE latents to record.")] = "0:256",
     n_label: Annotated[
-        int, typer.Option("--label", help="How many units to label with the embedded LLM.")
-    ] = 6,
+        int, typer.Option("--label", help="How many units of each kind to label with the embedded LLM.")
+    ] = 3,
 ) -> None:
-    """The main job on the embedded default: set up, record Gemma 3 270M, label a handful of units."""
+    """The main job on the embedded default: record Gemma 3 270M neurons and SAE latents, label a few."""
     from autointerp import assets
     from autointerp.store import Store
 
     with err.status("checking embedded assets"):
         assets.setup(log=lambda m: None)
-    hook = "blocks.6.mlp.hook_post"
-    record(db=db, hook=[hook], units=units, tokens=tokens)
+    hook, sae_hook = "blocks.6.mlp.hook_post", "blocks.6.hook_resid_post"
+    record(db=db, hook=[hook], sae=["embedded"], units=units, tokens=tokens)
     store = Store(db)
-    # Label the most selective units: the ones that fire on the fewest tokens.
-    chosen = sorted(store.units(hook=hook), key=lambda u: u.stats.frac_firing)[:n_label]
+    chosen = []
+    for h in (hook, sae_hook):
+        # The most selective units that still fired on at least 20 tokens: the clearest to explain.
+        pool = [u for u in store.units(hook=h) if u.stats.frac_firing * u.stats.n_tokens >= 20]
+        chosen += sorted(pool, key=lambda u: u.stats.frac_firing)[:n_label]
     label(
         db=db,
         units=[u.id for u in chosen],
