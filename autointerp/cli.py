@@ -299,7 +299,7 @@ def label(
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
     simulator_mode: Annotated[str, typer.Option(help="exact, json or auto.")] = "auto",
-    methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "top",
+    methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[int, typer.Option(help="Explanations sampled; the best on validation is kept.")] = 1,
     concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 4,

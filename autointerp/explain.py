@@ -70,7 +70,7 @@ def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
                 list(zip((show_token(t) for t in tokens), normalize(acts, unit_max), strict=True))
             )
         return p, p.messages(examples=examples)
-    if method == "highlight":
+    if method in ("highlight", "contrastive"):
         counts = Counter(
             t
             for e in sample.explain
@@ -79,11 +79,10 @@ def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
         )
         top_tokens = ", ".join(f"{t!r} x{n}" for t, n in counts.most_common(8)) or "(none)"
         texts = [show_token(marked(e, unit_max, window)) for e in sample.explain]
-        return p, p.messages(top_tokens=top_tokens, examples=texts)
-    if method == "contrastive":
-        positives = [show_token(marked(e, unit_max, window)) for e in sample.explain[:6]]
-        negatives = ["".join(crop(e, window)[0]) for e in sample.contrast[:6]]
-        return p, p.messages(positives=positives, negatives=[show_token(t) for t in negatives])
+        if method == "highlight":
+            return p, p.messages(top_tokens=top_tokens, examples=texts)
+        negatives = [show_token("".join(crop(e, window)[0])) for e in sample.contrast[:6]]
+        return p, p.messages(top_tokens=top_tokens, positives=texts[:6], negatives=negatives)
     raise ExplanationError(f"unknown explainer method {method!r}; use one of {', '.join(METHODS)}")
 
 

@@ -34,7 +34,7 @@ class LabelSettings(BaseModel):
     explainer: str = "local:qwen2.5-coder-1.5b"
     simulator: str = "local:qwen2.5-coder-1.5b"
     simulator_mode: str = "auto"  # exact (token probabilities), json, or auto
-    methods: list[str] = Field(default_factory=lambda: ["top"])
+    methods: list[str] = Field(default_factory=lambda: ["highlight"])  # best on the synthetic bench
     scorers: list[str] = Field(default_factory=lambda: ["correlation"])
     best_of: int = 1
     concurrency: int = 4

@@ -29,7 +29,7 @@ def test_label_stores_explanations_and_scores_with_provenance(db):
     store = Store(db)
     for uid in units:
         (exp,) = store.explanations(uid)
-        assert exp.text and exp.model == LLM and exp.prompt == "explain-top@2"
+        assert exp.text and exp.model == LLM and exp.prompt == "explain-highlight@1"
         assert exp.settings["code_version"]
         scores = {s.scorer: s for s in store.scores(exp.id)}
         assert set(scores) == {"correlation", "detection", "fuzzing"}
@@ -83,7 +83,7 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
     summary = label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
     assert not summary.failures
     (exp,) = store.explanations(uid, method="contrastive")
-    assert exp.prompt == "explain-contrastive@2"
+    assert exp.prompt == "explain-contrastive@3"
     (score,) = store.scores(exp.id)
     assert score.scorer == "counterfactual" and score.status == "ok" and 0 <= score.value <= 1
     (pair,) = score.details["pairs"]
