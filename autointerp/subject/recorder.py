@@ -398,7 +398,7 @@ class Recorder:
                             kind=kind,
                             rank=rank,
                             context=self._context(toks[col, r], contexts),
-                            acts=acts[col, r].tolist(),
+                            acts=acts[col, r],  # float32 row, handed to the store as is (no copy)
                             quantile=quantiles[rank],
                             provenance=provenance,
                         )
