@@ -302,6 +302,9 @@ def label(
     methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[int, typer.Option(help="Explanations sampled; the best on validation is kept.")] = 1,
+    revise: Annotated[
+        bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
+    ] = False,
     concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 4,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     no_cache: Annotated[
@@ -346,6 +349,7 @@ def label(
             methods=[m.strip() for m in methods.split(",") if m.strip()],
             scorers=[x.strip() for x in scorers.split(",") if x.strip()],
             best_of=best_of,
+            revise=revise,
             concurrency=concurrency,
             counterfactuals=counterfactuals,
         )

@@ -12,9 +12,9 @@ from collections import Counter
 
 from pydantic import BaseModel
 
-from autointerp.llm.base import LLM, ChatRequest, LLMError
+from autointerp.llm.base import LLM, ChatRequest, LLMError, Message
 from autointerp.prompts import Prompt, prompt
-from autointerp.sampling import UnitSample, crop, normalize
+from autointerp.sampling import UnitSample, crop, crop_start, normalize
 from autointerp.simulate import show_token
 from autointerp.types import Example
 
@@ -101,3 +101,44 @@ async def propose(
         ChatRequest(messages=messages, temperature=temp, max_tokens=s.max_tokens, seed=seed)
     )
     return parse_explanation(resp.text), p.id
+
+
+async def revise(
+    llm: LLM,
+    sample: UnitSample,
+    s: ExplainSettings,
+    window: int,
+    explanation: str,
+    wrong: list[tuple[Example, list[float]]],
+) -> str:
+    """One revision round: the explainer sees its explanation and the examples it predicted worst.
+
+    `wrong` pairs an example with the simulated activations (0-9) for it. Each is shown with the true
+    activating tokens marked [[ ]] and the tokens the simulation expected to fire marked {{ }}.
+    """
+    _, messages = render(s.method, sample, window)
+    unit_max = sample.unit.stats.max
+    lines = []
+    for e, predicted in wrong:
+        tokens, acts = crop(e, window)
+        lo = crop_start(e, window)
+        pred = predicted[lo : lo + len(tokens)]
+        shown = "".join(
+            ("[[" + t + "]]" if a >= MARK_AT * unit_max else t) if p < 4.5 else "{{" + t + "}}"
+            for t, a, p in zip(tokens, acts, pred, strict=True)
+        )
+        lines.append(show_token(shown))
+    feedback = (
+        f"Your explanation was: {explanation}\n"
+        "It predicted these examples badly. [[ ]] marks where the neuron really fires; {{ }} marks where "
+        "your explanation expected firing that did not happen:\n"
+        + "\n".join(f"{i}. {t}" for i, t in enumerate(lines, 1))
+        + "\nGive a better explanation: one short phrase, at most 8 words."
+    )
+    messages = [
+        *messages,
+        Message(role="assistant", content=explanation),
+        Message(role="user", content=feedback),
+    ]
+    resp = await llm.chat(ChatRequest(messages=messages, temperature=s.temperature, max_tokens=s.max_tokens))
+    return parse_explanation(resp.text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from pydantic import BaseModel, Field
 from autointerp import score as scoring
 from autointerp.errors import UserError
 from autointerp.explain import METHODS, ExplainSettings, ExplanationError, propose
+from autointerp.explain import revise as revise_explanation
 from autointerp.llm import get_llm
 from autointerp.llm.base import LLM, LLMError
-from autointerp.sampling import SampleSettings, UnitSample, sample_unit
+from autointerp.sampling import SampleSettings, UnitSample, normalize, sample_unit
 from autointerp.simulate import make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, UnitRef, now
@@ -37,6 +39,7 @@ class LabelSettings(BaseModel):
     methods: list[str] = Field(default_factory=lambda: ["highlight"])  # best on the synthetic bench
     scorers: list[str] = Field(default_factory=lambda: ["correlation"])
     best_of: int = 1
+    revise: bool = False  # one revision round with the examples the explanation predicted worst
     concurrency: int = 4
     sample: SampleSettings = Field(default_factory=SampleSettings)
     score: scoring.ScoreSettings = Field(default_factory=scoring.ScoreSettings)
@@ -112,6 +115,7 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str) 
         "explainer": s.explainer,
         "prompt": prompt_id,
         "best_of": s.best_of,
+        "revise": s.revise,
         "sample": s.sample.model_dump(),
     }
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -173,7 +177,38 @@ class Labeller:
             )
             text = candidates[best]
             extra = {"candidates": candidates, "validation_correlation": val_scores}
+        if self.s.revise and sample.validation:
+            extra["revision"] = await self.revision(sample, es, text)
+            if extra["revision"]["kept"]:
+                text = extra["revision"]["text"]
         return text, prompt_id, extra
+
+    async def revision(self, sample: UnitSample, es: ExplainSettings, text: str) -> dict:
+        """Show the explainer the 3 explain examples its explanation predicted worst; keep the revised
+        explanation only if it scores better on the validation set."""
+        unit_max = sample.unit.stats.max
+        sims = await self.simulator.simulate(text, sample.explain)
+
+        def error(sim) -> float:  # noqa: ANN001
+            true = normalize(sim.true, unit_max)
+            return sum(abs(t - p) for t, p in zip(true, sim.expected, strict=True))
+
+        worst = sorted(zip(sample.explain, sims, strict=True), key=lambda es_: -error(es_[1]))[:3]
+        try:
+            revised = await revise_explanation(
+                self.explainer,
+                sample,
+                es,
+                self.s.sample.explain_window,
+                text,
+                [(e, sim.expected) for e, sim in worst],
+            )
+        except ExplanationError as e:
+            return {"text": None, "kept": False, "error": str(e)}
+        before = scoring._corr(await self.simulator.simulate(text, sample.validation))
+        after = scoring._corr(await self.simulator.simulate(revised, sample.validation))
+        kept = not math.isnan(after) and (math.isnan(before) or after > before)
+        return {"text": revised, "kept": kept, "validation_before": before, "validation_after": after}
 
     async def score(self, text: str, sample: UnitSample, fields: dict) -> list[Score]:
         out = []

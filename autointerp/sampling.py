@@ -84,9 +84,15 @@ def normalize(acts: list[float], unit_max: float) -> list[int]:
     return [min(9, max(0, int(9 * a / unit_max))) for a in acts]
 
 
+def crop_start(example: Example, window: int) -> int:
+    """Where `crop` starts: 3/4 of the window before the peak, kept inside the example."""
+    if not window or window >= len(example.acts):
+        return 0
+    return max(0, min(example.max_pos - (3 * window) // 4, len(example.acts) - window))
+
+
 def crop(example: Example, window: int) -> tuple[list[str], list[float]]:
     """Tokens and activations around the example's peak (3/4 of the window before it)."""
-    if not window or window >= len(example.acts):
-        return example.context.tokens, example.acts
-    lo = max(0, min(example.max_pos - (3 * window) // 4, len(example.acts) - window))
-    return example.context.tokens[lo : lo + window], example.acts[lo : lo + window]
+    lo = crop_start(example, window)
+    hi = lo + window if window else len(example.acts)
+    return example.context.tokens[lo:hi], example.acts[lo:hi]

@@ -89,3 +89,17 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
     (pair,) = score.details["pairs"]
     assert pair["true_before"] == pytest.approx(top.max_act) and pair["direction"] == "off"
     assert score.value == float(pair["moved"])
+
+
+def test_revision_round_is_recorded_and_kept_only_if_better(db):
+    uid = f"gemma-3-270m/{HOOK}/1"
+    summary = label(db, [uid], explainer=LLM, scorers=["correlation"], revise=True)
+    assert not summary.failures
+    (exp,) = [e for e in Store(db).explanations(uid) if e.settings.get("revise")]
+    rev = exp.settings["revision"]
+    before, after = rev.get("validation_before"), rev.get("validation_after")
+    if rev["kept"]:
+        assert exp.text == rev["text"]
+        assert not math.isnan(after) and (math.isnan(before) or after > before)
+    else:
+        assert rev["text"] is None or math.isnan(after) or (not math.isnan(before) and after <= before)
