@@ -210,6 +210,18 @@ class Labeller:
         kept = not math.isnan(after) and (math.isnan(before) or after > before)
         return {"text": revised, "kept": kept, "validation_before": before, "validation_after": after}
 
+    async def score_explanation(
+        self, exp_id: str, unit_id: str, text: str, sample: UnitSample
+    ) -> list[Score]:
+        """Every configured scorer on one explanation, each row carrying this run's provenance."""
+        fields = {
+            "explanation_id": exp_id,
+            "unit_id": unit_id,
+            "run_id": self.run_id,
+            "settings": self.s.score.model_dump(),
+        }
+        return await self.score(text, sample, fields)
+
     async def score(self, text: str, sample: UnitSample, fields: dict) -> list[Score]:
         out = []
         for scorer in self.s.scorers:
@@ -264,13 +276,7 @@ class Labeller:
             settings=settings,
             run_id=self.run_id,
         )
-        fields = {
-            "explanation_id": exp_id,
-            "unit_id": unit_id,
-            "run_id": self.run_id,
-            "settings": self.s.score.model_dump(),
-        }
-        scores = await self.score(text, sample, fields)
+        scores = await self.score_explanation(exp_id, unit_id, text, sample)
         self.store.put_explanation(exp, scores)
         return UnitResult(
             unit_id=unit_id, method=method, explanation=text, scores={x.scorer: x.value for x in scores}

@@ -219,13 +219,7 @@ async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, s
             return
         async with sem:
             sample = sample_unit(store, unit_id, labeller.s.sample)
-            fields = {
-                "explanation_id": exp_id,
-                "unit_id": unit_id,
-                "run_id": labeller.run_id,
-                "settings": labeller.s.score.model_dump(),
-            }
-            scores = await labeller.score(text, sample, fields)
+            scores = await labeller.score_explanation(exp_id, unit_id, text, sample)
         exp = Explanation(
             id=exp_id,
             unit_id=unit_id,
