@@ -24,6 +24,8 @@ console = Console()
 err = Console(stderr=True)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (created if missing).")]
+ModelOpt = Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")]
+ModelPathOpt = Annotated[str | None, typer.Option(help="Local Hugging Face folder with the weights.")]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -107,12 +109,8 @@ def record(
     units: Annotated[
         str | None, typer.Option(help="Unit (or latent) indices, e.g. 0:512 or 3,17,42 (default all).")
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="Embedded name or a TransformerLens model name.")
-    ] = "gemma-3-270m",
-    model_path: Annotated[
-        str | None, typer.Option(help="Local Hugging Face folder with the weights.")
-    ] = None,
+    model: ModelOpt = "gemma-3-270m",
+    model_path: ModelPathOpt = None,
     corpus: Annotated[
         list[str] | None, typer.Option(help="default, wiki, code, a file/dir, hf:NAME.")
     ] = None,
@@ -170,12 +168,8 @@ def record(
 def train_sae(
     out: Annotated[Path, typer.Option("--out", help="New folder for the SAE (SAELens format).")],
     hook: Annotated[str, typer.Option(help="Hook to train on.")] = "blocks.6.hook_resid_post",
-    model: Annotated[
-        str, typer.Option(help="Embedded name or a TransformerLens model name.")
-    ] = "gemma-3-270m",
-    model_path: Annotated[
-        str | None, typer.Option(help="Local Hugging Face folder with the weights.")
-    ] = None,
+    model: ModelOpt = "gemma-3-270m",
+    model_path: ModelPathOpt = None,
     width: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
     k: Annotated[int, typer.Option(help="Active latents per token (TopK).")] = 32,
     tokens: Annotated[int, typer.Option(help="Corpus tokens to stream through the model.")] = 1_000_000,

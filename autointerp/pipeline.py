@@ -244,11 +244,10 @@ class Labeller:
         return out
 
     async def label_one(self, unit_id: str, method: str) -> UnitResult:
-        from autointerp.explain import METHODS as _M
         from autointerp.prompts import prompt
 
         sample = sample_unit(self.store, unit_id, self.s.sample)
-        exp_id = explanation_id(unit_id, method, self.s, prompt(_M[method]).id)
+        exp_id = explanation_id(unit_id, method, self.s, prompt(METHODS[method]).id)
         if self.done(exp_id):
             exp = self.store.get_explanation(exp_id)
             scores = {x.scorer: x.value for x in self.store.scores(exp_id)}
