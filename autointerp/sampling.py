@@ -30,8 +30,8 @@ class UnitSample(BaseModel):
     quantile: list[Example]  # firing windows by activation quantile: per-quantile scores, detection
     negatives: list[Example]  # windows where the unit does not fire
     validation: list[Example]  # best-of-k / revision choose on these, never on `test`
-    contrast: list[Example]  # `off` counterfactuals, hard negatives, negatives: for the contrastive explainer
-    counterfactual_pairs: list[tuple[Example, Example]] = []  # (source example, verified edit of it)
+    contrast: list[Example]  # `off` edits of `explain` examples, hard negatives, negatives: contrastive
+    counterfactual_pairs: list[tuple[Example, Example]] = []  # (held-out source, verified edit of it)
 
 
 def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
@@ -56,15 +56,18 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
     low = s.low_fraction * unit.stats.max
     negatives = (by_kind.get("negative", []) + [e for e in random if e.max_act < low])[: s.n_negatives]
     validation = held[s.n_test_top :] + random[s.n_test_random :] + by_kind.get("quantile", [])[::2]
+    # Counterfactuals of examples the explainer reads are shown to it (contrastive); those of held-out
+    # examples score it (counterfactual scorer), so no explanation is scored on edits it has seen.
+    seen = {(e.kind, e.rank) for e in explain}
+    index = {(e.kind, e.rank): e for es in by_kind.values() for e in es if e.kind != "counterfactual"}
+
+    def source(e: Example) -> tuple:
+        return (e.provenance.get("source_kind"), e.provenance.get("source_rank"))
+
     cfs = by_kind.get("counterfactual", [])
-    off = [e for e in cfs if e.provenance.get("direction") == "off"]
+    off = [e for e in cfs if e.provenance.get("direction") == "off" and source(e) in seen]
     contrast = off + by_kind.get("hard_negative", []) + negatives
-    index = {(e.kind, e.rank): e for e in store.examples(unit_id) if e.kind != "counterfactual"}
-    pairs = [
-        (index[key], e)
-        for e in cfs
-        if (key := (e.provenance.get("source_kind"), e.provenance.get("source_rank"))) in index
-    ]
+    pairs = [(index[source(e)], e) for e in cfs if source(e) in index and source(e) not in seen]
     return UnitSample(
         unit=unit,
         explain=explain,

@@ -6,6 +6,7 @@ are written in one transaction, so a killed process never leaves a unit that loo
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ from autointerp.errors import UserError
 from autointerp.types import (
     Context,
     Example,
+    ExampleRows,
     Explanation,
     LLMCallRecord,
     RunRecord,
@@ -27,7 +29,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
@@ -134,8 +136,17 @@ def _add_explanations_v2(db: sqlite_utils.Database) -> None:
     db["scores"].create_index(["unit_id"])
 
 
+def _drop_context_index_v3(db: sqlite_utils.Database) -> None:
+    """No query looks examples up by context; the index only slowed down every write of many units."""
+    db.execute("DROP INDEX IF EXISTS idx_examples_context_id")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _create_v1, 1: _add_explanations_v2}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    0: _create_v1,
+    1: _add_explanations_v2,
+    2: _drop_context_index_v3,
+}
 
 
 class Store:
@@ -149,6 +160,7 @@ class Store:
         try:
             self.db = sqlite_utils.Database(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA cache_size=-131072")  # 128 MiB: bulk unit writes stay in memory
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite_utils.db.sqlite3.DatabaseError as e:
@@ -196,11 +208,15 @@ class Store:
         return [_run_from_row(r) for r in self.db["records"].rows_where(where, args, order_by="started_at")]
 
     # -- units and examples ---------------------------------------------------------------------
-    def write_units(self, units: Iterable[Unit], examples: Iterable[Example]) -> None:
+    def write_units(self, units: Iterable[Unit], examples: Iterable[Example] | ExampleRows) -> None:
         """Replace these units and their examples in one transaction (all or nothing)."""
         units = list(units)
-        examples = list(examples)
-        contexts = {e.context.id: e.context for e in examples}
+        if isinstance(examples, ExampleRows):
+            contexts, rows = examples.contexts, _example_rows(examples)
+        else:
+            examples = list(examples)
+            contexts = {e.context.id: e.context for e in examples}
+            rows = (tuple(_example_row(e).values()) for e in examples)
         conn = self.db.conn
         with self.db.atomic():
             for chunk in _chunks([u.id for u in units], 500):
@@ -213,8 +229,7 @@ class Store:
             self.db["units"].upsert_all((_unit_row(u) for u in units), pk="id", batch_size=500)
             cols = ", ".join(_EXAMPLE_COLS)
             conn.executemany(
-                f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})",
-                (tuple(_example_row(e).values()) for e in examples),
+                f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})", rows
             )
 
     def add_examples(self, examples: Iterable[Example]) -> None:
@@ -398,6 +413,25 @@ _EXAMPLE_COLS = (
     "quantile",
     "provenance",
 )
+
+
+def _example_rows(x: ExampleRows) -> Iterable[tuple]:
+    """ExampleRows as insert tuples in _EXAMPLE_COLS order; acts go in as float32 bytes."""
+    acts = np.ascontiguousarray(x.acts, dtype=np.float32)
+    provenance = json.dumps(x.provenance, sort_keys=True)
+    quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
+    return zip(
+        x.unit_ids.tolist(),
+        x.kinds.tolist(),
+        x.ranks.tolist(),
+        x.context_ids.tolist(),
+        acts,  # each row is a buffer sqlite reads as a blob, without a copy
+        acts.max(axis=1).tolist(),
+        acts.argmax(axis=1).tolist(),
+        quantiles,
+        itertools.repeat(provenance),
+        strict=False,  # the repeat is endless
+    )
 
 
 def _example_row(e: Example) -> dict:

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autointerp.errors import UserError
@@ -74,6 +75,28 @@ class Example(BaseModel):
     @property
     def max_pos(self) -> int:
         return max(range(len(self.acts)), key=self.acts.__getitem__)
+
+
+class ExampleRows(BaseModel):
+    """Many examples as columns (row i is one example): how the recorder hands its examples to the store.
+
+    Built without a Python object per example, since a recording of many units writes hundreds of
+    thousands of them; `contexts` maps every `context_ids` entry to its window.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    unit_ids: np.ndarray  # (N,) object: str
+    kinds: np.ndarray  # (N,) object: ExampleKind
+    ranks: np.ndarray  # (N,) int
+    context_ids: np.ndarray  # (N,) object: str
+    acts: np.ndarray  # (N, T) float32
+    quantiles: np.ndarray  # (N,) int, -1 where not a quantile example
+    provenance: dict[str, str | float | int | None]
+    contexts: dict[str, Context]
+
+    def __len__(self) -> int:
+        return len(self.ranks)
 
 
 class UnitStats(BaseModel):

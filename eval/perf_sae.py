@@ -3,7 +3,10 @@ against recording the bare hook (its 640 neurons) over the same tokens in the sa
 (same unit count: the encoder's own cost) and the streaming part alone (without building and writing
 rows, which grows with the number of units). Prints JSON.
 
-    python eval/perf_sae.py [--eval-tokens 4096] [--record-tokens 8192] [--repeats 2]
+The default length is `autointerp record`'s default (200k tokens): the end-of-run write of every unit's
+examples is a fixed cost (about 2-4 s for 4096 latents), so a short run mostly measures that.
+
+    python eval/perf_sae.py [--eval-tokens 4096] [--record-tokens 200000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def record_seconds(subject, sources, tokens: int, db: Path, seed: int) -> tuple[
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--record-tokens", type=int, default=8192)
+    ap.add_argument("--record-tokens", type=int, default=RecordSettings.model_fields["max_tokens"].default)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     subject = load_subject()
@@ -118,6 +121,8 @@ def main() -> None:
                 "stream_bare_s": round(bare_stream, 2),
                 "stream_sae_s": round(sae_stream, 2),
                 "ratio_stream_sae_over_bare": round(sae_stream / bare_stream, 3),
+                "end_write_bare_s": round(bare_s - bare_stream, 2),
+                "end_write_sae_s": round(sae_s - sae_stream, 2),
                 # the encoder's own cost: 640 latents (full TopK pre-activation) vs the hook's 640 neurons
                 "record_sae_640_latents_s": [round(t[0], 2) for t in times["sae_same_n"]],
                 "ratio_sae_640_over_bare": round(min(t[0] for t in times["sae_same_n"]) / bare_s, 3),

@@ -66,28 +66,32 @@ def test_label_bad_input(db, tmp_path):
 
 
 def test_contrastive_explainer_and_counterfactual_scorer(db):
-    """A verified-looking `off` edit (a quiet window standing in for the edit of top example 0) is
-    shown to the contrastive explainer and scored by whether the simulator predicts the drop."""
+    """Verified-looking `off` edits (quiet windows standing in for edits of top examples 0 and 1): the
+    edit of top 0, which the explainer reads, is shown to it; the edit of held-out top 1 scores it."""
     store = Store(db)
     uid = f"gemma-3-270m/{HOOK}/2"
-    top = store.examples(uid, "top")[0]
-    quiet = min(store.examples(uid, "random"), key=lambda e: e.max_act)
-    edit = quiet.model_copy(
-        update={
-            "kind": "counterfactual",
-            "rank": 0,
-            "provenance": {"direction": "off", "source_kind": "top", "source_rank": 0},
-        }
-    )
-    store.add_examples([edit])
+    tops = store.examples(uid, "top")
+    quiet = sorted(store.examples(uid, "random"), key=lambda e: e.max_act)
+    edits = [
+        quiet[r].model_copy(
+            update={
+                "kind": "counterfactual",
+                "rank": r,
+                "provenance": {"direction": "off", "source_kind": "top", "source_rank": r},
+            }
+        )
+        for r in (0, 1)
+    ]
+    store.add_examples(edits)
     summary = label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
     assert not summary.failures
     (exp,) = store.explanations(uid, method="contrastive")
     assert exp.prompt == "explain-contrastive@3"
     (score,) = store.scores(exp.id)
     assert score.scorer == "counterfactual" and score.status == "ok" and 0 <= score.value <= 1
-    (pair,) = score.details["pairs"]
-    assert pair["true_before"] == pytest.approx(top.max_act) and pair["direction"] == "off"
+    (pair,) = score.details["pairs"]  # only the held-out one
+    assert pair["true_before"] == pytest.approx(tops[1].max_act) and pair["direction"] == "off"
+    assert pair["true_after"] == pytest.approx(edits[1].max_act)
     assert score.value == float(pair["moved"])
 
 

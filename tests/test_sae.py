@@ -223,3 +223,16 @@ def test_embedded_sae_ships_and_loads() -> None:
     )
     assert info.metrics["eval"]["loss_recovered"] >= 0.8
     assert (path / "sae_weights.safetensors").stat().st_size < 12 * 2**20
+
+
+def test_fast_matmul_keeps_float32_accuracy(tmp_path: Path, tiny_subject: SubjectModel) -> None:
+    """Where the encoder uses oneDNN's split-bf16 matmul, its latents equal the plain float32 ones."""
+    src, _ = sae_source(tiny_subject, write_sae(tmp_path / "t", "topk"))
+    enc = src.encode
+    x = torch.randn(64, D_IN) * 3
+    fast = enc(x)
+    enc.fast_matmul = False
+    exact = enc(x)
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    plain_bf16 = (x.bfloat16() @ enc.W_enc.bfloat16()).float()
+    assert not torch.allclose(plain_bf16, x @ enc.W_enc, rtol=1e-5, atol=1e-5)  # the check can tell

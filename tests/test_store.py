@@ -119,6 +119,8 @@ def test_v1_store_is_migrated_in_place(tmp_path):
     assert s.schema_version() == SCHEMA_VERSION
     assert {"explanations", "scores"} <= set(s.db.table_names())
     assert s.get_run("r0").code_version == "old"  # existing rows survive
+    # v3: no index on context_id
+    assert [i.name for i in s.db["examples"].indexes] == ["sqlite_autoindex_examples_1"]
 
 
 def test_explanations_and_explicit_nan_scores(store):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from autointerp.subject import recorder
 from autointerp.subject.recorder import HIST_EDGES, KeyedTopK, SourceState, UnitStatsAcc
 from autointerp.types import RecordSettings
 
@@ -95,3 +96,37 @@ def test_reservoirs_are_uniform_and_respect_firing():
     # uniform: over 200 windows the kept random windows come from all over the stream, not its start
     firsts = sorted(int(e[2][0]) for e in st.random.entries(1))
     assert firsts[-1] > 100 * 6
+
+
+def test_sparse_stats_equal_dense_stats(monkeypatch: pytest.MonkeyPatch):
+    """SAE-like activations (mostly exact zeros, some negative) take the sparse path; same stats as dense."""
+    gen = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(3):
+        acts = torch.randn((4, 8, 50), generator=gen)
+        acts[torch.rand((4, 8, 50), generator=gen) < 0.95] = 0.0
+        batches.append(acts)
+    out = {}
+    for path, sparse_below in (("sparse", 8), ("dense", 10**9)):  # 10**9: never sparse
+        monkeypatch.setattr(recorder, "SPARSE_BELOW", sparse_below)
+        acc = UnitStatsAcc(50, threshold=-0.1)  # a negative threshold: zeros count as firing
+        for acts in batches:
+            acc.update(acts.reshape(-1, 50), acts.amax(dim=1))
+        out[path] = [acc.stats(u) for u in range(50)]
+    x = torch.cat([a.reshape(-1, 50) for a in batches]).numpy().astype(np.float64)
+    for u, (sp, de) in enumerate(zip(out["sparse"], out["dense"], strict=True)):
+        assert sp.hist_counts == de.hist_counts
+        assert sp.mean == pytest.approx(de.mean, abs=1e-6) and sp.std == pytest.approx(de.std, abs=1e-6)
+        assert sp.frac_firing == de.frac_firing == pytest.approx((x[:, u] > -0.1).mean())
+        assert sp.max == de.max == pytest.approx(x[:, u].max())
+
+
+def test_quantile_groups_cut_like_array_split():
+    """Slot r of a unit with n filled slots lands in the group numpy.array_split would put it in."""
+    k, n_quantiles = 12, 5
+    filled = np.arange(k + 1)
+    got = recorder.quantile_groups(filled, k, n_quantiles)
+    for n in filled:
+        groups = np.array_split(np.arange(n), min(n_quantiles, max(n, 1)))
+        want = [q for q, g in enumerate(groups) for _ in g]
+        assert got[n, :n].tolist() == want

@@ -8,6 +8,7 @@ killed run resumes where it stopped; the store is written once, in one transacti
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -24,19 +25,23 @@ from autointerp import corpus
 from autointerp.errors import UserError
 from autointerp.store import Store
 from autointerp.subject.model import SubjectModel
-from autointerp.types import Context, Example, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
+from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
 from autointerp.version import code_version
 
 # Fixed symmetric log-spaced histogram edges (1e-4 .. 1e3 each side of 0), good for any unit's scale.
 _POS = [10 ** (k / 4) for k in range(-16, 13)]
 HIST_EDGES = torch.tensor([-e for e in reversed(_POS)] + [0.0] + _POS, dtype=torch.float32)
+ZERO_BIN = int(torch.bucketize(torch.tensor(0.0), HIST_EDGES))  # bins are (edges[j-1], edges[j]]
+SPARSE_BELOW = 8  # stats take the sparse path when fewer than 1 in 8 activations are nonzero
 CHECKPOINT_EVERY_S = 30.0
+CHECKPOINT_FORMAT = 2  # 2: buffers keep each window's stream position
 
 
 class KeyedTopK:
     """Per unit, the k windows with the largest key, with their activations and token ids.
 
-    keys: (U, k); acts: (U, k, T); toks: (U, k, T). An empty slot has key -inf. Slots are not kept in
+    keys: (U, k); acts: (U, k, T); toks: (U, k, T); wids: (U, k), each window's position in the
+    stream (what tells two slots hold the same window). An empty slot has key -inf. Slots are not kept in
     key order: a batch only writes the slots its windows take over, so after the first batches a
     batch costs little more than a comparison against each unit's current k-th key.
     """
@@ -45,13 +50,16 @@ class KeyedTopK:
         self.keys = torch.full((n_units, k), -math.inf)
         self.acts = torch.zeros((n_units, k, ctx))
         self.toks = torch.zeros((n_units, k, ctx), dtype=torch.int32)
+        self.wids = torch.full((n_units, k), -1, dtype=torch.long)
 
     @property
     def k(self) -> int:
         return self.keys.shape[1]
 
-    def update(self, keys: torch.Tensor, acts: torch.Tensor, toks: torch.Tensor) -> None:
-        """keys (B, U), acts (B, T, U), toks (B, T): merge this batch into the buffers."""
+    def update(
+        self, keys: torch.Tensor, acts: torch.Tensor, toks: torch.Tensor, wids: torch.Tensor | None = None
+    ) -> None:
+        """keys (B, U), acts (B, T, U), toks (B, T), wids (B,): merge this batch into the buffers."""
         if self.k == 0:
             return
         keys = keys.T  # (U, B)
@@ -73,6 +81,8 @@ class KeyedTopK:
         self.keys[unit, slot] = keys[unit, window]
         self.acts[unit, slot] = acts[window, :, unit]
         self.toks[unit, slot] = toks[window]
+        if wids is not None:
+            self.wids[unit, slot] = wids[window]
 
     def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
@@ -89,15 +99,19 @@ class KeyedTopK:
             self.toks.gather(1, idx).numpy(),
         )
 
+    def sorted_wids(self) -> np.ndarray:
+        """wids (U, k) in the order of `sorted`."""
+        return self.wids.gather(1, self.keys.argsort(dim=1, descending=True)).numpy()
+
     @property
     def filled(self) -> list[int]:
         return (self.keys > -math.inf).sum(dim=1).tolist()
 
     def state(self) -> dict:
-        return {"keys": self.keys, "acts": self.acts, "toks": self.toks}
+        return {"keys": self.keys, "acts": self.acts, "toks": self.toks, "wids": self.wids}
 
     def load(self, state: dict) -> None:
-        self.keys, self.acts, self.toks = state["keys"], state["acts"], state["toks"]
+        self.keys, self.acts, self.toks, self.wids = (state[k] for k in ("keys", "acts", "toks", "wids"))
 
 
 class UnitStatsAcc:
@@ -113,29 +127,63 @@ class UnitStatsAcc:
         self.hist = torch.zeros((n_units, len(HIST_EDGES) + 1), dtype=torch.int64)
 
     def update(self, acts: torch.Tensor, win_max: torch.Tensor) -> None:
-        """acts: (N, U) activations of N tokens; win_max: (B, U) per-window maxima of the same tokens."""
-        n_units = acts.shape[1]
-        self.n += acts.shape[0]
+        """acts: (N, U) activations of N tokens; win_max: (B, U) per-window maxima of the same tokens.
+
+        Sparse activations (SAE latents: most entries exactly 0) are summed and binned from their
+        nonzero entries only, with the zeros counted per unit; the result is the same as the dense way.
+        """
+        n_tokens, n_units = acts.shape
+        self.n += n_tokens
+        self.max = torch.maximum(self.max, win_max.amax(0))
+        nbins = self.hist.shape[1]
+        if int(torch.count_nonzero(acts)) * SPARSE_BELOW < acts.numel():
+            rows, cols = acts.nonzero().unbind(1)
+            vals = acts[rows, cols]
+            zeros = n_tokens - torch.bincount(cols, minlength=n_units)
+            self.sum.index_add_(0, cols, vals.double())
+            self.sumsq.index_add_(0, cols, vals.double().square())
+            self.fire += torch.bincount(cols[vals > self.threshold], minlength=n_units)
+            if self.threshold < 0.0:  # zeros fire too
+                self.fire += zeros
+            bins = torch.bucketize(vals, HIST_EDGES) + cols * nbins
+            self.hist += torch.bincount(bins, minlength=self.hist.numel()).view_as(self.hist)
+            self.hist[:, ZERO_BIN] += zeros
+            return
         self.sum += acts.sum(0)  # a batch's fp32 sum is exact enough; the running total is fp64
         self.sumsq += acts.square().sum(0)
-        self.max = torch.maximum(self.max, win_max.max(0).values)
         self.fire += (acts > self.threshold).sum(0)
-        bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * self.hist.shape[1]
+        bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * nbins
         self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
 
     def stats(self, unit: int) -> UnitStats:
-        mean = float(self.sum[unit]) / self.n
-        var = max(float(self.sumsq[unit]) / self.n - mean * mean, 0.0)
-        return UnitStats(
-            n_tokens=self.n,
-            max=float(self.max[unit]),
-            mean=mean,
-            std=math.sqrt(var),
-            frac_firing=int(self.fire[unit]) / self.n,
-            fire_threshold=self.threshold,
-            hist_edges=[-math.inf, *HIST_EDGES.tolist(), math.inf],
-            hist_counts=self.hist[unit].tolist(),
+        return self.all_stats()[unit]
+
+    def all_stats(self) -> list[UnitStats]:
+        """Every unit's statistics (built from whole arrays: cheap for many units)."""
+        mean = self.sum.numpy() / self.n
+        std = np.sqrt(np.maximum(self.sumsq.numpy() / self.n - mean * mean, 0.0))
+        edges = [-math.inf, *HIST_EDGES.tolist(), math.inf]
+        columns = zip(
+            self.max.tolist(),
+            mean.tolist(),
+            std.tolist(),
+            (self.fire.double() / self.n).tolist(),
+            self.hist.tolist(),
+            strict=True,
         )
+        return [
+            UnitStats.model_construct(
+                n_tokens=self.n,
+                max=mx,
+                mean=mu,
+                std=sd,
+                frac_firing=fire,
+                fire_threshold=self.threshold,
+                hist_edges=edges,
+                hist_counts=counts,
+            )
+            for mx, mu, sd, fire, counts in columns
+        ]
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in ("n", "sum", "sumsq", "max", "fire", "hist")}
@@ -197,17 +245,19 @@ class SourceState:
     def buffers(self) -> dict[str, KeyedTopK]:
         return {"top": self.top, "quantile": self.quantile, "random": self.random, "negative": self.negative}
 
-    def update(self, acts: torch.Tensor, toks: torch.Tensor, gen: torch.Generator) -> None:
-        """acts (B, T, U) float32, toks (B, T) int32."""
+    def update(
+        self, acts: torch.Tensor, toks: torch.Tensor, gen: torch.Generator, wids: torch.Tensor | None = None
+    ) -> None:
+        """acts (B, T, U) float32, toks (B, T) int32, wids (B,) the windows' positions in the stream."""
         b, _, n_units = acts.shape
-        win_max = acts.max(dim=1).values  # (B, U)
+        win_max = acts.amax(dim=1)  # (B, U)
         fires = win_max > self.stats.threshold
         rand = torch.rand((b, n_units), generator=gen)
         shared = torch.rand((b, 1), generator=gen).expand(b, n_units)  # one key per window, all units
-        self.top.update(win_max, acts, toks)
-        self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks)
-        self.random.update(shared, acts, toks)
-        self.negative.update(torch.where(fires, -math.inf, rand), acts, toks)
+        self.top.update(win_max, acts, toks, wids)
+        self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks, wids)
+        self.random.update(shared, acts, toks, wids)
+        self.negative.update(torch.where(fires, -math.inf, rand), acts, toks, wids)
         self.stats.update(acts.reshape(-1, n_units), win_max)
 
 
@@ -289,6 +339,11 @@ class Recorder:
         done_windows = 0
         if ckpt.exists():
             saved = torch.load(ckpt, weights_only=False)
+            if saved.get("format") != CHECKPOINT_FORMAT:
+                raise UserError(
+                    f"The checkpoint {ckpt} was written by another autointerp version; "
+                    "delete it to record this run from the start."
+                )
             done_windows = saved["windows_done"]
             gen.set_state(saved["gen"])
             for key, st in states.items():
@@ -312,9 +367,10 @@ class Recorder:
         for toks in batches(windows, s.batch_size, max_windows - done_windows):
             hook_acts = self.forward(toks)
             toks32 = toks.to(torch.int32)
+            wids = torch.arange(done_windows, done_windows + toks.shape[0])
             for src in self.sources:
                 acts = src.from_tokens(toks) if src.from_tokens else src.unit_acts(hook_acts[src.hook])
-                states[src.key].update(acts.float(), toks32, gen)
+                states[src.key].update(acts.float(), toks32, gen, wids)
             done_windows += toks.shape[0]
             if progress:
                 progress(done_windows * s.ctx, max_windows * s.ctx)
@@ -327,8 +383,12 @@ class Recorder:
                 f"The corpus is shorter than one window of {s.ctx} tokens; add text or lower --ctx."
             )
         self._checkpoint(ckpt, done_windows, gen, states)  # the write below may still be killed
-        units, examples = self._collect(run_id, states)
-        store.write_units(units, examples)
+        gc.disable()  # hundreds of thousands of short-lived rows: collection passes would only cost time
+        try:
+            units, examples = self._collect(run_id, states)
+            store.write_units(units, examples)
+        finally:
+            gc.enable()
         seconds = time.perf_counter() - t0
         n_tokens = (done_windows - resumed_from) * s.ctx
         summary = {"windows": done_windows, "tokens": done_windows * s.ctx, "units": len(units)}
@@ -348,6 +408,7 @@ class Recorder:
     def _checkpoint(path: Path, done: int, gen: torch.Generator, states: dict[str, SourceState]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = {
+            "format": CHECKPOINT_FORMAT,
             "windows_done": done,
             "gen": gen.get_state(),
             "states": {
@@ -359,52 +420,76 @@ class Recorder:
         torch.save(blob, tmp)
         tmp.replace(path)
 
-    def _context(self, toks: np.ndarray, cache: dict[bytes, Context]) -> Context:
-        raw = toks.tobytes()
-        ctx = cache.get(raw)
-        if ctx is None:
-            ids = toks.tolist()
-            cid = hashlib.sha1(raw).hexdigest()[:16]
-            ctx = cache[raw] = Context.model_construct(
-                id=cid, token_ids=ids, tokens=self.subject.token_strs(ids)
-            )
-        return ctx
-
-    def _collect(self, run_id: str, states: dict[str, SourceState]) -> tuple[list[Unit], list[Example]]:
-        """Units and their examples from the buffers (built without re-validation: trusted, and many)."""
+    def _collect(self, run_id: str, states: dict[str, SourceState]) -> tuple[list[Unit], ExampleRows]:
+        """Units and their examples from the buffers, column-wise (no Python object per example)."""
         units: list[Unit] = []
-        examples: list[Example] = []
-        contexts: dict[bytes, Context] = {}
-        provenance = {"run_id": run_id}
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("unit_ids", "kinds", "ranks", "quantiles")}
+        acts_parts, toks_parts, wid_parts = [], [], []
         for src in self.sources:
             st = states[src.key]
-            kinds = {name: (buf.sorted(), buf.filled) for name, buf in st.buffers().items()}
-            for col, index in enumerate(src.indices):
-                ref = UnitRef(model=self.subject.short, hook=src.hook, index=index, sae=src.sae)
-                units.append(Unit(ref=ref, run_id=run_id, stats=st.stats.stats(col)))
-                for kind, ((_, acts, toks), filled) in kinds.items():
-                    rows = range(filled[col])
-                    quantiles: list[int | None] = [None] * filled[col]
-                    if (
-                        kind == "quantile"
-                    ):  # the uniform pool of firing windows, cut into equal-count quantiles
-                        rows = sorted(rows, key=lambda r: acts[col, r].max())  # noqa: B023 - used at once
-                        n_groups = min(self.settings.n_quantiles, max(len(rows), 1))
-                        groups = np.array_split(np.arange(len(rows)), n_groups)
-                        quantiles = [q for q, g in enumerate(groups) for _ in g]
-                    examples.extend(
-                        Example.model_construct(
-                            unit_id=ref.id,
-                            kind=kind,
-                            rank=rank,
-                            context=self._context(toks[col, r], contexts),
-                            acts=acts[col, r],  # float32 row, handed to the store as is (no copy)
-                            quantile=quantiles[rank],
-                            provenance=provenance,
-                        )
-                        for rank, r in enumerate(rows)
-                    )
-        return units, examples
+            refs = [
+                UnitRef(model=self.subject.short, hook=src.hook, index=i, sae=src.sae) for i in src.indices
+            ]
+            stats = st.stats.all_stats()
+            units += [
+                Unit.model_construct(ref=r, run_id=run_id, stats=x) for r, x in zip(refs, stats, strict=True)
+            ]
+            ids = np.array([r.id for r in refs], dtype=object)
+            for kind, buf in st.buffers().items():
+                _, acts, toks = buf.sorted()  # (U, k, T), each unit's filled slots first
+                wids = buf.sorted_wids()
+                filled = np.array(buf.filled)
+                slot = np.arange(buf.k)
+                keep = slot < filled[:, None]  # (U, k)
+                rank = np.broadcast_to(slot, keep.shape)
+                quantile = np.full(keep.shape, -1)
+                if kind == "quantile":  # the uniform pool of firing windows, cut into equal-count groups
+                    order = np.argsort(np.where(keep, acts.max(-1), np.inf), axis=1, kind="stable")
+                    rank = np.argsort(order, axis=1)  # rank by max activation, ascending
+                    groups = quantile_groups(filled, buf.k, self.settings.n_quantiles)
+                    quantile = np.take_along_axis(groups, rank, axis=1)
+                cols["unit_ids"].append(np.repeat(ids, filled))
+                cols["kinds"].append(np.full(int(filled.sum()), kind, dtype=object))
+                cols["ranks"].append(rank[keep])
+                cols["quantiles"].append(quantile[keep])
+                acts_parts.append(acts[keep])
+                toks_parts.append(toks[keep])
+                wid_parts.append(wids[keep])
+        context_ids, contexts = self._contexts(np.concatenate(toks_parts), np.concatenate(wid_parts))
+        return units, ExampleRows(
+            **{k: np.concatenate(v) for k, v in cols.items()},
+            context_ids=context_ids,
+            acts=np.concatenate(acts_parts),
+            provenance={"run_id": run_id},
+            contexts=contexts,
+        )
+
+    def _contexts(self, toks: np.ndarray, wids: np.ndarray) -> tuple[np.ndarray, dict[str, Context]]:
+        """Per row of `toks` (N, T) its context id, and each distinct window (by `wids`) once."""
+        if (wids < 0).any():
+            raise ValueError("a kept window has no stream position; KeyedTopK.update was given no wids")
+        _, first, inverse = np.unique(wids, return_index=True, return_inverse=True)
+        contexts: dict[str, Context] = {}
+        ids = []
+        for row in toks[first]:
+            cid = hashlib.sha1(np.ascontiguousarray(row, dtype=np.int32).tobytes()).hexdigest()[:16]
+            token_ids = row.tolist()
+            contexts[cid] = Context.model_construct(
+                id=cid, token_ids=token_ids, tokens=self.subject.token_strs(token_ids)
+            )
+            ids.append(cid)
+        return np.array(ids, dtype=object)[inverse.reshape(-1)], contexts
+
+
+def quantile_groups(filled: np.ndarray, k: int, n_quantiles: int) -> np.ndarray:
+    """(U, k): for slot r of a unit with n filled slots (sorted ascending), its group among
+    min(n_quantiles, n) near-equal groups, as numpy.array_split cuts them (the first n % g one larger)."""
+    n = filled[:, None]
+    g = np.clip(np.minimum(n_quantiles, n), 1, None)
+    base, extra = n // g, n % g
+    big = extra * (base + 1)
+    r = np.arange(k)[None, :]
+    return np.where(r < big, r // (base + 1), extra + (r - big) // np.maximum(base, 1))
 
 
 def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | None) -> list[UnitSource]:
