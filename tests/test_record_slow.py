@@ -89,6 +89,28 @@ def test_killed_run_resumes_to_the_same_result(gemma, recorded, tmp_path, monkey
             assert got == want, kind
 
 
+def test_checkpoint_of_another_format_is_refused_and_kept(gemma, tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder, "CHECKPOINT_EVERY_S", 0.0)
+    db = tmp_path / "old.db"
+
+    calls = []
+
+    def die(done, total):  # the progress call comes before that batch's checkpoint
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        record_units(db, [HOOK], units=[0], subject=gemma, progress=die, **SETTINGS)
+    (ckpt,) = (tmp_path / "old.db.ckpt").glob("*.pt")
+    blob = torch.load(ckpt, weights_only=False)
+    del blob["format"]  # as written before the format was recorded
+    torch.save(blob, ckpt)
+    with pytest.raises(UserError, match="written by another autointerp version; delete it"):
+        record_units(db, [HOOK], units=[0], subject=gemma, **SETTINGS)
+    assert ckpt.exists()
+
+
 def test_bad_hook_and_unit_are_clear_errors(gemma, tmp_path):
     with pytest.raises(UserError, match="valid hooks are blocks.L.<name>.*mlp.hook_post"):
         record_units(tmp_path / "x.db", ["blocks.6.mlp.hook_typo"], subject=gemma)
