@@ -2,10 +2,12 @@
 top-only ones? Same units, same explainer and simulator, scored on the correlation and counterfactual scorers.
 
     python eval/bench_contrastive.py [--llm local:qwen2.5-coder-1.5b] [--units 8] [--tokens 40000]
+                                     [--n-examples 4] [--reference highlight]
 
 Records the embedded SAE's 4096 latents over `--tokens` corpus tokens, draws `--units` latents (seed 0)
 among those firing on 0.2%-5% of tokens, generates verified counterfactuals for them, then explains
-each with `top` and with `contrastive` and scores both. The counterfactual scorer only uses edits of
+each with `top` and with `contrastive` (and the `--reference` methods, reported beside them) and scores
+them. The counterfactual scorer only uses edits of
 examples the explainer did not read (see sampling.py), so neither method is scored on what it saw.
 Prints JSON: per method the mean of each scorer, and the paired difference contrastive - top with a
 95% bootstrap interval, the number of units where contrastive wins, and the counterfactual yield.
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--llm", default="local:qwen2.5-coder-1.5b")
     ap.add_argument("--units", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=40_000)
+    ap.add_argument("--n-examples", type=int, default=4, help="top examples per unit given `off` edits")
+    ap.add_argument("--reference", default="highlight", help="comma-separated methods to report beside")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--db", default=None, help="reuse a store (default: a temporary one); resumes")
     args = ap.parse_args()
@@ -61,18 +65,20 @@ def main() -> None:
     llm = get_llm(args.llm, store, concurrency=args.concurrency)
 
     t0 = time.perf_counter()
-    cf = generate_counterfactuals(store, subject, units, llm, CounterfactualSettings(n_examples=4, n_on=1))
+    cf_settings = CounterfactualSettings(n_examples=args.n_examples, n_on=1)
+    cf = generate_counterfactuals(store, subject, units, llm, cf_settings)
     t_cf = time.perf_counter() - t0
 
+    methods = METHODS + [m for m in args.reference.split(",") if m and m not in METHODS]
     s = LabelSettings(
-        explainer=args.llm, simulator=args.llm, methods=METHODS, scorers=SCORERS, concurrency=args.concurrency
+        explainer=args.llm, simulator=args.llm, methods=methods, scorers=SCORERS, concurrency=args.concurrency
     )
     labeller = Labeller(store, s, llm, llm)
     t0 = time.perf_counter()
     summary = asyncio.run(labeller.run(units))
     t_label = time.perf_counter() - t0
 
-    scores: dict[str, dict[str, dict[str, float | None]]] = {m: {} for m in METHODS}
+    scores: dict[str, dict[str, dict[str, float | None]]] = {m: {} for m in methods}
     for r in summary.results:
         scores[r.method][r.unit_id] = r.scores
     per_unit = []
@@ -92,7 +98,7 @@ def main() -> None:
                         ),
                         **scores[m].get(uid, {}),
                     }
-                    for m in METHODS
+                    for m in methods
                 },
             }
         )
@@ -100,6 +106,10 @@ def main() -> None:
     def value(m: str, uid: str, scorer: str) -> float:
         v = scores[m].get(uid, {}).get(scorer)
         return math.nan if v is None else float(v)
+
+    def mean_of(m: str, scorer: str) -> dict:
+        vals = [v for u in units if not math.isnan(v := value(m, u, scorer))]
+        return {"n": len(vals), "mean": round(sum(vals) / len(vals), 4) if vals else None}
 
     result: dict = {}
     for scorer in SCORERS:
@@ -117,6 +127,7 @@ def main() -> None:
             "diff_ci95": [round(x, 4) for x in bootstrap_ci(diffs)],
             "contrastive_wins": sum(d > 0 for d in diffs),
             "ties": sum(d == 0 for d in diffs),
+            "all_methods_mean": {m: mean_of(m, scorer) for m in methods},
         }
     print(
         json.dumps(
@@ -127,6 +138,7 @@ def main() -> None:
                 "units": len(units),
                 "scores": result,
                 "counterfactuals": cf.totals(),
+                "counterfactual_settings": cf_settings.model_dump(),
                 "failures": [r.model_dump() for r in summary.failures],
                 "seconds": {
                     "record": round(t_record),
