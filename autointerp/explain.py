@@ -24,6 +24,7 @@ METHODS = {
     "contrastive": "explain_contrastive.j2",
 }
 MARK_AT = 0.4  # a token is "activating" (marked [[ ]]) at >= 40% of the unit's max
+CONTRAST_SHOWN = 6  # the contrastive explainer reads this many positives and this many contrasts
 
 
 class ExplanationError(LLMError):
@@ -81,8 +82,8 @@ def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
         texts = [show_token(marked(e, unit_max, window)) for e in sample.explain]
         if method == "highlight":
             return p, p.messages(top_tokens=top_tokens, examples=texts)
-        negatives = [show_token("".join(crop(e, window)[0])) for e in sample.contrast[:6]]
-        return p, p.messages(top_tokens=top_tokens, positives=texts[:6], negatives=negatives)
+        negatives = [show_token("".join(crop(e, window)[0])) for e in sample.contrast[:CONTRAST_SHOWN]]
+        return p, p.messages(top_tokens=top_tokens, positives=texts[:CONTRAST_SHOWN], negatives=negatives)
     raise ExplanationError(f"unknown explainer method {method!r}; use one of {', '.join(METHODS)}")
 
 

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 
 from autointerp import score as scoring
 from autointerp.errors import UserError
-from autointerp.explain import METHODS, ExplainSettings, ExplanationError, propose
+from autointerp.explain import CONTRAST_SHOWN, METHODS, ExplainSettings, ExplanationError, propose
 from autointerp.explain import revise as revise_explanation
 from autointerp.llm import get_llm
 from autointerp.llm.base import LLM, LLMError
-from autointerp.sampling import SampleSettings, UnitSample, normalize, sample_unit
+from autointerp.sampling import SampleSettings, UnitSample, digest, normalize, sample_unit
 from autointerp.simulate import make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, UnitRef, now
@@ -108,7 +108,8 @@ class TokenMeter:
         return resps
 
 
-def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str) -> str:
+def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str, inputs: str = "") -> str:
+    """Hash of everything that decides an explanation; `inputs`: digest of what the explainer reads."""
     key = {
         "unit": unit_id,
         "method": method,
@@ -117,6 +118,7 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str) 
         "best_of": s.best_of,
         "revise": s.revise,
         "sample": s.sample.model_dump(),
+        "inputs": inputs,
     }
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,8 +150,35 @@ class Labeller:
 
         return {"simulator": self.sim_llm.spec, "prompt": prompt(f"{scorer}.j2").id}
 
-    def done(self, exp_id: str) -> bool:
-        have = {(x.scorer, x.simulator, x.prompt) for x in self.store.scores(exp_id) if x.status != "failed"}
+    def explain_inputs(self, sample: UnitSample, method: str) -> str:
+        """Digest of the examples the explainer reads for `method` (its explanation id includes it)."""
+        seen = list(sample.explain)
+        if method == "contrastive":
+            seen += sample.contrast[:CONTRAST_SHOWN]
+        if self.s.best_of > 1 or self.s.revise:
+            seen += sample.validation
+        return digest(seen)
+
+    def exp_id(self, unit_id: str, method: str, sample: UnitSample) -> str:
+        from autointerp.prompts import prompt
+
+        inputs = self.explain_inputs(sample, method)
+        return explanation_id(unit_id, method, self.s, prompt(METHODS[method]).id, inputs)
+
+    @staticmethod
+    def score_inputs(sample: UnitSample) -> str:
+        """Digest of every example a scorer may read; a stored score made from other examples is stale."""
+        pairs = [e for pair in sample.counterfactual_pairs for e in pair]
+        return digest(sample.test + sample.quantile + sample.negatives + pairs)
+
+    def done(self, exp_id: str, sample: UnitSample) -> bool:
+        """Explained, and scored by every configured scorer on the sample's current examples."""
+        inputs = self.score_inputs(sample)
+        have = {
+            (x.scorer, x.simulator, x.prompt)
+            for x in self.store.scores(exp_id)
+            if x.status != "failed" and x.settings.get("inputs") == inputs
+        }
         want = {(sc, f["simulator"], f["prompt"]) for sc in self.s.scorers for f in [self.score_fields(sc)]}
         return self.store.get_explanation(exp_id) is not None and want <= have
 
@@ -218,7 +247,7 @@ class Labeller:
             "explanation_id": exp_id,
             "unit_id": unit_id,
             "run_id": self.run_id,
-            "settings": self.s.score.model_dump(),
+            "settings": {**self.s.score.model_dump(), "inputs": self.score_inputs(sample)},
         }
         return await self.score(text, sample, fields)
 
@@ -244,11 +273,9 @@ class Labeller:
         return out
 
     async def label_one(self, unit_id: str, method: str) -> UnitResult:
-        from autointerp.prompts import prompt
-
         sample = sample_unit(self.store, unit_id, self.s.sample)
-        exp_id = explanation_id(unit_id, method, self.s, prompt(METHODS[method]).id)
-        if self.done(exp_id):
+        exp_id = self.exp_id(unit_id, method, sample)
+        if self.done(exp_id, sample):
             exp = self.store.get_explanation(exp_id)
             scores = {x.scorer: x.value for x in self.store.scores(exp_id)}
             return UnitResult(

@@ -7,6 +7,10 @@ non-firing windows. Best-of-k and revision choose on a validation set kept apart
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
+
 from pydantic import BaseModel
 
 from autointerp.errors import UserError
@@ -78,6 +82,12 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
         contrast=contrast,
         counterfactual_pairs=pairs,
     )
+
+
+def digest(examples: Iterable[Example]) -> str:
+    """A short hash of which examples these are (kind, rank, window, peak): it changes when the store's do."""
+    key = [(e.kind, e.rank, e.context.id, round(e.max_act, 5)) for e in examples]
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def normalize(acts: list[float], unit_max: float) -> list[int]:

@@ -94,6 +94,30 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
     assert pair["true_after"] == pytest.approx(edits[1].max_act)
     assert score.value == float(pair["moved"])
 
+    again = label(db, [uid], explainer=LLM, methods=["contrastive", "top"], scorers=["counterfactual"])
+    skipped = {r.method: r.skipped for r in again.results}
+    assert skipped == {"contrastive": True, "top": False}  # nothing changed for contrastive: resumed
+    # A new held-out edit (of top 3): both are rescored; contrastive reads the same examples, so it keeps
+    # its explanation; an edit of top 2 (which it reads) gives it a new explanation.
+    extra = quiet[3].model_copy(
+        update={
+            "kind": "counterfactual",
+            "rank": 3,
+            "provenance": {"direction": "off", "source_kind": "top", "source_rank": 3},
+        }
+    )
+    store.add_examples([extra])
+    third = label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
+    assert not third.results[0].skipped
+    (exp_after,) = store.explanations(uid, method="contrastive")
+    assert exp_after.id == exp.id
+    (score,) = store.scores(exp.id)
+    assert len(score.details["pairs"]) == 2
+    shown = extra.model_copy(update={"rank": 2, "provenance": {**extra.provenance, "source_rank": 2}})
+    store.add_examples([shown])
+    label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
+    assert len(store.explanations(uid, method="contrastive")) == 2  # a new explanation for new inputs
+
 
 def test_revision_round_is_recorded_and_kept_only_if_better(db):
     uid = f"gemma-3-270m/{HOOK}/1"

@@ -27,8 +27,7 @@ from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synth
 from autointerp.errors import UserError
 from autointerp.explain import METHODS
 from autointerp.llm import get_llm
-from autointerp.pipeline import Labeller, LabelSettings, explanation_id
-from autointerp.prompts import prompt
+from autointerp.pipeline import Labeller, LabelSettings
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.score import SCORERS, ScoreSettings
 from autointerp.store import Store
@@ -215,10 +214,10 @@ async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, s
 
     async def one(unit_id: str, method: str, text: str) -> None:
         exp_id = given_id(unit_id, method, text, labeller.s)
-        if labeller.done(exp_id):
+        sample = sample_unit(store, unit_id, labeller.s.sample)
+        if labeller.done(exp_id, sample):
             return
         async with sem:
-            sample = sample_unit(store, unit_id, labeller.s.sample)
             scores = await labeller.score_explanation(exp_id, unit_id, text, sample)
         exp = Explanation(
             id=exp_id,
@@ -406,7 +405,8 @@ def run_bench(
             if r.error:
                 row.errors[method] = r.error
             else:
-                exp_id = explanation_id(r.unit_id, method, labeller.s, prompt(METHODS[method]).id)
+                sample = sample_unit(store, r.unit_id, labeller.s.sample)
+                exp_id = labeller.exp_id(r.unit_id, method, sample)
                 _collect(row, key, stored_scores(store, labeller, exp_id), spent)
                 exp = store.get_explanation(exp_id)
                 spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
