@@ -1,9 +1,10 @@
 """Which examples the explainer reads and which score it: no explanation is scored on what it has seen."""
 
+from test_store import make_example, make_unit  # tests/ is on sys.path (pytest rootdir, no package)
+
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.store import Store
 from autointerp.types import Context, Example, RunRecord
-from tests.test_store import make_example, make_unit
 
 
 def edit_of(source: Example, rank: int, direction: str) -> Example:
