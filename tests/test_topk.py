@@ -63,8 +63,7 @@ def test_stats_match_numpy():
     for acts, _ in batches:
         acc.update(acts.reshape(-1, 9), acts.max(dim=1).values)
     x = torch.cat([a.reshape(-1, 9) for a, _ in batches]).numpy().astype(np.float64)
-    for u in range(9):
-        s = acc.stats(u)
+    for u, s in enumerate(acc.all_stats()):
         assert s.n_tokens == x.shape[0]
         assert s.mean == pytest.approx(x[:, u].mean(), abs=1e-6)
         assert s.std == pytest.approx(x[:, u].std(), abs=1e-5)
@@ -112,7 +111,7 @@ def test_sparse_stats_equal_dense_stats(monkeypatch: pytest.MonkeyPatch):
         acc = UnitStatsAcc(50, threshold=-0.1)  # a negative threshold: zeros count as firing
         for acts in batches:
             acc.update(acts.reshape(-1, 50), acts.amax(dim=1))
-        out[path] = [acc.stats(u) for u in range(50)]
+        out[path] = acc.all_stats()
     x = torch.cat([a.reshape(-1, 50) for a in batches]).numpy().astype(np.float64)
     for u, (sp, de) in enumerate(zip(out["sparse"], out["dense"], strict=True)):
         assert sp.hist_counts == de.hist_counts

@@ -86,22 +86,20 @@ class KeyedTopK:
 
     def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
-        keys, acts, toks = self.sorted()
+        keys, acts, toks, _ = self.sorted()
         return [(float(keys[unit, i]), acts[unit, i], toks[unit, i]) for i in range(self.filled[unit])]
 
-    def sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """keys (U, k), acts (U, k, T), toks (U, k, T) as numpy, each unit's slots in descending key order."""
+    def sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """keys (U, k), acts (U, k, T), toks (U, k, T), wids (U, k) as numpy, each unit's slots in
+        descending key order."""
         order = self.keys.argsort(dim=1, descending=True)
         idx = order.unsqueeze(-1).expand_as(self.acts)
         return (
             self.keys.gather(1, order).numpy(),
             self.acts.gather(1, idx).numpy(),
             self.toks.gather(1, idx).numpy(),
+            self.wids.gather(1, order).numpy(),
         )
-
-    def sorted_wids(self) -> np.ndarray:
-        """wids (U, k) in the order of `sorted`."""
-        return self.wids.gather(1, self.keys.argsort(dim=1, descending=True)).numpy()
 
     @property
     def filled(self) -> list[int]:
@@ -154,9 +152,6 @@ class UnitStatsAcc:
         self.fire += (acts > self.threshold).sum(0)
         bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * nbins
         self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
-
-    def stats(self, unit: int) -> UnitStats:
-        return self.all_stats()[unit]
 
     def all_stats(self) -> list[UnitStats]:
         """Every unit's statistics (built from whole arrays: cheap for many units)."""
@@ -436,8 +431,7 @@ class Recorder:
             ]
             ids = np.array([r.id for r in refs], dtype=object)
             for kind, buf in st.buffers().items():
-                _, acts, toks = buf.sorted()  # (U, k, T), each unit's filled slots first
-                wids = buf.sorted_wids()
+                _, acts, toks, wids = buf.sorted()  # each unit's filled slots first
                 filled = np.array(buf.filled)
                 slot = np.arange(buf.k)
                 keep = slot < filled[:, None]  # (U, k)
