@@ -49,6 +49,7 @@ class UnitResult(BaseModel):
     unit_id: str
     method: str
     explanation: str | None = None
+    explanation_id: str | None = None  # its row in `explanations` (None when explaining failed)
     scores: dict[str, float | None] = Field(default_factory=dict)
     skipped: bool = False
     error: str | None = None
@@ -279,7 +280,12 @@ class Labeller:
             exp = self.store.get_explanation(exp_id)
             scores = {x.scorer: x.value for x in self.store.scores(exp_id)}
             return UnitResult(
-                unit_id=unit_id, method=method, explanation=exp.text, scores=scores, skipped=True
+                unit_id=unit_id,
+                method=method,
+                explanation=exp.text,
+                explanation_id=exp_id,
+                scores=scores,
+                skipped=True,
             )
         t0 = time.perf_counter()
         try:
@@ -305,7 +311,11 @@ class Labeller:
         scores = await self.score_explanation(exp_id, unit_id, text, sample)
         self.store.put_explanation(exp, scores)
         return UnitResult(
-            unit_id=unit_id, method=method, explanation=text, scores={x.scorer: x.value for x in scores}
+            unit_id=unit_id,
+            method=method,
+            explanation=text,
+            explanation_id=exp_id,
+            scores={x.scorer: x.value for x in scores},
         )
 
     async def run(

@@ -405,8 +405,7 @@ def run_bench(
             if r.error:
                 row.errors[method] = r.error
             else:
-                sample = sample_unit(store, r.unit_id, labeller.s.sample)
-                exp_id = labeller.exp_id(r.unit_id, method, sample)
+                exp_id = r.explanation_id
                 _collect(row, key, stored_scores(store, labeller, exp_id), spent)
                 exp = store.get_explanation(exp_id)
                 spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
