@@ -366,7 +366,11 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     for sc in scorers:
         table.add_column(sc, justify="right")
     for r in summary.results:
-        cells = [f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else "nan" for sc in scorers]
+        # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
+        cells = [
+            f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
+            for sc in scorers
+        ]
         text = r.explanation or f"[red]{r.error}[/red]"
         table.add_row(r.unit_id, r.method, text, *cells)
     console.print(table)

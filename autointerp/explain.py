@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message
 from autointerp.prompts import Prompt, prompt
-from autointerp.sampling import UnitSample, crop, crop_start, normalize
+from autointerp.sampling import UnitSample, body_start, crop, crop_start, normalize
 from autointerp.simulate import show_token
 from autointerp.types import Example
 
@@ -114,15 +114,16 @@ async def revise(
 ) -> str:
     """One revision round: the explainer sees its explanation and the examples it predicted worst.
 
-    `wrong` pairs an example with the simulated activations (0-9) for it. Each is shown with the true
-    activating tokens marked [[ ]] and the tokens the simulation expected to fire marked {{ }}.
+    `wrong` pairs an example with the simulated activations (0-9) of its body (BOS left out). Each is
+    shown with the true activating tokens marked [[ ]] and the tokens the simulation expected to fire
+    marked {{ }}.
     """
     _, messages = render(s.method, sample, window)
     unit_max = sample.unit.stats.max
     lines = []
     for e, predicted in wrong:
         tokens, acts = crop(e, window)
-        lo = crop_start(e, window)
+        lo = crop_start(e, window) - body_start(e)  # simulations leave the leading BOS out
         pred = predicted[lo : lo + len(tokens)]
         shown = "".join(
             ("[[" + t + "]]" if a >= MARK_AT * unit_max else t) if p < 4.5 else "{{" + t + "}}"

@@ -11,6 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+# A read-out from token probabilities (the exact simulator's digits, a judge's "1"/"0") is trusted only
+# where the model put at least this much probability on the answer tokens (median over positions);
+# below it the prediction is read from noise and the score is stored as failed, with the mass.
+MASS_FLOOR = 0.5
+
 
 def correlation(true_seqs: Sequence[Sequence[float]], pred_seqs: Sequence[Sequence[float]]) -> float:
     """Concatenate all sequences, then Pearson (OpenAI score_from_simulation); NaN if either is constant."""

@@ -51,6 +51,7 @@ class UnitResult(BaseModel):
     explanation: str | None = None
     explanation_id: str | None = None  # its row in `explanations` (None when explaining failed)
     scores: dict[str, float | None] = Field(default_factory=dict)
+    status: dict[str, str] = Field(default_factory=dict)  # scorer -> ok / nan / failed
     skipped: bool = False
     error: str | None = None
 
@@ -104,6 +105,14 @@ class TokenMeter:
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
         many = getattr(self.llm, "token_probs_many", None)
         resps = await many(requests) if many else [await self.llm.token_probs(r) for r in requests]
+        for r in resps:
+            self._count(r.usage)
+        return resps
+
+    async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
+        from autointerp.llm.stepwise import read_stepwise
+
+        resps = await read_stepwise(self.llm, requests)
         for r in resps:
             self._count(r.usage)
         return resps
@@ -278,13 +287,14 @@ class Labeller:
         exp_id = self.exp_id(unit_id, method, sample)
         if self.done(exp_id, sample):
             exp = self.store.get_explanation(exp_id)
-            scores = {x.scorer: x.value for x in self.store.scores(exp_id)}
+            stored = self.store.scores(exp_id)
             return UnitResult(
                 unit_id=unit_id,
                 method=method,
                 explanation=exp.text,
                 explanation_id=exp_id,
-                scores=scores,
+                scores={x.scorer: x.value for x in stored},
+                status={x.scorer: x.status for x in stored},
                 skipped=True,
             )
         t0 = time.perf_counter()
@@ -316,6 +326,7 @@ class Labeller:
             explanation=text,
             explanation_id=exp_id,
             scores={x.scorer: x.value for x in scores},
+            status={x.scorer: x.status for x in scores},
         )
 
     async def run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 from pydantic import BaseModel
 
@@ -50,6 +51,25 @@ def _corr(sims: list[Simulation]) -> float:
     return metrics.correlation([s.true for s in sims], [s.expected for s in sims])
 
 
+def scale_mass(sims: list[Simulation]) -> dict | None:
+    """Median and min over every simulated token of the probability on the scale tokens (exact mode)."""
+    masses = [m for x in sims if x.mass is not None for m in x.mass]
+    if not masses:
+        return None
+    return {"median": round(statistics.median(masses), 6), "min": round(min(masses), 6), "n": len(masses)}
+
+
+def below_floor(scorer: str, mass: dict | None, details: dict, **fields) -> Score | None:
+    """A failed score when the read-out saw too little probability on the scale (never a number)."""
+    if mass is None or mass["median"] >= metrics.MASS_FLOOR:
+        return None
+    reason = (
+        f"the simulator put a median {mass['median']:.3g} of its probability on the scale tokens 0-9, "
+        f"below the floor {metrics.MASS_FLOOR}: its prediction would be read from noise"
+    )
+    return Score(scorer=scorer, value=None, status="failed", reason=reason, details=details, **fields)
+
+
 async def correlation(
     sim: ExactSimulator | JsonSimulator,
     explanation: str,
@@ -73,8 +93,10 @@ async def correlation(
         "n_test": len(test),
         "predicted": [[round(v, 3) for v in x.expected] for x in test],
         "examples": [[x.kind, x.rank] for x in test],
+        "scale_mass": scale_mass(sims),
     }
-    return _score("correlation", value, "simulation or truth is constant", details=details, **fields)
+    floor = below_floor("correlation", details["scale_mass"], details, **fields)
+    return floor or _score("correlation", value, "simulation or truth is constant", details=details, **fields)
 
 
 async def _judge(llm: LLM, template: str, explanation: str, texts: list[str]) -> list[float]:
@@ -187,4 +209,6 @@ async def counterfactual(
                 "moved": moved,
             }
         )
-    return _score("counterfactual", hits / len(pairs), "", details={"pairs": rows}, **fields)
+    details = {"pairs": rows, "scale_mass": scale_mass(sims)}
+    floor = below_floor("counterfactual", details["scale_mass"], details, **fields)
+    return floor or _score("counterfactual", hits / len(pairs), "", details=details, **fields)

@@ -1,8 +1,13 @@
 """Simulators: predict a unit's per-token activations (0-9) from an explanation.
 
-- `exact`: one pass over explanation + tokens; at every token the distribution over "0".."9" after the
-  token's TAB gives the expected value. Works with any backend that returns token probabilities at
-  prompt positions (the local backend exactly; an OpenAI-compatible server through prompt logprobs).
+- `exact`: the explanation, then the example's tokens one per line as `token<TAB>digit`. At every
+  token the distribution over "0".."9" after its TAB gives the expected value, and the listing goes on
+  with the model's own most likely digit (teacher-forced, one forward step per token with the key/value
+  cache). No placeholder follows a TAB, so the model is never taught to copy one: the probability it
+  puts on the scale (`mass`, kept per token) is what the read-out is made of, and a simulation whose
+  median mass is below `MASS_FLOOR` is reported as failed, never as a score. Works with any backend
+  that returns token probabilities (the local backend natively; an OpenAI-compatible server through
+  prompt logprobs, one request per token).
 - `json`: the model writes the activations as a JSON list (APIs without logprobs); checked for length
   and range, retried once, and otherwise a SimulationError, never zeros.
 """
@@ -14,12 +19,13 @@ import re
 
 from pydantic import BaseModel
 
-from autointerp.llm.base import LLM, ChatRequest, LLMError, TokenProbsRequest
+from autointerp.llm.base import LLM, ChatRequest, LLMError, StepwiseRequest
+from autointerp.llm.stepwise import read_stepwise
 from autointerp.prompts import prompt
+from autointerp.sampling import crop
 from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
-PLACEHOLDER = "unknown"  # what follows each TAB in the all-at-once listing (only the prefix is read)
 
 
 class SimulationError(LLMError):
@@ -30,8 +36,14 @@ class Simulation(BaseModel):
     unit_id: str
     kind: str
     rank: int
-    expected: list[float]  # predicted activation per token, 0-9 scale
-    true: list[float]  # the recorded activations
+    expected: list[float]  # predicted activation per token, 0-9 scale (a leading BOS is left out)
+    true: list[float]  # the recorded activations of the same tokens
+    mass: list[float] | None = None  # exact mode: probability on the scale tokens at each token
+
+
+def check_explanation(explanation: str) -> None:
+    if not explanation.strip():
+        raise SimulationError("The explanation is empty; there is nothing to simulate.")
 
 
 def show_token(tok: str) -> str:
@@ -49,31 +61,27 @@ class ExactSimulator:
         self.llm = llm
         self.prompt = prompt("simulate_exact.j2")
 
-    def request(self, explanation: str, tokens: list[str]) -> TokenProbsRequest:
-        text = self.prompt.text(explanation=explanation)
-        positions = []
-        for tok in tokens:
-            text += show_token(tok) + "\t"
-            positions.append(len(text))
-            text += PLACEHOLDER + "\n"
-        return TokenProbsRequest(prompt=text + "<end>\n", positions=positions, candidates=DIGITS)
+    def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:
+        return StepwiseRequest(
+            prompt=self.prompt.text(explanation=explanation),
+            steps=[show_token(t) + "\t" for t in tokens],
+            candidates=DIGITS,
+        )
 
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
-        reqs = [self.request(explanation, e.context.tokens) for e in examples]
-        many = getattr(self.llm, "token_probs_many", None)
-        if many is not None:
-            responses = await many(reqs)
-        else:
-            responses = [await self.llm.token_probs(r) for r in reqs]
+        check_explanation(explanation)
+        shown = [crop(e, 0) for e in examples]
+        responses = await read_stepwise(self.llm, [self.request(explanation, toks) for toks, _ in shown])
         return [
             Simulation(
                 unit_id=e.unit_id,
                 kind=e.kind,
                 rank=e.rank,
                 expected=[sum(int(d) * p for d, p in dist.items()) for dist in resp.probs],
-                true=e.acts,
+                true=acts,
+                mass=resp.mass,
             )
-            for e, resp in zip(examples, responses, strict=True)
+            for e, (_, acts), resp in zip(examples, shown, responses, strict=True)
         ]
 
 
@@ -102,7 +110,9 @@ class JsonSimulator:
         self.prompt = prompt("simulate_json.j2")
 
     async def simulate_one(self, explanation: str, example: Example) -> Simulation:
-        tokens = [show_token(t) for t in example.context.tokens]
+        check_explanation(explanation)
+        tokens, acts = crop(example, 0)
+        tokens = [show_token(t) for t in tokens]
         messages = self.prompt.messages(explanation=explanation, tokens=tokens)
         error: SimulationError | None = None
         for attempt in range(self.retries + 1):
@@ -123,7 +133,7 @@ class JsonSimulator:
                 kind=example.kind,
                 rank=example.rank,
                 expected=expected,
-                true=example.acts,
+                true=acts,
             )
         raise error or SimulationError("no answer")
 

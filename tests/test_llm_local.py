@@ -115,3 +115,23 @@ def test_token_probs_are_cached_in_the_store(tmp_path):
     assert not first.usage.cached and second.usage.cached and many[0].usage.cached
     assert second.probs == first.probs and not many[1].usage.cached
     assert llm.calls == 2
+
+
+def test_stepwise_read_out_equals_one_full_prompt_per_step():
+    """Batched stepwise decoding (shared prompt, left-padded steps, own positions) is exact in fp32."""
+    from autointerp.llm import StepwiseRequest
+    from autointerp.llm.stepwise import stepwise_via_token_probs
+
+    llm = LocalLLM("smollm2-135m", dtype="float32", prefix_cache=False)
+    reqs = [
+        StepwiseRequest(prompt=PREFIX, steps=[f"{w}\t" for w in words], candidates=DIGITS)
+        for words in (["April", "table", " long-winded", "May"], ["Tuesday"], ["winter", "December"])
+    ]
+    native = asyncio.run(llm.stepwise_many(reqs))
+    reference = asyncio.run(stepwise_via_token_probs(llm, reqs))
+    for a, b, r in zip(native, reference, reqs, strict=True):
+        assert len(a.probs) == len(r.steps) and a.chosen == b.chosen
+        for pa, pb in zip(a.probs, b.probs, strict=True):
+            assert [pa[d] for d in DIGITS] == pytest.approx([pb[d] for d in DIGITS], abs=1e-4)
+        assert a.mass == pytest.approx(b.mass, abs=1e-4)
+    assert native[0].usage.completion_tokens == 4

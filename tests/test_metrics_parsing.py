@@ -8,7 +8,7 @@ from autointerp import metrics
 from autointerp.explain import ExplanationError, parse_explanation
 from autointerp.prompts import prompt
 from autointerp.sampling import normalize
-from autointerp.simulate import PLACEHOLDER, ExactSimulator, SimulationError, parse_json_activations
+from autointerp.simulate import ExactSimulator, SimulationError, parse_json_activations
 
 
 # Expected values worked out by hand from OpenAI's definition: flatten every sequence, then Pearson.
@@ -90,11 +90,10 @@ class _NoLLM:
         token_probs = True
 
 
-def test_exact_simulation_positions_sit_after_each_tab():
+def test_exact_simulation_steps_end_each_token_with_a_tab_and_no_placeholder():
     sim = ExactSimulator(_NoLLM())
     req = sim.request("month names", ["The", " March", "\n"])
-    assert len(req.positions) == 3
-    for pos, tok in zip(req.positions, ["The", " March", "\\n"], strict=True):
-        assert req.prompt[:pos].endswith(tok + "\t")
-        assert req.prompt[pos:].startswith(PLACEHOLDER)
+    assert req.steps == ["The\t", " March\t", "\\n\t"]
+    assert req.prompt.endswith("Explanation: month names\n<start>\n")
+    assert req.prefix(["0", "9"]) == req.prompt + "The\t0\n March\t9\n\\n\t"
     assert req.candidates == [str(i) for i in range(10)]

@@ -103,6 +103,42 @@ class TokenProbsResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class StepwiseRequest(BaseModel):
+    """Read a distribution over `candidates` after each step, continuing with the model's own choice.
+
+    The model reads `prompt + steps[0]` and gives the next-token distribution over the candidates; its
+    most likely candidate and `after` are appended, then `steps[1]`, and so on (teacher forcing on the
+    model's own answers). The read-out never follows a placeholder the model could learn to copy, so
+    the probability it puts on the candidates (`mass`) stays high: what an exact simulator needs.
+    """
+
+    prompt: str
+    steps: list[str]
+    candidates: list[str]  # each a single token for the backend, e.g. the digits "0".."9"
+    after: str = "\n"  # appended after each chosen candidate
+    # which candidate the listing continues with: the most likely one, or (numeric candidates) the one
+    # nearest the expected value, which commits less on an uncertain token than the argmax does
+    follow: Literal["argmax", "expected"] = "argmax"
+
+    def cache_key(self, backend: str, model: str) -> str:
+        blob = json.dumps({"backend": backend, "model": model, "sw": self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def prefix(self, chosen: list[str]) -> str:
+        """The text read before step len(chosen), given the candidates chosen at the earlier steps."""
+        done = "".join(f"{step}{c}{self.after}" for step, c in zip(self.steps, chosen, strict=False))
+        return self.prompt + done + self.steps[len(chosen)]
+
+
+class StepwiseResponse(BaseModel):
+    probs: list[dict[str, float]]  # one per step: candidate -> probability, renormalised over candidates
+    mass: list[float]  # probability the model put on the candidates at all, before renormalising
+    chosen: list[str]  # the candidate continued with at each step (the most likely one)
+    model: str
+    backend: str
+    usage: Usage = Field(default_factory=Usage)
+
+
 class Capabilities(BaseModel):
     token_probs: bool  # exact distributions at prompt positions (local; servers with prompt logprobs)
     top_logprobs: bool  # alternatives for generated tokens

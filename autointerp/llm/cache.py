@@ -23,15 +23,18 @@ from autointerp.llm.base import (
     ChatRequest,
     ChatResponse,
     LLMError,
+    StepwiseRequest,
+    StepwiseResponse,
     TokenProbsRequest,
     TokenProbsResponse,
 )
+from autointerp.llm.stepwise import read_stepwise
 from autointerp.store import Store
 from autointerp.types import LLMCallRecord
 
 log = logging.getLogger("autointerp.llm")
 
-R = TypeVar("R", ChatResponse, TokenProbsResponse)
+R = TypeVar("R", ChatResponse, TokenProbsResponse, StepwiseResponse)
 
 
 class CachedLLM:
@@ -72,36 +75,54 @@ class CachedLLM:
 
     async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
         """Many prompts at once: cache hits are served, the misses go to the backend as one batch."""
-        out: list[TokenProbsResponse | None] = [None] * len(requests)
+
+        async def perform(reqs: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
+            many = getattr(self.inner, "token_probs_many", None)
+            if many is not None:
+                return list(await many(reqs))
+            return list(await asyncio.gather(*(self.inner.token_probs(r) for r in reqs)))
+
+        return await self._many(requests, "token_probs", TokenProbsResponse, perform)
+
+    async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
+        """Stepwise read-outs (see `llm.stepwise`): cache hits served, the misses sent as one batch."""
+        return await self._many(
+            requests, "stepwise", StepwiseResponse, lambda reqs: read_stepwise(self.inner, reqs)
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+    async def _many(
+        self,
+        requests: list,
+        kind: str,
+        rtype: type[R],
+        perform: Callable[[list], Awaitable[list[R]]],
+    ) -> list[R]:
+        out: list[R | None] = [None] * len(requests)
         misses = []
         for i, req in enumerate(requests):
-            hit = self._lookup(req.cache_key(self.backend, self.model), TokenProbsResponse)
+            hit = self._lookup(req.cache_key(self.backend, self.model), rtype)
             if hit is not None:
                 out[i] = hit
             else:
                 misses.append(i)
         if misses:
-            many = getattr(self.inner, "token_probs_many", None)
             reqs = [requests[i] for i in misses]
             t0 = time.perf_counter()
             try:
-                if many is not None:
-                    results = await many(reqs)
-                else:
-                    results = await asyncio.gather(*(self.inner.token_probs(r) for r in reqs))
+                results = await perform(reqs)
             except (LLMError, UserError):
                 raise
             except Exception as e:  # a backend bug or an unexpected transport error: never a default
-                raise LLMError(f"{self.spec}: token_probs failed: {e}") from e
+                raise LLMError(f"{self.spec}: {kind} failed: {e}") from e
             share = (time.perf_counter() - t0) / len(reqs)
             for i, req, res in zip(misses, reqs, results, strict=True):
                 if not res.usage.latency_s:
                     res.usage.latency_s = share
-                self._write(req.cache_key(self.backend, self.model), "token_probs", req, res)
+                self._write(req.cache_key(self.backend, self.model), kind, req, res)
                 out[i] = res
         return [r for r in out if r is not None]
 
-    # -- internals ------------------------------------------------------------------------------
     def _lookup(self, key: str, kind: type[R]) -> R | None:
         if self.store is None or self.no_cache:
             return None
@@ -114,7 +135,11 @@ class CachedLLM:
         return resp
 
     def _write(
-        self, key: str, kind: str, request: BaseModel, resp: ChatResponse | TokenProbsResponse
+        self,
+        key: str,
+        kind: str,
+        request: BaseModel,
+        resp: ChatResponse | TokenProbsResponse | StepwiseResponse,
     ) -> None:
         self.calls += 1
         u = resp.usage

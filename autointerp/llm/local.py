@@ -24,6 +24,8 @@ from autointerp.llm.base import (
     ChatRequest,
     ChatResponse,
     LLMError,
+    StepwiseRequest,
+    StepwiseResponse,
     TokenLogprob,
     TokenProbsRequest,
     TokenProbsResponse,
@@ -39,6 +41,7 @@ class TokenizationError(LLMError, UserError):
 MIN_REUSE = 16  # shortest shared prefix (tokens) worth a cached key/value pass
 LRU_SIZE = 8  # prefixes kept per model
 BATCH_TOKENS = 4096  # suffix tokens per forward pass (rows x longest suffix)
+STEP_ROWS = 32  # stepwise rows decoded together
 
 
 def _device() -> str:
@@ -52,6 +55,15 @@ class _Prepared:
     ids: list[int]
     idx: list[int]  # per requested position: the token index whose logits predict the next token
     cand: list[int]  # candidate token ids
+
+
+@dataclass
+class _Steps:
+    head: list[int]  # the prompt's token ids
+    steps: list[list[int]]  # token ids of each step's text
+    cand: list[int]  # candidate token ids
+    after: list[int]  # token ids appended after each chosen candidate
+    values: list[float] | None  # numeric candidates' values: follow the one nearest the expected value
 
 
 @dataclass
@@ -91,8 +103,11 @@ class Engine:
                     f"(near {req.prompt[max(0, p - 10) : p + 10]!r}); end each prefix with a separator "
                     "such as a tab."
                 )
+        return _Prepared(ids, idx, self.candidate_ids(req.candidates))
+
+    def candidate_ids(self, candidates: list[str]) -> list[int]:
         cand = []
-        for c in req.candidates:
+        for c in candidates:
             t = self.tok.encode(c, add_special_tokens=False)
             if len(t) != 1:
                 raise TokenizationError(
@@ -100,7 +115,104 @@ class Engine:
                     "such as the digits 0-9."
                 )
             cand.append(t[0])
-        return _Prepared(ids, idx, cand)
+        return cand
+
+    # -- stepwise -------------------------------------------------------------------------------
+    def prepare_steps(self, req: StepwiseRequest) -> _Steps:
+        """Token ids of the prompt and of each step, tokenized apart (every step ends a pre-token)."""
+        steps = [self.tok.encode(x, add_special_tokens=False) for x in req.steps]
+        if any(not x for x in steps):
+            raise TokenizationError(f"A stepwise request for {self.name} has an empty step.")
+        head = list(self.tok(req.prompt)["input_ids"])
+        after = self.tok.encode(req.after, add_special_tokens=False)
+        values = [float(c) for c in req.candidates] if req.follow == "expected" else None
+        return _Steps(head, steps, self.candidate_ids(req.candidates), after, values)
+
+    def stepwise_batch(self, items: list[_Steps]) -> list[tuple[list[list[float]], list[float], list[int]]]:
+        """Per item and step: candidate probabilities, raw candidate mass, index of the chosen candidate."""
+        import torch
+
+        out: list = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(tuple(it.head), []).append(i)
+        with self.lock, torch.inference_mode():
+            for rows in groups.values():
+                for k in range(0, len(rows), STEP_ROWS):
+                    chunk = rows[k : k + STEP_ROWS]
+                    for r, res in zip(chunk, self._stepwise_rows([items[r] for r in chunk]), strict=True):
+                        out[r] = res
+        return out
+
+    def _stepwise_rows(self, items: list[_Steps]) -> list[tuple[list[list[float]], list[float], list[int]]]:
+        """Rows sharing one prompt: its key/values once, then one batched forward step per position.
+
+        Each step's inputs are left-padded to the longest row; padding is masked out of attention and
+        every row keeps its own position counter, so a row sees exactly its own unpadded text.
+        """
+        import torch
+
+        head = items[0].head
+        kv = self._prefix_kv(head)
+        if kv is None:
+            kv = self.model(
+                input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1
+            )
+            kv = kv.past_key_values
+            self.stats["forward_tokens"] += len(head)
+        kv = copy.deepcopy(kv)
+        n = len(items)
+        if n > 1:
+            kv.batch_repeat_interleave(n)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        mask = torch.ones(n, len(head), dtype=torch.long, device=self.device)
+        pos = [len(head)] * n
+        res: list[tuple[list[list[float]], list[float], list[int]]] = [([], [], []) for _ in items]
+        for t in range(max(len(it.steps) for it in items)):
+            seqs = []
+            for it, (_, _, chosen) in zip(items, res, strict=True):
+                if t >= len(it.steps):
+                    seqs.append([])
+                elif t == 0:
+                    seqs.append(it.steps[0])
+                else:
+                    seqs.append([it.cand[chosen[-1]], *it.after, *it.steps[t]])
+            width = max(map(len, seqs))
+            inp = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], device=self.device)
+            step_mask = torch.tensor(
+                [[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=self.device
+            )
+            mask = torch.cat([mask, step_mask], dim=1)
+            position_ids = torch.tensor(
+                [[p] * (width - len(x)) + list(range(p, p + len(x))) for p, x in zip(pos, seqs, strict=True)],
+                device=self.device,
+            )
+            out = self.model(
+                input_ids=inp,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=kv,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            kv = out.past_key_values
+            self.stats["forward_tokens"] += sum(map(len, seqs))
+            lp = out.logits[:, -1].float().log_softmax(-1)
+            for b, (it, x) in enumerate(zip(items, seqs, strict=True)):
+                pos[b] += len(x)
+                if not x:
+                    continue
+                sel = lp[b, it.cand]
+                probs, mass, chosen = res[b]
+                probs.append(sel.softmax(-1).tolist())
+                mass.append(sel.logsumexp(-1).exp().item())
+                if it.values is None:
+                    chosen.append(int(sel.argmax().item()))
+                else:
+                    p = probs[-1]
+                    mean = sum(v * q for v, q in zip(it.values, p, strict=True))
+                    chosen.append(min(range(len(p)), key=lambda j: abs(it.values[j] - mean)))
+        return res
 
     def token_probs_batch(
         self, preps: list[_Prepared], reuse: bool = True
@@ -408,6 +520,34 @@ class LocalLLM:
 
     async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
         return list(await asyncio.gather(*(self.token_probs(r) for r in requests)))
+
+    async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
+        """Stepwise read-outs (see `StepwiseRequest`), decoded together in batched forward steps."""
+        engine = await asyncio.to_thread(lambda: self.engine)
+        preps = [engine.prepare_steps(r) for r in requests]
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(engine.stepwise_batch, preps)
+        except (LLMError, UserError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a torch failure becomes one clear LLMError
+            raise LLMError(f"{self.spec}: stepwise forward pass failed: {e}") from e
+        share = (time.perf_counter() - t0) / max(1, len(requests))
+        return [
+            StepwiseResponse(
+                probs=[dict(zip(req.candidates, row, strict=True)) for row in probs],
+                mass=mass,
+                chosen=[req.candidates[c] for c in chosen],
+                model=self.model,
+                backend=self.backend,
+                usage=Usage(
+                    prompt_tokens=len(p.head) + sum(map(len, p.steps)),
+                    completion_tokens=len(chosen),
+                    latency_s=share,
+                ),
+            )
+            for req, p, (probs, mass, chosen) in zip(requests, preps, results, strict=True)
+        ]
 
     async def _drain(self, engine: Engine) -> None:
         pending = self._pending.get()

@@ -1,0 +1,123 @@
+"""The exact simulator's stepwise read-out and its mass floor, on a scripted LLM (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from autointerp.llm.base import Capabilities, StepwiseRequest, TokenProbsRequest, TokenProbsResponse
+from autointerp.llm.cache import CachedLLM
+from autointerp.llm.stepwise import read_stepwise
+from autointerp.metrics import MASS_FLOOR
+from autointerp.sampling import UnitSample
+from autointerp.score import ScoreSettings, correlation
+from autointerp.simulate import DIGITS, ExactSimulator, SimulationError
+from autointerp.store import Store
+from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
+
+
+class ScriptedProbs:
+    """token_probs only: P("9") = 0.9 after a month's TAB, else P("0") = 0.9; `mass` on the digits."""
+
+    spec = "scripted:probs"
+    backend = "scripted"
+    model = "probs"
+    capabilities = Capabilities(token_probs=True, top_logprobs=False, tools=False, json_schema=False)
+
+    def __init__(self, mass: float = 0.95):
+        self.mass = mass
+        self.prompts: list[str] = []
+
+    async def chat(self, request):  # noqa: ANN001, ANN201
+        raise AssertionError("not used")
+
+    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
+        self.prompts.append(request.prompt)
+        probs = []
+        for p in request.positions:
+            hot = request.prompt[:p].endswith((" March\t", " June\t"))
+            dist = dict.fromkeys(request.candidates, 0.1 / (len(request.candidates) - 1))
+            dist["9" if hot else "0"] = 0.9
+            probs.append(dist)
+        return TokenProbsResponse(
+            probs=probs, mass=[self.mass] * len(probs), model=self.model, backend=self.backend
+        )
+
+
+def example(tokens: list[str], acts: list[float], kind: str = "top", rank: int = 0) -> Example:
+    ctx = Context(id=f"c{rank}{kind}", token_ids=list(range(len(tokens))), tokens=tokens)
+    return Example(unit_id="m/h/0", kind=kind, rank=rank, context=ctx, acts=acts)
+
+
+TOKENS = ["<bos>", " In", " March", " it", " rained", " and", " in", " June", " too"]
+ACTS = [50.0, 0, 1, 0, 0, 0, 0, 1, 0]  # a huge BOS activation: it must be neither shown nor scored
+
+
+def test_stepwise_fallback_continues_with_the_models_own_digit():
+    llm = ScriptedProbs()
+    req = StepwiseRequest(prompt="P\n", steps=[" May\t", " March\t", " it\t"], candidates=DIGITS)
+    (resp,) = asyncio.run(read_stepwise(llm, [req]))
+    assert resp.chosen == ["0", "9", "0"]
+    assert resp.mass == [0.95] * 3
+    assert resp.probs[1]["9"] == pytest.approx(0.9)
+    # each step reads the full prefix: earlier steps followed by the digit chosen there, no placeholder
+    assert llm.prompts == ["P\n May\t", "P\n May\t0\n March\t", "P\n May\t0\n March\t9\n it\t"]
+
+
+def test_exact_simulation_leaves_bos_out_and_keeps_the_mass():
+    sim = ExactSimulator(ScriptedProbs())
+    (s,) = asyncio.run(sim.simulate("names of months", [example(TOKENS, ACTS)]))
+    assert len(s.expected) == len(TOKENS) - 1 and s.true == ACTS[1:]
+    hot = [i for i, v in enumerate(s.expected) if v > 5]
+    assert hot == [1, 6]  # " March" and " June", at their positions after BOS
+    assert s.mass == [0.95] * (len(TOKENS) - 1)
+    with pytest.raises(SimulationError, match="empty"):
+        asyncio.run(sim.simulate("  ", [example(TOKENS, ACTS)]))
+
+
+def _sample() -> UnitSample:
+    stats = UnitStats(
+        n_tokens=100,
+        max=1.0,
+        mean=0.1,
+        std=0.2,
+        frac_firing=0.1,
+        fire_threshold=0.0,
+        hist_edges=[],
+        hist_counts=[],
+    )
+    unit = Unit(ref=UnitRef(model="m", hook="h", index=0), run_id="r", stats=stats)
+    test = [example(TOKENS, ACTS, rank=0), example(TOKENS[:5], [0, 0, 1, 0, 0], kind="random", rank=1)]
+    return UnitSample(unit=unit, explain=[], test=test, quantile=[], negatives=[], validation=[], contrast=[])
+
+
+def _correlation(mass: float):
+    sim = ExactSimulator(ScriptedProbs(mass=mass))
+    return asyncio.run(
+        correlation(sim, "names of months", _sample(), ScoreSettings(), explanation_id="e", unit_id="m/h/0")
+    )
+
+
+def test_correlation_records_the_scale_mass():
+    score = _correlation(0.95)
+    assert score.status == "ok" and score.value == pytest.approx(1.0)
+    assert score.details["scale_mass"] == {"median": 0.95, "min": 0.95, "n": 12}
+
+
+def test_a_read_out_below_the_mass_floor_is_failed_not_a_number():
+    score = _correlation(MASS_FLOOR / 10)
+    assert score.status == "failed" and score.value is None
+    assert "below the floor" in score.reason and "0.05" in score.reason
+    assert score.details["scale_mass"]["median"] == pytest.approx(MASS_FLOOR / 10)
+
+
+def test_stepwise_read_outs_are_cached_in_the_store(tmp_path):
+    inner = ScriptedProbs()
+    llm = CachedLLM(inner, Store(tmp_path / "s.db"))
+    req = StepwiseRequest(prompt="P\n", steps=[" March\t", " it\t"], candidates=DIGITS)
+    first = asyncio.run(llm.stepwise_many([req]))[0]
+    calls = len(inner.prompts)
+    second = asyncio.run(llm.stepwise_many([req]))[0]
+    assert len(inner.prompts) == calls == 2  # the second read-out came from the store
+    assert second.usage.cached and second.chosen == first.chosen == ["9", "0"]
