@@ -222,27 +222,41 @@ def _text(e: Example, n: int) -> str:
     return show_token("".join(window(e, n)[0]))
 
 
-def _positives(sample: UnitSample, n: int) -> list[Example]:
-    """Firing windows spread evenly over the activation quantiles (the held-out top ones if none)."""
-    if not sample.quantile:
-        return [e for e in sample.test if e.kind == "top"][:n]
+def _spread(pool: list[Example], n: int) -> list[Example]:
+    """n windows spread evenly over the activation quantiles of `pool` (round robin, lowest first)."""
     by_q: dict[int, list[Example]] = {}
-    for e in sample.quantile:
+    for e in pool:
         by_q.setdefault(e.quantile or 0, []).append(e)
     qs = sorted(by_q)
-    rounds = [by_q[q][i] for i in range(max(map(len, by_q.values()))) for q in qs if i < len(by_q[q])]
+    rounds = [
+        by_q[q][i] for i in range(max(map(len, by_q.values()), default=0)) for q in qs if i < len(by_q[q])
+    ]
     if n < len(qs):  # fewer positives than quantiles: one from each of n quantiles spread over the range
         return [rounds[(k * len(qs)) // n] for k in range(n)]
     return rounds[:n]
 
 
+def classes(sample: UnitSample, n: int) -> tuple[list[Example], list[Example]]:
+    """Positives and negatives (up to n each) for the judges and the embedder, separated by activation.
+
+    Negatives: the sample's non-firing windows. Positives: quantile windows (the held-out top windows
+    if none) spread evenly over the quantiles, among those that peak above the fire threshold and above
+    every negative. A dense GELU neuron is slightly positive almost everywhere, so its lowest quantiles
+    of "firing" windows peak below the random windows that serve as its negatives (up to a quarter of
+    its max, sampling.low_fraction); mixed in, they made detection score below chance.
+    """
+    neg = sample.negatives[:n]
+    floor = max([sample.unit.stats.fire_threshold] + [body(e).max_act for e in neg])
+    pool = sample.quantile or [e for e in sample.test if e.kind == "top"]
+    return _spread([e for e in pool if body(e).max_act > floor], n), neg
+
+
 async def detection(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSettings, **fields) -> Score:
     """Does the judge, given the explanation, tell firing windows from non-firing ones? (delphi detection)
 
-    Positives: `n_judge` quantile windows spread evenly over the activation quantiles; negatives: up to
-    `n_judge` non-firing windows. Value and details as in `_classify`.
+    Positives and negatives: `classes`. Value and details as in `_classify`.
     """
-    pos, neg = _positives(sample, s.n_judge), sample.negatives[: s.n_judge]
+    pos, neg = classes(sample, s.n_judge)
     texts = [_text(e, s.window) for e in pos + neg]
     labels = [1] * len(pos) + [0] * len(neg)
     score = await _classify("detection", llm, explanation, texts, labels, s, **fields)
@@ -287,8 +301,7 @@ async def fuzzing(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSettin
     the judge can place the feature inside a text it fires on (our fuzzing@1 did that). Value and
     details as in `_classify`.
     """
-    pos = [e for e in _positives(sample, s.n_judge) if max(window(e, s.window)[1]) > 0]
-    neg = sample.negatives[: s.n_judge]
+    pos, neg = classes(sample, s.n_judge)
     tokens, marks = fuzz_marks(pos, neg, s)
     texts = [_marked(t, m) for t, m in zip(tokens, marks, strict=True)]
     labels = [1] * len(pos) + [0] * len(neg)
@@ -301,7 +314,7 @@ async def embedding(explanation: str, sample: UnitSample, s: ScoreSettings, **fi
     """Does the explanation retrieve firing over non-firing windows by MiniLM cosine similarity? (AUC)"""
     from autointerp.embed import embed
 
-    pos, neg = _positives(sample, s.n_judge), sample.negatives[: s.n_judge]
+    pos, neg = classes(sample, s.n_judge)
     vecs = embed([explanation] + ["".join(window(e, s.window)[0]) for e in pos + neg])
     sims = [float(x) for x in vecs[1:] @ vecs[0]]
     labels = [1] * len(pos) + [0] * len(neg)

@@ -122,10 +122,15 @@ def test_classification_metrics_by_hand():
 
 
 # -- samples, windows, marks -------------------------------------------------------------------------
-def test_positives_spread_evenly_over_quantiles():
-    s = make_sample(n_q=5, per_q=4)
-    assert [e.quantile for e in scoring._positives(s, 10)] == [0, 1, 2, 3, 4] * 2
-    assert [e.quantile for e in scoring._positives(s, 3)] == [0, 1, 3]
+def test_positives_spread_evenly_over_quantiles_and_peak_above_every_negative():
+    s = make_sample(n_q=5, per_q=4)  # quantile q peaks at 1 + 2q; negatives at 0 (their BOS at 50 aside)
+    pos, neg = scoring.classes(s, 10)
+    assert [e.quantile for e in pos] == [0, 1, 2, 3, 4] * 2 and neg == s.negatives
+    assert [e.quantile for e in scoring.classes(s, 3)[0]] == [0, 1, 3]
+    # A dense unit: a "negative" peaking at 4 (under a quarter of the max) is above quantiles 0 and 1.
+    s.negatives[3] = ex("random", 3, [" a", " b", " c"], [0.0, 4.0, 0.0])
+    pos, neg = scoring.classes(s, 10)
+    assert [e.quantile for e in pos] == [2, 3, 4] * 3 + [2] and len(neg) == 10
 
 
 def test_windows_are_bos_free_even_when_bos_is_the_peak():
@@ -138,7 +143,7 @@ def test_windows_are_bos_free_even_when_bos_is_the_peak():
 
 def test_fuzz_marks_each_correct_example_at_its_own_max_and_as_many_random_marks_on_negatives():
     s = make_sample()
-    pos, neg = scoring._positives(s, 10), s.negatives[:10]
+    pos, neg = scoring.classes(s, 10)
     st = scoring.ScoreSettings(window=16)
     tokens, marks = scoring.fuzz_marks(pos, neg, st)
     for e, m in zip(pos, marks[: len(pos)], strict=True):
