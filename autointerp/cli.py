@@ -308,9 +308,16 @@ def label(
     counterfactuals: Annotated[
         bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
     ] = False,
+    delphi: Annotated[
+        bool,
+        typer.Option(
+            "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
+        ),
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
     from autointerp.pipeline import label as run_label
+    from autointerp.score import ScoreSettings
 
     progress = Progress(
         TextColumn("[bold]labelling"),
@@ -346,6 +353,7 @@ def label(
             revise=revise,
             concurrency=concurrency,
             counterfactuals=counterfactuals,
+            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
         )
     print_summary(summary)
     if report:
@@ -444,6 +452,12 @@ def bench(
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the store).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    delphi: Annotated[
+        bool,
+        typer.Option(
+            "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
+        ),
+    ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
     from autointerp.bench.report import tables, write_report
@@ -462,6 +476,7 @@ def bench(
         ctx=ctx,
         concurrency=concurrency,
         meta=not no_meta,
+        delphi=delphi,
         progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
     )
     paths = write_report(result, out or db.with_name(db.stem + "-bench"))

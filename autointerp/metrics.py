@@ -1,4 +1,5 @@
-"""Score arithmetic: correlation exactly as OpenAI's automated-interpretability defines it, and AUC.
+"""Score arithmetic: correlation as OpenAI's automated-interpretability defines it, AUC, and the
+classification metrics (balanced accuracy, F1) as delphi defines them.
 
 Undefined values are NaN, never 0: the caller records them with status "nan" and the reason.
 """
@@ -9,12 +10,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import BaseModel
 from scipy.stats import rankdata
-
-# A read-out from token probabilities (the exact simulator's digits, a judge's "1"/"0") is trusted only
-# where the model put at least this much probability on the answer tokens (median over positions);
-# below it the prediction is read from noise and the score is stored as failed, with the mass.
-MASS_FLOOR = 0.5
 
 
 def correlation(true_seqs: Sequence[Sequence[float]], pred_seqs: Sequence[Sequence[float]]) -> float:
@@ -42,3 +39,43 @@ def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 def nan_reason(value: float, what: str) -> str:
     return "" if not math.isnan(value) else what
+
+
+# Judges and simulators that read token probabilities: below this median probability on the answer
+# candidates ("1"/"0", or "0".."9") the read-out measures the prompt format, not the explanation, and
+# the score is stored as failed with the mass named, never as a number.
+MASS_FLOOR = 0.5
+
+
+class Classification(BaseModel):
+    """Binary verdicts against labels, with delphi's definitions (delphi/log/result_analysis.py)."""
+
+    tp: int
+    tn: int
+    fp: int
+    fn: int
+    balanced_accuracy: float  # (TP/P + TN/N) / 2; NaN without both classes
+    precision: float  # TP / (TP + FP); 0 when nothing is predicted positive
+    recall: float  # TP / P; NaN without positives
+    f1: float  # 2 precision recall / (precision + recall); 0 when both are 0, NaN without positives
+
+
+def classification(labels: Sequence[int], predicted: Sequence[int]) -> Classification:
+    """Confusion counts, balanced accuracy, precision, recall and F1 of 1/0 predictions."""
+    if len(labels) != len(predicted):
+        raise ValueError("labels and predictions differ in length")
+    pairs = list(zip((bool(x) for x in labels), (bool(x) for x in predicted), strict=True))
+    tp = sum(y and p for y, p in pairs)
+    tn = sum(not y and not p for y, p in pairs)
+    fp = sum(not y and p for y, p in pairs)
+    fn = sum(y and not p for y, p in pairs)
+    pos, neg = tp + fn, tn + fp
+    recall = tp / pos if pos else math.nan
+    balanced = (recall + tn / neg) / 2 if pos and neg else math.nan
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if not pos:
+        f1 = math.nan
+    return Classification(
+        tp=tp, tn=tn, fp=fp, fn=fn, balanced_accuracy=balanced, precision=precision, recall=recall, f1=f1
+    )

@@ -182,12 +182,16 @@ class Labeller:
         return digest(sample.test + sample.quantile + sample.negatives + pairs)
 
     def done(self, exp_id: str, sample: UnitSample) -> bool:
-        """Explained, and scored by every configured scorer on the sample's current examples."""
+        """Explained, and scored by every configured scorer on the sample's current examples and settings."""
         inputs = self.score_inputs(sample)
+        want_settings = self.s.score.model_dump()
+        default = scoring.ScoreSettings().model_dump()  # rows older than a setting hold its default
         have = {
             (x.scorer, x.simulator, x.prompt)
             for x in self.store.scores(exp_id)
-            if x.status != "failed" and x.settings.get("inputs") == inputs
+            if x.status != "failed"
+            and x.settings.get("inputs") == inputs
+            and all(x.settings.get(k, default[k]) == v for k, v in want_settings.items())
         }
         want = {(sc, f["simulator"], f["prompt"]) for sc in self.s.scorers for f in [self.score_fields(sc)]}
         return self.store.get_explanation(exp_id) is not None and want <= have

@@ -98,7 +98,7 @@ def normalize(acts: list[float], unit_max: float) -> list[int]:
     return [min(9, max(0, int(9 * a / unit_max))) for a in acts]
 
 
-_SPECIAL = re.compile(r"<\|?[A-Za-z_]+\|?>")  # <bos>, <s>, <|endoftext|>: a tokenizer's special tokens
+_SPECIAL = re.compile(r"<\|?[\w.-]+\|?>")  # <bos>, <s>, <|endoftext|>, <|begin_of_text|>: special tokens
 
 
 def body_start(example: Example) -> int:

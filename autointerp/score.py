@@ -2,25 +2,29 @@
 
 - correlation: OpenAI's definition (concatenate the held-out top + random sequences, then Pearson),
   plus top-only, random-only and per-quantile values in the details;
-- detection: can a judge tell firing windows from non-firing ones given the explanation (AUC);
-- fuzzing: can a judge tell correctly marked activating tokens from randomly marked ones (AUC);
+- detection: can a judge tell firing windows from non-firing ones given the explanation (balanced
+  accuracy, as delphi; AUC, F1, precision, recall in the details);
+- fuzzing: can a judge tell windows with their activating tokens marked from non-firing windows with
+  as many random marks (balanced accuracy; the same details);
 - embedding: does the explanation retrieve firing over non-firing windows by MiniLM similarity (AUC).
-An undefined value is status "nan" with its reason; a failed LLM call is status "failed".
+An undefined value is status "nan" with its reason; a failed LLM call, or a judge that puts less than
+metrics.MASS_FLOOR of its probability on the answers, is status "failed".
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import random
 import statistics
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autointerp import metrics
-from autointerp.explain import MARK_AT, marked
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message, TokenProbsRequest
 from autointerp.prompts import prompt
-from autointerp.sampling import UnitSample, crop
+from autointerp.sampling import UnitSample, body_start, crop
 from autointerp.simulate import ExactSimulator, JsonSimulator, Simulation, show_token
 from autointerp.types import Example, Score
 
@@ -30,9 +34,16 @@ MOVE = 1.0  # the simulated peak must move this much (0-9 scale) in the verified
 
 class ScoreSettings(BaseModel):
     n_per_quantile: int = 1  # quantile examples simulated per quantile for per-quantile correlation
-    n_judge: int = 10  # positives and negatives each for detection and fuzzing
-    window: int = 24  # tokens shown per example to the detection / fuzzing judge and the embedder
+    n_judge: int = 10  # positives and negatives each for detection, fuzzing and embedding
+    window: int = 24  # tokens (BOS excluded) per example shown to the judges and the embedder; delphi 32
+    judge_batch: int = Field(default=1, ge=1)  # numbered examples per judge prompt; delphi 5
+    mark_fraction: float = 0.3  # fuzzing marks tokens >= this share of the example's own max (delphi)
     seed: int = 0
+
+    @classmethod
+    def delphi(cls, **overrides) -> ScoreSettings:
+        """delphi's judge protocol: 32-token windows, 5 examples per prompt, marks at 0.3 of the max."""
+        return cls(**{"window": 32, "judge_batch": 5, "mark_fraction": 0.3, **overrides})
 
 
 def _score(scorer: str, value: float, reason: str, **fields) -> Score:
@@ -99,86 +110,237 @@ async def correlation(
     return floor or _score("correlation", value, "simulation or truth is constant", details=details, **fields)
 
 
-async def _judge(llm: LLM, template: str, explanation: str, texts: list[str]) -> list[float]:
-    """P(yes) per text from token probabilities where available, else the judge's 1/0 answer."""
+class Verdicts(BaseModel):
+    """A judge's verdict on each text, in the order given."""
+
+    p_yes: list[float]  # P("1") renormalised over "1"/"0" (token probabilities), or the 1/0 answer (chat)
+    mass: list[float] | None = None  # probability on "1" and "0" before renormalising (token probabilities)
+
+
+def parse_answers(text: str, n: int) -> list[int]:
+    """The judge's chat answer: exactly a list of `n` 1/0 digits, e.g. "[1,0,1]"; LLMError otherwise."""
+    try:
+        got = json.loads(text.strip())
+    except json.JSONDecodeError:
+        got = None
+    if not isinstance(got, list) or len(got) != n or any(type(x) is not int or x not in (0, 1) for x in got):
+        raise LLMError(f"the judge answered {text[:60]!r}, not a list of {n} 1/0 digits like [1,0,...]")
+    return got
+
+
+async def _judge(llm: LLM, template: str, explanation: str, texts: list[str], batch: int = 1) -> Verdicts:
+    """The judge's verdict per text, `batch` numbered texts per prompt, answered as a list "[1,0,...]".
+
+    With token probabilities the prompt is continued with " [" and the answers so far, and P("1") is
+    read at each slot; the earlier slots hold the judge's own greedy answers (what it would have
+    generated), so a prompt of k texts takes k passes. Otherwise the chat answer is parsed strictly.
+    """
     p = prompt(template)
-    reqs_text = [p.text(explanation=explanation, text=t) for t in texts]
+    chunks = [list(range(i, min(i + batch, len(texts)))) for i in range(0, len(texts), batch)]
+    heads = [p.text(explanation=explanation, examples=[texts[i] for i in c]) for c in chunks]
     if llm.capabilities.token_probs:
-        reqs = [TokenProbsRequest(prompt=r, positions=[len(r)], candidates=["1", "0"]) for r in reqs_text]
-        many = getattr(llm, "token_probs_many", None)
-        resps = await many(reqs) if many else [await llm.token_probs(r) for r in reqs]
-        return [r.probs[0]["1"] for r in resps]
-    out = []
-    for r in reqs_text:
-        resp = await llm.chat(ChatRequest(messages=[Message(role="user", content=r)], max_tokens=3))
-        answer = resp.text.strip()[:1]
-        if answer not in ("0", "1"):
-            raise LLMError(f"the judge answered {resp.text[:40]!r}, not 1 or 0")
-        out.append(float(answer))
-    return out
+        p_yes, mass = [0.0] * len(texts), [0.0] * len(texts)
+        answers: list[list[str]] = [[] for _ in chunks]
+        for k in range(batch):
+            live = [j for j, c in enumerate(chunks) if k < len(c)]
+            if not live:
+                break
+            reqs = []
+            for j in live:
+                text = heads[j] + " [" + "".join(a + "," for a in answers[j])
+                reqs.append(TokenProbsRequest(prompt=text, positions=[len(text)], candidates=["1", "0"]))
+            many = getattr(llm, "token_probs_many", None)
+            resps = await many(reqs) if many else [await llm.token_probs(r) for r in reqs]
+            for j, r in zip(live, resps, strict=True):
+                i = chunks[j][k]
+                p_yes[i], mass[i] = r.probs[0]["1"], r.mass[0]
+                answers[j].append("1" if p_yes[i] >= 0.5 else "0")
+        return Verdicts(p_yes=p_yes, mass=mass)
+
+    async def ask(head: str, n: int) -> list[int]:
+        req = ChatRequest(messages=[Message(role="user", content=head)], max_tokens=4 * n + 8)
+        return parse_answers((await llm.chat(req)).text, n)
+
+    answered = await asyncio.gather(*(ask(h, len(c)) for h, c in zip(heads, chunks, strict=True)))
+    p_yes = [0.0] * len(texts)
+    for c, got in zip(chunks, answered, strict=True):
+        for i, a in zip(c, got, strict=True):
+            p_yes[i] = float(a)
+    return Verdicts(p_yes=p_yes)
 
 
-def _text(e: Example, window: int) -> str:
-    return show_token("".join(crop(e, window)[0]))
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 4)
 
 
-def _positives(sample: UnitSample, n: int) -> list[Example]:
-    """Firing windows spread over the activation quantiles (the held-out top ones if none)."""
+async def _classify(
+    scorer: str, llm: LLM, explanation: str, texts: list[str], labels: list[int], s: ScoreSettings, **fields
+) -> Score:
+    """Judge the texts (shuffled by seed, so each prompt of `judge_batch` mixes classes) and score them.
+
+    Value: balanced accuracy of the verdicts (P("1") >= 0.5, or the 1/0 answer), delphi's headline.
+    Details: AUC over P("1") (token probabilities only), F1, precision, recall, confusion counts, and
+    the median / min probability mass the judge put on "1"/"0". Status `failed` when that median is
+    below MASS_FLOOR; `nan` without both classes or when the judge gives every text the same verdict.
+    """
+    order = list(range(len(texts)))
+    random.Random(s.seed).shuffle(order)
+    shuffled = await _judge(llm, f"{scorer}.j2", explanation, [texts[i] for i in order], s.judge_batch)
+    p_yes, mass = [0.0] * len(texts), None
+    for k, i in enumerate(order):
+        p_yes[i] = shuffled.p_yes[k]
+    c = metrics.classification(labels, [int(p >= 0.5) for p in p_yes])
+    details: dict = {
+        "labels": labels,
+        "p_yes": [round(p, 4) for p in p_yes],
+        "n_pos": sum(labels),
+        "n_neg": len(labels) - sum(labels),
+        **{k: _num(v) if isinstance(v, float) else v for k, v in c.model_dump().items()},
+        "judge_batch": s.judge_batch,
+    }
+    if shuffled.mass is not None:
+        mass = [0.0] * len(texts)
+        for k, i in enumerate(order):
+            mass[i] = shuffled.mass[k]
+        details["auc"] = _num(metrics.auc(labels, p_yes))
+        details["mass_median"] = round(statistics.median(mass), 4) if mass else None
+        details["mass_min"] = round(min(mass), 4) if mass else None
+        if mass and statistics.median(mass) < metrics.MASS_FLOOR:
+            reason = (
+                f'the judge put a median {statistics.median(mass):.3f} of its probability on "1"/"0"; '
+                f"below the floor {metrics.MASS_FLOOR}"
+            )
+            return Score(scorer=scorer, value=None, status="failed", reason=reason, details=details, **fields)
+    if not details["n_pos"] or not details["n_neg"]:
+        return _score(scorer, math.nan, "needs firing and non-firing windows", details=details, **fields)
+    if len(set(p_yes)) == 1:
+        what = f'P("1") = {p_yes[0]:.3f}' if mass is not None else f"answered {int(p_yes[0])}"
+        reason = f"the judge gave every text the same verdict ({what}): it does not discriminate"
+        return _score(scorer, math.nan, reason, details=details, **fields)
+    return _score(scorer, c.balanced_accuracy, "", details=details, **fields)
+
+
+def body(e: Example) -> Example:
+    """The example without a leading special token (BOS): not an activation of interest."""
+    if len(e.acts) > 1 and body_start(e):
+        ctx = e.context.model_copy(
+            update={"token_ids": e.context.token_ids[1:], "tokens": e.context.tokens[1:]}
+        )
+        return e.model_copy(update={"context": ctx, "acts": e.acts[1:]})
+    return e
+
+
+def window(e: Example, n: int) -> tuple[list[str], list[float]]:
+    """The BOS-free window of `n` tokens around the example's peak that a judge or embedder sees."""
+    return crop(body(e), n)
+
+
+def _text(e: Example, n: int) -> str:
+    return show_token("".join(window(e, n)[0]))
+
+
+def _spread(pool: list[Example], n: int) -> list[Example]:
+    """n windows spread evenly over the activation quantiles of `pool` (round robin, lowest first)."""
+    by_q: dict[int, list[Example]] = {}
+    for e in pool:
+        by_q.setdefault(e.quantile or 0, []).append(e)
+    qs = sorted(by_q)
+    rounds = [
+        by_q[q][i] for i in range(max(map(len, by_q.values()), default=0)) for q in qs if i < len(by_q[q])
+    ]
+    if n < len(qs):  # fewer positives than quantiles: one from each of n quantiles spread over the range
+        return [rounds[(k * len(qs)) // n] for k in range(n)]
+    return rounds[:n]
+
+
+def classes(sample: UnitSample, n: int) -> tuple[list[Example], list[Example]]:
+    """Positives and negatives (up to n each) for the judges and the embedder, separated by activation.
+
+    Negatives: the sample's non-firing windows. Positives: quantile windows (the held-out top windows
+    if none) spread evenly over the quantiles, among those that peak above the fire threshold and above
+    every negative. A dense GELU neuron is slightly positive almost everywhere, so its lowest quantiles
+    of "firing" windows peak below the random windows that serve as its negatives (up to a quarter of
+    its max, sampling.low_fraction); mixed in, they made detection score below chance.
+    """
+    neg = sample.negatives[:n]
+    floor = max([sample.unit.stats.fire_threshold] + [body(e).max_act for e in neg])
     pool = sample.quantile or [e for e in sample.test if e.kind == "top"]
-    step = max(1, len(pool) // n)
-    return pool[::step][:n]
+    return _spread([e for e in pool if body(e).max_act > floor], n), neg
 
 
 async def detection(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSettings, **fields) -> Score:
-    pos, neg = _positives(sample, s.n_judge), sample.negatives[: s.n_judge]
+    """Does the judge, given the explanation, tell firing windows from non-firing ones? (delphi detection)
+
+    Positives and negatives: `classes`. Value and details as in `_classify`.
+    """
+    pos, neg = classes(sample, s.n_judge)
     texts = [_text(e, s.window) for e in pos + neg]
-    probs = await _judge(llm, "detection.j2", explanation, texts)
     labels = [1] * len(pos) + [0] * len(neg)
-    value = metrics.auc(labels, probs)
-    details = {"labels": labels, "p_yes": [round(p, 4) for p in probs]}
-    return _score("detection", value, "needs firing and non-firing windows", details=details, **fields)
+    score = await _classify("detection", llm, explanation, texts, labels, s, **fields)
+    score.details["quantiles"] = [e.quantile for e in pos]
+    return score
 
 
-def _fuzzed(e: Example, unit_max: float, window: int, rng: random.Random) -> str:
-    """The same window with as many marks as it has activating tokens, put on non-activating ones."""
-    tokens, acts = crop(e, window)
-    hot = [i for i, a in enumerate(acts) if a >= MARK_AT * unit_max]
-    cold = [i for i, a in enumerate(acts) if a < MARK_AT * unit_max]
-    chosen = set(rng.sample(cold, min(len(hot) or 1, len(cold))))
-    return "".join(f"[[{t}]]" if i in chosen else t for i, t in enumerate(tokens))
+def _marked(tokens: list[str], marks: set[int]) -> str:
+    return show_token("".join(f"[[{t}]]" if i in marks else t for i, t in enumerate(tokens)))
+
+
+def fuzz_marks(
+    pos: list[Example], neg: list[Example], s: ScoreSettings
+) -> tuple[list[list[str]], list[set[int]]]:
+    """Windows and the positions marked in each: correct (pos) then incorrect (neg).
+
+    Correct: every token at or above `mark_fraction` of that window's own maximum (so every example is
+    marked; delphi's threshold 0.3). Incorrect: a non-firing window with ceil(mean number of marks of
+    the correct examples) marks at random positions (seeded), the rule of delphi's default fuzzing,
+    which counts an activating example's non-zero tokens instead of its marks.
+    """
+    rng = random.Random(s.seed)
+    tokens, marks = [], []
+    for e in pos:
+        toks, acts = window(e, s.window)
+        tokens.append(toks)
+        marks.append({i for i, a in enumerate(acts) if a >= s.mark_fraction * max(acts)})
+    n_marks = math.ceil(statistics.fmean(map(len, marks))) if marks else 1
+    for e in neg:
+        toks = window(e, s.window)[0]
+        tokens.append(toks)
+        marks.append(set(rng.sample(range(len(toks)), min(n_marks, len(toks)))))
+    return tokens, marks
 
 
 async def fuzzing(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSettings, **fields) -> Score:
-    rng = random.Random(s.seed)
-    pos = _positives(sample, s.n_judge)
-    unit_max = sample.unit.stats.max
-    texts = [show_token(marked(e, unit_max, s.window)) for e in pos]
-    texts += [show_token(_fuzzed(e, unit_max, s.window, rng)) for e in pos]
-    probs = await _judge(llm, "fuzzing.j2", explanation, texts)
-    labels = [1] * len(pos) + [0] * len(pos)
-    value = metrics.auc(labels, probs)
-    details = {"labels": labels, "p_yes": [round(p, 4) for p in probs]}
-    return _score("fuzzing", value, "needs activating examples", details=details, **fields)
+    """Are the marked tokens the ones the explanation describes? (delphi fuzzing)
+
+    Correct examples: quantile windows with their own activating tokens marked; incorrect: non-firing
+    windows with as many random marks (`fuzz_marks`). This is delphi's default `fuzz_type`; delphi's
+    "active" variant instead marks non-activating tokens of activating windows, which asks whether
+    the judge can place the feature inside a text it fires on (our fuzzing@1 did that). Value and
+    details as in `_classify`.
+    """
+    pos, neg = classes(sample, s.n_judge)
+    tokens, marks = fuzz_marks(pos, neg, s)
+    texts = [_marked(t, m) for t, m in zip(tokens, marks, strict=True)]
+    labels = [1] * len(pos) + [0] * len(neg)
+    score = await _classify("fuzzing", llm, explanation, texts, labels, s, **fields)
+    score.details["marks"] = [len(m) for m in marks]
+    return score
 
 
 async def embedding(explanation: str, sample: UnitSample, s: ScoreSettings, **fields) -> Score:
-    import numpy as np
-
+    """Does the explanation retrieve firing over non-firing windows by MiniLM cosine similarity? (AUC)"""
     from autointerp.embed import embed
 
-    pos, neg = _positives(sample, s.n_judge), sample.negatives[: s.n_judge]
-    vecs = embed([explanation] + ["".join(crop(e, s.window)[0]) for e in pos + neg])
-    sims = (vecs[1:] @ vecs[0]).tolist()
+    pos, neg = classes(sample, s.n_judge)
+    vecs = embed([explanation] + ["".join(window(e, s.window)[0]) for e in pos + neg])
+    sims = [float(x) for x in vecs[1:] @ vecs[0]]
     labels = [1] * len(pos) + [0] * len(neg)
+    details = {"labels": labels, "similarity": [round(x, 4) for x in sims]}
+    if pos and neg and len(set(sims)) == 1:
+        reason = f"every window is equally similar to the explanation ({sims[0]:.3f})"
+        return _score("embedding", math.nan, reason, details=details, **fields)
     value = metrics.auc(labels, sims)
-    details = {"labels": labels, "similarity": [round(float(x), 4) for x in np.asarray(sims)]}
-    return _score(
-        "embedding",
-        value,
-        "needs firing and non-firing windows",
-        details=details,
-        **fields,
-    )
+    return _score("embedding", value, "needs firing and non-firing windows", details=details, **fields)
 
 
 async def counterfactual(

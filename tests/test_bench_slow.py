@@ -48,11 +48,16 @@ def test_tiny_bench_writes_store_rows_and_report(gemma, tmp_path):
     assert rows["true"].stats["correlation"].n + rows["true"].stats["correlation"].n_nan == 2
     assert r.meta is not None and r.meta.scorers[0].scorer == "correlation"
     assert rows["top"].seconds > 0 and rows["true"].seconds > 0
+    floor = store.explanations("gemma-3-270m/synthetic.the/0", method="random")
+    gen = store.explanations("gemma-3-270m/synthetic.digits/0", method="top")
+    assert [x.text for x in floor] == [x.text for x in gen]  # each unit gets the other unit's explanation
+    assert rows["random"].n_units == len(store.explanations(method="random")) >= 1
     assert r.near_miss_match_rate is not None
     assert r.match_measure and all("top" in u.match for u in r.units if u.explanations.get("gen:top"))
     paths = write_report(r, tmp_path / "report")
     assert paths["png"].stat().st_size > 1000
     assert "| top |" in paths["md"].read_text() and "<table>" in paths["html"].read_text()
+    assert "| random explanation (floor) |" in paths["md"].read_text()
     assert BenchResult.model_validate_json(paths["json"].read_text()).run_id == r.run_id
     assert store.get_run(r.run_id).status == "complete"
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import jinja2
 
-from autointerp.bench.run import BenchResult
+from autointerp.bench.run import RANDOM, BenchResult
+
+SHOWN = {RANDOM: "random explanation (floor)"}  # how a method row is named in the report
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -24,7 +26,7 @@ def tables(r: BenchResult) -> dict[str, list[list[str]]]:
     methods = [["method", "units", "failures"] + [f"{x} mean [95% CI] (n, nan)" for x in sc]]
     methods[0] += ["matches truth", "prompt tok", "completion tok", "seconds", "resumed"]
     for m in r.methods:
-        cells = [m.method, str(m.n_units), str(m.failures)]
+        cells = [SHOWN.get(m.method, m.method), str(m.n_units), str(m.failures)]
         for x in sc:
             st = m.stats.get(x)
             cells.append(
@@ -139,6 +141,12 @@ def _intro(r: BenchResult) -> list[str]:
             "(`other`: the next unit's truth; `negated`: 'anything except' + truth; `near_miss`: a plausible "
             "wrong phrase). 'Truth first' credits 1/k for a k-way tie at the top."
         )
+    lines.append(
+        "Floor: `random explanation` scores, for each unit, the explanation the first method "
+        f"(`{s.methods[0]}`) generated for another unit (chosen by seed): a method near it explains nothing "
+        "unit-specific. Detection and fuzzing values are balanced accuracies (chance 0.5)"
+        + (", with delphi's protocol (32-token windows, 5 examples per prompt)." if s.delphi else ".")
+    )
     lines.append(
         "Seconds: compute time recorded with the stored rows; tokens: LLM tokens spent by this "
         "invocation (units resumed from the store and cached LLM calls cost none)."

@@ -4,8 +4,10 @@
 neurons), explains and scores them with each method through the ordinary Labeller (rows in the store's
 explanations / scores tables), scores the true explanation (method `true`) and distractors
 (`distractor:other`, `distractor:negated`, `distractor:near_miss`) with the same scorers, and
-summarises: per method the mean score with a bootstrap 95% CI, failures, tokens and time; the share
-of generated explanations that match the truth; the scorer meta-evaluation.
+scores a random-explanation floor (method `random`: each unit gets the explanation the first method
+generated for another unit, chosen by seed) with the same scorers, in every suite, and summarises:
+per method the mean score with a bootstrap 95% CI, failures, tokens and time; the share of generated
+explanations that match the truth; the scorer meta-evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import math
+import random
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from autointerp.version import code_version
 
 REAL_HOOK = "blocks.6.mlp.hook_post"
 DISTRACTORS = ("other", "negated", "near_miss")
+RANDOM = "random"  # the floor: another unit's generated explanation
 STOPWORDS = frozenset(
     [
         "a",
@@ -93,6 +97,7 @@ class BenchSettings(BaseModel):
     n_test_top: int = 10  # held-out top windows in each correlation test set (the labeller's default)
     n_test_random: int = 10  # random windows in each correlation test set
     n_per_quantile: int = 1  # quantile windows simulated per quantile (per-quantile correlations; 0: none)
+    delphi: bool = False  # detection / fuzzing with delphi's protocol (ScoreSettings.delphi())
 
 
 class Match(BaseModel):
@@ -104,7 +109,7 @@ class UnitRow(BaseModel):
     unit_id: str
     name: str
     truth: str | None
-    explanations: dict[str, str | None]  # candidate key (gen:METHOD, true, dis:KIND) -> text
+    explanations: dict[str, str | None]  # candidate key (gen:METHOD, true, dis:KIND, random) -> text
     scores: dict[str, dict[str, float | None]]  # candidate key -> scorer -> value (None: nan / failed)
     status: dict[str, dict[str, str]] = Field(
         default_factory=dict
@@ -123,7 +128,7 @@ class ScorerStat(BaseModel):
 
 
 class MethodRow(BaseModel):
-    method: str  # an explainer method, `true`, or `distractor:KIND`
+    method: str  # an explainer method, `true`, `distractor:KIND`, or `random` (the floor)
     n_units: int
     failures: int  # explanations that failed (never stored as results)
     stats: dict[str, ScorerStat]
@@ -201,6 +206,32 @@ def distractors(units: list[SyntheticUnit], i: int) -> dict[str, str]:
     if units[i].near_miss:
         out["near_miss"] = units[i].near_miss
     return out
+
+
+def random_explanations(unit_ids: list[str], texts: dict[str, str | None], seed: int) -> dict[str, str]:
+    """The floor: for each unit, another unit's explanation (`texts`: the first method's, None if it
+    failed), chosen by a seeded shift over the units, so no unit gets its own."""
+    donors = [u for u in unit_ids if texts.get(u)]
+    if len(unit_ids) < 2 or not donors:
+        return {}
+    shift = random.Random(seed).randrange(1, len(unit_ids))
+    out = {}
+    for i, uid in enumerate(unit_ids):
+        for k in range(len(unit_ids)):
+            other = unit_ids[(i + shift + k) % len(unit_ids)]
+            if other != uid and texts.get(other):
+                out[uid] = texts[other]  # type: ignore[assignment]
+                break
+    return out
+
+
+def candidate_key(method: str) -> str:
+    """A method's key in UnitRow: gen:METHOD, true, dis:KIND or random."""
+    if method in ("true", RANDOM):
+        return method
+    if method.startswith("distractor:"):
+        return "dis:" + method.split(":", 1)[1]
+    return f"gen:{method}"
 
 
 def given_id(unit_id: str, method: str, text: str, s: LabelSettings) -> str:
@@ -379,7 +410,9 @@ def run_bench(
             scorers=s.scorers,
             concurrency=s.concurrency,
             sample=sample_s,
-            score=ScoreSettings(seed=s.seed, n_per_quantile=s.n_per_quantile),
+            score=(ScoreSettings.delphi if s.delphi else ScoreSettings)(
+                seed=s.seed, n_per_quantile=s.n_per_quantile
+            ),
         )
 
     rows = {
@@ -425,19 +458,19 @@ def run_bench(
     if truth and s.meta:
         ordered = [truth[u] for u in usable]
         for i, uid in enumerate(usable):
-            rows[uid].explanations["true"] = truth[uid].explanation
             given.append((uid, "true", truth[uid].explanation))
-            for kind, text in distractors(ordered, i).items():
-                rows[uid].explanations[f"dis:{kind}"] = text
-                given.append((uid, f"distractor:{kind}", text))
-        say(f"scoring the truth and {len(given) - len(usable)} distractors")
+            given += [(uid, f"distractor:{k}", text) for k, text in distractors(ordered, i).items()]
+    first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
+    given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
+    if given:
+        say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
         labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
         asyncio.run(score_given(labeller, store, given))
         for uid, method, text in given:
+            rows[uid].explanations[candidate_key(method)] = text
             exp_id = given_id(uid, method, text, labeller.s)
-            key = "true" if method == "true" else "dis:" + method.split(":", 1)[1]
-            _collect(rows[uid], key, stored_scores(store, labeller, exp_id), spent)
-        for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS)]:
+            _collect(rows[uid], candidate_key(method), stored_scores(store, labeller, exp_id), spent)
+        for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS), RANDOM]:
             if any(m == kind for _, m, _ in given):
                 method_rows.append(
                     MethodRow(
@@ -450,11 +483,7 @@ def run_bench(
 
     # Per-method statistics from the stored rows (statuses include nan and failed).
     for mr in method_rows:
-        key = (
-            f"gen:{mr.method}"
-            if mr.method in METHODS
-            else ("true" if mr.method == "true" else "dis:" + mr.method.split(":", 1)[1])
-        )
+        key = candidate_key(mr.method)
         mr.seconds = round(spent.get(key, 0.0), 1)
         for sc in s.scorers:
             have = [u for u in usable if key in rows[u].scores]
