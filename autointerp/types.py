@@ -100,7 +100,8 @@ class ExampleRows(BaseModel):
 
 
 class UnitStats(BaseModel):
-    """Streaming statistics of one unit's activation over every recorded token."""
+    """Streaming statistics of one unit's activation over every recorded token (special tokens left
+    out unless the run kept them)."""
 
     n_tokens: int
     max: float
@@ -140,6 +141,9 @@ class RecordSettings(BaseModel):
     n_negative: int = 10  # random windows where the unit never fires
     fire_threshold: float = 0.0
     seed: int = 0
+    # False: positions holding a special token (BOS, ...) are left out of window maxima, statistics and
+    # example selection, and stored with an activation that is never the window's peak (0.0).
+    include_special: bool = False
 
 
 class RunRecord(BaseModel):

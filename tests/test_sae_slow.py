@@ -42,12 +42,13 @@ def test_record_embedded_sae_latents_reproduce(gemma, tmp_path):
     for unit in sorted(fired, key=lambda u: -u.stats.max)[:3]:
         assert unit.id == f"gemma-3-270m/{HOOK}/sae:{EMBEDDED_SAE}/{unit.ref.index}"
         top = store.examples(unit.id, "top")[0]
+        assert top.acts[0] == 0.0 and top.max_pos > 0  # BOS is left out
         assert top.max_act == pytest.approx(unit.stats.max)
         _, cache = gemma.model.run_with_cache(
             torch.tensor([top.context.token_ids]), names_filter=HOOK, stop_at_layer=7
         )
-        again = sae.encode(cache[HOOK][0].float())[:, unit.ref.index]
-        assert torch.allclose(again, torch.tensor(top.acts), atol=0.02 * unit.stats.max + 1e-3)
+        again = sae.encode(cache[HOOK][0].float())[1:, unit.ref.index]
+        assert torch.allclose(again, torch.tensor(top.acts[1:]), atol=0.02 * unit.stats.max + 1e-3)
 
 
 def test_train_sae_smoke(gemma, tmp_path):
