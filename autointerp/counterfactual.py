@@ -230,7 +230,10 @@ class UnitProbe:
             wanted = sorted({ref.index, *(latents or [])})
             source, info = sae_source(subject, path, hook=ref.hook, latents=wanted)
             if info.name != ref.sae:
-                raise UserError(f"{ref.id}: the SAE at {path} is now named {info.name!r}; record it again.")
+                raise UserError(
+                    f"{ref.id}: the SAE at {path} is now {info.name!r} (its files changed since it was "
+                    "recorded); record it again."
+                )
             if sae_cache is not None:
                 sae_cache[key] = source
         return cls(subject, source, batch_tokens, column=source.indices.index(ref.index))

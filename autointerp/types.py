@@ -21,7 +21,8 @@ def now() -> str:
 
 
 class UnitRef(BaseModel):
-    """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index`."""
+    """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index` (NAME: the SAE's
+    folder name and the first 8 hex digits of its content hash, e.g. `res6-1a2b3c4d`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -130,6 +131,7 @@ class RecordSettings(BaseModel):
     hooks: list[str]
     units: list[int] | None = None  # None: every index of each hook
     sae: dict[str, str] = Field(default_factory=dict)  # hook -> SAE directory (SAE latents)
+    sae_sha256: dict[str, str] = Field(default_factory=dict)  # hook -> content hash of that SAE
     corpus: list[str] = Field(default_factory=lambda: ["default"])
     max_tokens: int = 200_000
     ctx: int = 64
