@@ -276,21 +276,23 @@ class SourceState:
 
 
 def exclude_positions(
-    acts: torch.Tensor, special: tuple[torch.Tensor, torch.Tensor], stats: UnitStatsAcc
+    acts: torch.Tensor, special: tuple[torch.Tensor, torch.Tensor], stats: UnitStatsAcc | None = None
 ) -> torch.Tensor:
     """Leave the `special` (window, position) entries of `acts` (B, T, U) out; return the window maxima.
 
-    The maxima (and so every kept set) and `stats` skip those positions. In place, they are then set to
-    0.0, or to the window's lowest activation where all of its others are below 0, so a left-out position
-    is never a window's peak and reads as "off" downstream. Costs index writes of (K, U) entries, plus
-    one min pass over the batch only when some window stays below 0 (dense neurons, never SAE codes).
+    The maxima (and so every kept set) and `stats` (when given) skip those positions. In place, they are
+    then set to 0.0, or to the window's lowest activation where all of its others are below 0, so a
+    left-out position is never a window's peak and reads as "off" downstream. Costs index writes of
+    (K, U) entries, plus one min pass over the batch only when some window stays below 0 (dense neurons,
+    never SAE codes). `UnitProbe` applies it too, so counterfactuals read like recorded examples.
     """
     rows, cols = special
     n_units = acts.shape[2]
     acts[rows, cols] = -math.inf
     win_max = acts.amax(dim=1)
     acts[rows, cols] = 0.0
-    stats.update(acts.reshape(-1, n_units), win_max, n_excluded=rows.numel())
+    if stats is not None:
+        stats.update(acts.reshape(-1, n_units), win_max, n_excluded=rows.numel())
     low = win_max[rows] < 0.0  # (K, U): 0.0 would rise above every other activation of the window
     if bool(low.any()):
         acts[rows, cols] = math.inf
