@@ -119,6 +119,14 @@ def record(
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
     top_k: Annotated[int, typer.Option(help="Max-activating windows kept per unit.")] = 20,
     seed: int = 0,
+    keep_bos: Annotated[
+        bool,
+        typer.Option(
+            "--keep-bos",
+            help="Keep BOS and other special-token positions in examples and statistics "
+            "(left out by default).",
+        ),
+    ] = False,
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
     from autointerp.record import record_units
@@ -151,6 +159,7 @@ def record(
             batch_size=batch_size,
             top_k=top_k,
             seed=seed,
+            include_special=keep_bos,
             progress=on_progress,
         )
     if result.already_complete:

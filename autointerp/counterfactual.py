@@ -178,14 +178,23 @@ class UnitProbe:
 
     Sequences are right-padded into batches of similar length: the model is causal, so padding after
     a sequence's end never changes its activations, and each row is cut back to its own length.
+    Special-token positions (BOS, ...) read as the recorder stores them unless `include_special`.
     """
 
-    def __init__(self, subject: SubjectModel, source: UnitSource, batch_tokens: int = 4096, column: int = 0):
+    def __init__(
+        self,
+        subject: SubjectModel,
+        source: UnitSource,
+        batch_tokens: int = 4096,
+        column: int = 0,
+        include_special: bool = False,
+    ):
         self.subject = subject
         self.source = source
         self.column = column  # which of the source's units this probe reads
         self.batch_tokens = batch_tokens
         self.stop_at = subject.stop_layer([source.hook])
+        self.special_ids = None if include_special else np.array(subject.special_ids, dtype=np.int64)
 
     @classmethod
     def for_unit(
@@ -203,6 +212,8 @@ class UnitProbe:
         from autointerp.subject.recorder import UnitSource
 
         ref = unit.ref
+        run = store.get_run(unit.run_id)
+        include_special = bool(run.settings.get("include_special", True)) if run else False
         if ref.model != subject.short:
             raise UserError(
                 f"{ref.id} belongs to {ref.model} but the subject model is {subject.short}; "
@@ -214,10 +225,10 @@ class UnitProbe:
                 raise UserError(
                     f"{ref.id}: index {ref.index} is out of range for {ref.hook} ({width} units)."
                 )
-            return cls(subject, UnitSource(hook=ref.hook, indices=[ref.index]), batch_tokens)
+            source = UnitSource(hook=ref.hook, indices=[ref.index])
+            return cls(subject, source, batch_tokens, include_special=include_special)
         from autointerp.subject.sae import sae_source
 
-        run = store.get_run(unit.run_id)
         path = (run.settings.get("sae") or {}).get(ref.hook) if run else None
         if not path:
             raise UserError(
@@ -230,10 +241,14 @@ class UnitProbe:
             wanted = sorted({ref.index, *(latents or [])})
             source, info = sae_source(subject, path, hook=ref.hook, latents=wanted)
             if info.name != ref.sae:
-                raise UserError(f"{ref.id}: the SAE at {path} is now named {info.name!r}; record it again.")
+                raise UserError(
+                    f"{ref.id}: the SAE at {path} is now {info.name!r} (its files changed since it was "
+                    "recorded); record it again."
+                )
             if sae_cache is not None:
                 sae_cache[key] = source
-        return cls(subject, source, batch_tokens, column=source.indices.index(ref.index))
+        column = source.indices.index(ref.index)
+        return cls(subject, source, batch_tokens, column=column, include_special=include_special)
 
     def acts(self, seqs: list[list[int]]) -> list[np.ndarray]:
         """Per sequence, the unit's activation at every position (float32)."""
@@ -253,9 +268,22 @@ class UnitProbe:
                 pad[r, : len(seqs[k])] = torch.tensor(seqs[k], dtype=torch.long)
             acts = self._forward(pad)
             for r, k in enumerate(rows):
-                out[k] = acts[r, : len(seqs[k])]
+                out[k] = self._leave_out_special(acts[r, : len(seqs[k])], seqs[k])
             i = j
         return out  # type: ignore[return-value]
+
+    def _leave_out_special(self, acts: np.ndarray, seq: list[int]) -> np.ndarray:
+        """`acts` with the sequence's special-token positions set as the recorder stores them."""
+        if self.special_ids is not None and len(self.special_ids):
+            import torch
+
+            from autointerp.subject.recorder import exclude_positions
+
+            pos = np.flatnonzero(np.isin(seq, self.special_ids))
+            if len(pos):
+                t = torch.from_numpy(acts)[None, :, None]  # shares memory: written in place
+                exclude_positions(t, (torch.zeros(len(pos), dtype=torch.long), torch.from_numpy(pos)))
+        return acts
 
     def _forward(self, toks: torch.Tensor) -> np.ndarray:
         import torch

@@ -50,6 +50,12 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
         by_kind.setdefault(e.kind, []).append(e)
     top = by_kind.get("top", [])
     if not top or top[0].max_act <= unit.stats.fire_threshold:
+        run = store.get_run(unit.run_id)
+        if run is not None and not run.settings.get("include_special", True):
+            raise UserError(
+                f"{unit_id} has no activating examples in {store.path}; it never fired on the corpus "
+                "outside BOS and other special tokens, which record leaves out unless given --keep-bos."
+            )
         raise UserError(
             f"{unit_id} has no activating examples in {store.path}; it never fired on the corpus."
         )

@@ -21,7 +21,8 @@ def now() -> str:
 
 
 class UnitRef(BaseModel):
-    """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index`."""
+    """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index` (NAME: the SAE's
+    folder name and the first 8 hex digits of its content hash, e.g. `res6-1a2b3c4d`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -100,7 +101,8 @@ class ExampleRows(BaseModel):
 
 
 class UnitStats(BaseModel):
-    """Streaming statistics of one unit's activation over every recorded token."""
+    """Streaming statistics of one unit's activation over every recorded token (special tokens left
+    out unless the run kept them)."""
 
     n_tokens: int
     max: float
@@ -129,6 +131,7 @@ class RecordSettings(BaseModel):
     hooks: list[str]
     units: list[int] | None = None  # None: every index of each hook
     sae: dict[str, str] = Field(default_factory=dict)  # hook -> SAE directory (SAE latents)
+    sae_sha256: dict[str, str] = Field(default_factory=dict)  # hook -> content hash of that SAE
     corpus: list[str] = Field(default_factory=lambda: ["default"])
     max_tokens: int = 200_000
     ctx: int = 64
@@ -140,6 +143,9 @@ class RecordSettings(BaseModel):
     n_negative: int = 10  # random windows where the unit never fires
     fire_threshold: float = 0.0
     seed: int = 0
+    # False: positions holding a special token (BOS, ...) are left out of window maxima, statistics and
+    # example selection, and stored with an activation that is never the window's peak (0.0).
+    include_special: bool = False
 
 
 class RunRecord(BaseModel):

@@ -32,7 +32,7 @@ from autointerp.pipeline import Labeller, LabelSettings
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.store import Store
 from autointerp.subject.model import load_subject
-from autointerp.subject.sae import EMBEDDED_SAE
+from autointerp.subject.sae import sae_unit_name
 
 HOOK = "blocks.6.hook_resid_post"
 METHODS = ["top", "contrastive"]
@@ -132,7 +132,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "subject": f"gemma-3-270m {HOOK} sae:{EMBEDDED_SAE}",
+                "subject": f"gemma-3-270m {HOOK} sae:{sae_unit_name('embedded')}",
                 "llm": args.llm,
                 "tokens": args.tokens,
                 "units": len(units),

@@ -20,7 +20,7 @@ from pathlib import Path
 from autointerp.store import Store
 from autointerp.subject.model import load_subject
 from autointerp.subject.recorder import Recorder, neuron_sources
-from autointerp.subject.sae import EMBEDDED_SAE, embedded_sae_path, load_sae, sae_source
+from autointerp.subject.sae import embedded_sae_path, load_sae, sae_source
 from autointerp.subject.sae_train import evaluate_sae
 from autointerp.types import RecordSettings
 
@@ -102,7 +102,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "sae": EMBEDDED_SAE,
+                "sae": info.name,
                 "hook": HOOK,
                 "width": info.d_sae,
                 "k": info.k,

@@ -99,3 +99,23 @@ def test_cli_help_and_unknown_unit(tmp_path):
     assert res.exit_code == 2 and "not recorded" in res.output
     res = runner.invoke(_app(), ["counterfactuals", "--db", str(tmp_path / "x.db")])
     assert res.exit_code == 2 and "No recorded units" in res.output
+
+
+def test_probe_reads_special_tokens_as_the_recorder_stores_them(char_tokenizer):
+    """A unit that is largest at BOS: the probe reads BOS as off (0.0) unless the run kept it."""
+    from types import SimpleNamespace
+
+    from autointerp.counterfactual import UnitProbe
+    from autointerp.subject.model import SubjectModel
+    from autointerp.subject.recorder import UnitSource
+
+    subject = SubjectModel(
+        "tiny", SimpleNamespace(cfg=SimpleNamespace(default_prepend_bos=True)), char_tokenizer()
+    )
+    src = UnitSource(
+        hook="synthetic.x", indices=[0], from_tokens=lambda t: (t == 1).float()[..., None] * 9 + 1
+    )
+    seqs = [[1, 5, 6], [1, 7]]
+    assert [a.tolist() for a in UnitProbe(subject, src).acts(seqs)] == [[0.0, 1.0, 1.0], [0.0, 1.0]]
+    kept = UnitProbe(subject, src, include_special=True).acts(seqs)
+    assert [a.tolist() for a in kept] == [[10.0, 1.0, 1.0], [10.0, 1.0]]

@@ -13,6 +13,7 @@ from autointerp.subject import recorder
 pytestmark = pytest.mark.slow
 HOOK = "blocks.6.mlp.hook_post"
 SETTINGS = dict(max_tokens=3072, ctx=32, batch_size=16, top_k=5, quantile_pool=10, n_random=4, n_negative=3)
+N_COUNTED = 3072 - 3072 // 32  # every window's BOS is left out
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def test_stored_top_example_reproduces_on_the_model(gemma, recorded):
         _, cache = gemma.model.run_with_cache(
             torch.tensor([top[0].context.token_ids]), names_filter=HOOK, stop_at_layer=7
         )
-        again = cache[HOOK][0, :, index].float()
-        assert torch.allclose(again, torch.tensor(top[0].acts), atol=0.02 * abs(unit.stats.max) + 1e-3)
+        again = cache[HOOK][0, 1:, index].float()  # BOS (position 0) is left out of the recording
+        assert torch.allclose(again, torch.tensor(top[0].acts[1:]), atol=0.02 * abs(unit.stats.max) + 1e-3)
         assert top[0].context.tokens == gemma.token_strs(top[0].context.token_ids)
 
 
@@ -50,7 +51,7 @@ def test_kinds_and_stats_are_consistent(recorded):
     assert len(by_kind["random"]) == 4
     qs = [e.quantile for e in by_kind["quantile"]]
     assert qs == sorted(qs) and qs[0] == 0
-    assert sum(unit.stats.hist_counts) == unit.stats.n_tokens == 3072
+    assert sum(unit.stats.hist_counts) == unit.stats.n_tokens == N_COUNTED
     run = store.get_run(store.runs("record")[0].id)
     assert run.status == "complete" and run.settings["ctx"] == 32 and run.code_version
 
@@ -127,6 +128,26 @@ def test_show_highlights_top_examples(recorded):
     out = CliRunner().invoke(app, ["show", f"gemma-3-270m/{HOOK}/3", "--db", str(db), "--n", "2"])
     assert out.exit_code == 0, out.output
     flat = " ".join(out.output.split())
-    assert "fires on" in flat and "of 3,072 tokens" in flat
+    assert "fires on" in flat and f"of {N_COUNTED:,} tokens" in flat
     missing = CliRunner().invoke(app, ["show", f"gemma-3-270m/{HOOK}/999", "--db", str(db)])
     assert missing.exit_code == 2 and "not recorded" in missing.output
+
+
+def test_bos_is_left_out_unless_keep_bos(gemma, recorded, monkeypatch):
+    """By default no stored BOS position is a window's peak; `record --keep-bos` is another run that
+    counts every token and says so in the store."""
+    db, default = recorded
+    store = Store(db)
+    for unit in store.units(hook=HOOK):
+        for e in store.examples(unit.id):
+            assert e.acts[0] <= max(e.acts[1:]) and e.acts[0] in (0.0, min(e.acts[1:]))
+            assert e.provenance["special_tokens"] == "excluded"
+    monkeypatch.setattr("autointerp.record.load_subject", lambda *a, **k: gemma)
+    args = ["record", "--db", str(db), "--hook", HOOK, "--units", "0:16", "--tokens", "3072", "--ctx", "32"]
+    args += ["--batch-size", "16", "--top-k", "5", "--keep-bos"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    (kept,) = [r for r in store.runs("record") if r.settings["include_special"]]
+    assert kept.id != default.run_id and kept.summary["special_tokens"] == "included"
+    unit = store.get_unit(f"gemma-3-270m/{HOOK}/3")
+    assert unit.run_id == kept.id and unit.stats.n_tokens == 3072

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from autointerp import record_units
 from autointerp.errors import UserError
+from autointerp.store import Store
 from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import (
     EMBEDDED_SAE,
     embedded_sae_path,
     load_sae,
     parse_sae_specs,
+    sae_sha256,
     sae_source,
+    sae_unit_name,
 )
+from autointerp.types import UnitRef
 
 D_IN, D_SAE, HOOK = 16, 48, "blocks.1.hook_resid_post"
 
@@ -79,7 +84,7 @@ def write_sae(
 
 
 @pytest.fixture(scope="module")
-def tiny_subject() -> SubjectModel:
+def tiny_subject(char_tokenizer) -> SubjectModel:
     """A 2-layer random HookedTransformer (d_model 16): real hooks, no download."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -95,14 +100,17 @@ def tiny_subject() -> SubjectModel:
         default_prepend_bos=True,
         seed=0,
     )
-    return SubjectModel("tiny", HookedTransformer(cfg), SimpleNamespace(bos_token_id=1))
+    return SubjectModel("tiny", HookedTransformer(cfg), char_tokenizer(vocab=50))
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_load_each_architecture(tmp_path: Path, arch: str) -> None:
     sae, info = load_sae(write_sae(tmp_path / f"my {arch}", arch))
     assert info.architecture == arch and info.hook == HOOK and (info.d_in, info.d_sae) == (D_IN, D_SAE)
-    assert info.name == f"my-{arch}"  # usable inside a unit id
+    assert re.fullmatch(f"my-{arch}-[0-9a-f]{{8}}", info.name)  # usable inside a unit id
+    assert (
+        info.name.endswith(info.sha256[:8]) and UnitRef.parse(f"m/{HOOK}/sae:{info.name}/3").sae == info.name
+    )
     assert info.k == (5 if arch == "topk" else None)
     assert sae.W_enc.dtype == torch.float32
 
@@ -117,8 +125,8 @@ def test_encoder_matches_sae_lens(tmp_path: Path, tiny_subject: SubjectModel, ar
     path = write_sae(tmp_path / arch, arch)
     latents = [0, 3, 7, 20, 47]
     src, info = sae_source(tiny_subject, path, latents=latents)
-    assert src.sae == arch and src.hook == HOOK and src.indices == latents
-    assert src.key == f"{HOOK}/sae:{arch}"
+    assert src.sae == info.name == sae_unit_name(path) and src.hook == HOOK and src.indices == latents
+    assert src.key == f"{HOOK}/sae:{info.name}"
     x = torch.randn(2, 9, D_IN) * 2
     got = src.unit_acts(x.to(torch.bfloat16))
     sae, _ = load_sae(path)
@@ -151,7 +159,7 @@ def test_gemma_scope_npz(tmp_path: Path, tiny_subject: SubjectModel) -> None:
     with pytest.raises(UserError, match="names no hook"):
         load_sae(d)
     src, info = sae_source(tiny_subject, d, hook=HOOK, latents=[1, 2])
-    assert info.architecture == "jumprelu" and info.name == "average_l0_20"
+    assert info.architecture == "jumprelu" and info.name == f"average_l0_20-{sae_sha256(d)[:8]}"
     x = torch.randn(3, 4, D_IN)
     pre = (x @ torch.tensor(params["W_enc"]).float() + torch.tensor(params["b_enc"]).float())[..., [1, 2]]
     thr = torch.tensor(params["threshold"]).float()[[1, 2]]
@@ -213,7 +221,8 @@ def test_parse_sae_specs(tmp_path: Path) -> None:
 def test_embedded_sae_ships_and_loads() -> None:
     path = embedded_sae_path()
     sae, info = load_sae("embedded")
-    assert info.name == EMBEDDED_SAE and path.name == EMBEDDED_SAE
+    assert info.name == sae_unit_name("embedded") == f"{EMBEDDED_SAE}-{info.sha256[:8]}"
+    assert path.name == EMBEDDED_SAE
     assert (info.architecture, info.hook, info.d_in, info.d_sae, info.k) == (
         "topk",
         "blocks.6.hook_resid_post",
@@ -236,3 +245,27 @@ def test_fast_matmul_keeps_float32_accuracy(tmp_path: Path, tiny_subject: Subjec
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
     plain_bf16 = (x.bfloat16() @ enc.W_enc.bfloat16()).float()
     assert not torch.allclose(plain_bf16, x @ enc.W_enc, rtol=1e-5, atol=1e-5)  # the check can tell
+
+
+def test_sae_is_identified_by_its_content(tmp_path: Path, tiny_subject: SubjectModel) -> None:
+    """New weights at the same path make a new run and new unit ids (not "already complete"); two
+    folders of the same name with different weights never share unit ids in one store."""
+    text = tmp_path / "c.txt"
+    text.write_text("the cat sat on the mat. " * 10)
+    kw = dict(corpus=[str(text)], ctx=8, max_tokens=64, batch_size=4, top_k=2, quantile_pool=2, n_random=2)
+    db = tmp_path / "x.db"
+    path = write_sae(tmp_path / "a" / "res", "standard")
+    first = record_units(db, [], saes={HOOK: str(path)}, units=[0, 1], subject=tiny_subject, **kw)
+    name = sae_unit_name(path)
+    write_sae(path, "standard", seed=1)  # replaced in place
+    assert sae_unit_name(path) != name
+    again = record_units(db, [], saes={HOOK: str(path)}, units=[0, 1], subject=tiny_subject, **kw)
+    assert not again.already_complete and again.run_id != first.run_id
+    assert Store(db).get_run(again.run_id).settings["sae_sha256"] == {HOOK: sae_sha256(path)}
+    other = write_sae(tmp_path / "b" / "res", "standard", seed=2)  # same folder name, other weights
+    record_units(db, [], saes={HOOK: str(other)}, units=[0, 1], subject=tiny_subject, **kw)
+    names = {u.ref.sae for u in Store(db).units(hook=HOOK)}
+    assert len(names) == 3 and all(re.fullmatch("res-[0-9a-f]{8}", n) for n in names)
+    assert len(Store(db).units(hook=HOOK)) == 6
+    copy = write_sae(tmp_path / "c" / "res", "standard", seed=2)  # the same SAE elsewhere: the same name
+    assert sae_unit_name(copy) == sae_unit_name(other)

@@ -9,7 +9,7 @@ import torch
 
 from autointerp import record_units
 from autointerp.store import Store
-from autointerp.subject.sae import EMBEDDED_SAE, load_sae
+from autointerp.subject.sae import load_sae, sae_unit_name
 
 pytestmark = pytest.mark.slow
 HOOK = "blocks.6.hook_resid_post"
@@ -35,19 +35,21 @@ def test_record_embedded_sae_latents_reproduce(gemma, tmp_path):
     assert result.n_units == len(latents) and result.n_tokens == 384
     store = Store(db)
     units = store.units(hook=HOOK)
-    assert {u.ref.sae for u in units} == {EMBEDDED_SAE}
+    name = sae_unit_name("embedded")
+    assert {u.ref.sae for u in units} == {name}
     fired = [u for u in units if u.stats.max > 0]
     assert len(fired) >= 20  # a TopK code: many latents fire somewhere in 384 tokens
     sae, _ = load_sae("embedded")
     for unit in sorted(fired, key=lambda u: -u.stats.max)[:3]:
-        assert unit.id == f"gemma-3-270m/{HOOK}/sae:{EMBEDDED_SAE}/{unit.ref.index}"
+        assert unit.id == f"gemma-3-270m/{HOOK}/sae:{name}/{unit.ref.index}"
         top = store.examples(unit.id, "top")[0]
+        assert top.acts[0] == 0.0 and top.max_pos > 0  # BOS is left out
         assert top.max_act == pytest.approx(unit.stats.max)
         _, cache = gemma.model.run_with_cache(
             torch.tensor([top.context.token_ids]), names_filter=HOOK, stop_at_layer=7
         )
-        again = sae.encode(cache[HOOK][0].float())[:, unit.ref.index]
-        assert torch.allclose(again, torch.tensor(top.acts), atol=0.02 * unit.stats.max + 1e-3)
+        again = sae.encode(cache[HOOK][0].float())[1:, unit.ref.index]
+        assert torch.allclose(again, torch.tensor(top.acts[1:]), atol=0.02 * unit.stats.max + 1e-3)
 
 
 def test_train_sae_smoke(gemma, tmp_path):

@@ -129,3 +129,115 @@ def test_quantile_groups_cut_like_array_split():
         groups = np.array_split(np.arange(n), min(n_quantiles, max(n, 1)))
         want = [q for q, g in enumerate(groups) for _ in g]
         assert got[n, :n].tolist() == want
+
+
+@pytest.mark.parametrize(("sparse", "threshold"), [(False, 0.0), (True, -0.1)])
+def test_special_positions_are_left_out_of_maxima_stats_and_peaks(sparse, threshold):
+    """Special positions (BOS at 0, one more mid-window) are the largest activations here, yet no kept
+    set, window max or statistic sees them, and a stored special position is never a window's peak."""
+    s = RecordSettings(
+        model="m",
+        hooks=["h"],
+        ctx=6,
+        top_k=4,
+        quantile_pool=30,
+        n_random=5,
+        n_negative=30,
+        fire_threshold=threshold,
+    )
+    st = SourceState.new(s, 9)
+    gen, g = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    seen, masks = [], []
+    for acts, toks in stream(n_batches=10):
+        if sparse:
+            acts[torch.rand(acts.shape, generator=g) < 0.95] = 0.0
+        else:
+            acts[:, :, 1] -= 3.0  # mostly negative: windows where 0.0 would rise above every activation
+        acts[:, 0, :], acts[2, 3, :] = 50.0, 40.0
+        mask = torch.zeros(acts.shape[:2], dtype=torch.bool)
+        mask[:, 0] = mask[2, 3] = True
+        seen.append(acts.clone())
+        masks.append(mask)
+        st.update(acts, toks, gen, special=mask.nonzero(as_tuple=True))
+    x, mask = torch.cat(seen), torch.cat(masks)
+    stats = st.stats.all_stats()
+    for u in range(9):
+        inc = x[:, :, u][~mask].double().numpy()
+        win_max = x[:, :, u].masked_fill(mask, -math.inf).amax(1)
+        assert [e[0] for e in st.top.entries(u)] == pytest.approx(
+            win_max.sort(descending=True).values[:4].tolist()
+        )
+        assert stats[u].n_tokens == inc.size and sum(stats[u].hist_counts) == inc.size
+        assert stats[u].max == pytest.approx(inc.max())
+        assert stats[u].mean == pytest.approx(inc.mean(), abs=1e-6)
+        assert stats[u].frac_firing == pytest.approx((inc > threshold).mean())
+        want, _ = np.histogram(inc[inc != 0], bins=[-np.inf, *HIST_EDGES.tolist(), np.inf])
+        want[recorder.ZERO_BIN] += (inc == 0).sum()  # numpy's bins are [a, b), ours (a, b]
+        assert stats[u].hist_counts == want.tolist()
+        for buf in st.buffers().values():
+            for _, acts, _ in buf.entries(u):
+                rest = acts[1:]
+                assert acts[0] == (0.0 if rest.max() >= 0 else rest.min())  # never the window's peak
+    if not sparse:  # the window-min filler was exercised
+        assert any(e[1][0] < 0 for e in st.negative.entries(1))
+
+
+def test_recorder_leaves_bos_out_unless_asked(tmp_path, char_tokenizer):
+    """Synthetic units through the recorder: BOS is left out by default (a BOS-only unit never fires,
+    and sampling it says why), kept with include_special, and the store says which."""
+    from types import SimpleNamespace
+
+    from autointerp.bench.synthetic import AnyRule, PositionRule, SyntheticUnit, TokensRule, synthetic_sources
+    from autointerp.errors import UserError
+    from autointerp.sampling import SampleSettings, sample_unit
+    from autointerp.store import Store
+    from autointerp.subject.model import SubjectModel
+    from autointerp.subject.recorder import Recorder
+
+    subject = SubjectModel(
+        "tiny", SimpleNamespace(cfg=SimpleNamespace(default_prepend_bos=True)), char_tokenizer()
+    )
+    text = tmp_path / "c.txt"
+    text.write_text("a cat sat on a mat. " * 20)
+    units = [
+        SyntheticUnit(name="bos", explanation="the first token", rule=PositionRule(start=0, stop=1, value=3)),
+        SyntheticUnit(
+            name="a_or_bos",
+            explanation="the letter a",
+            rule=AnyRule(rules=[PositionRule(start=0, stop=1, value=5), TokensRule(tokens=["a"])]),
+        ),
+    ]
+    store = Store(tmp_path / "x.db")
+
+    def record(**kw):
+        s = RecordSettings(
+            model="tiny",
+            hooks=[u.hook for u in units],
+            corpus=[str(text)],
+            ctx=8,
+            max_tokens=160,
+            batch_size=4,
+            top_k=3,
+            **kw,
+        )
+        return Recorder(subject, s, synthetic_sources(subject.token_strs, units)).run(store)
+
+    default = record()
+    unit = store.get_unit("tiny/synthetic.a_or_bos/0")
+    assert (unit.stats.max, unit.stats.n_tokens, sum(unit.stats.hist_counts)) == (1.0, 20 * 7, 20 * 7)
+    top = store.examples(unit.id, "top")
+    assert all(e.acts[0] == 0.0 and e.max_act == 1.0 for e in top)
+    assert top[0].provenance["special_tokens"] == "excluded"
+    run = store.get_run(default.run_id)
+    assert run.settings["include_special"] is False
+    assert (run.summary["special_tokens"], run.summary["special_positions"]) == ("excluded", 20)
+    with pytest.raises(UserError, match="never fired .*outside BOS .*--keep-bos"):
+        sample_unit(store, "tiny/synthetic.bos/0", SampleSettings())
+
+    kept = record(include_special=True)
+    assert kept.run_id != default.run_id
+    unit = store.get_unit("tiny/synthetic.a_or_bos/0")
+    assert (unit.stats.max, unit.stats.n_tokens) == (5.0, 20 * 8)
+    top = store.examples(unit.id, "top")
+    assert top[0].max_pos == 0 and top[0].provenance["special_tokens"] == "included"
+    assert sample_unit(store, "tiny/synthetic.bos/0", SampleSettings()).explain[0].max_act == 3.0

@@ -45,6 +45,13 @@ class SubjectModel:
     def bos_id(self) -> int | None:
         return self.tokenizer.bos_token_id if self.model.cfg.default_prepend_bos else None
 
+    @cached_property
+    def special_ids(self) -> list[int]:
+        """Token ids the recorder leaves out by default: the tokenizer's special tokens and BOS."""
+        ids = set(getattr(self.tokenizer, "all_special_ids", None) or [])
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return sorted(ids | ({bos} if bos is not None else set()))
+
     @property
     def n_layers(self) -> int:
         return self.model.cfg.n_layers

@@ -124,14 +124,16 @@ class UnitStatsAcc:
         self.fire = torch.zeros(n_units, dtype=torch.int64)
         self.hist = torch.zeros((n_units, len(HIST_EDGES) + 1), dtype=torch.int64)
 
-    def update(self, acts: torch.Tensor, win_max: torch.Tensor) -> None:
+    def update(self, acts: torch.Tensor, win_max: torch.Tensor, n_excluded: int = 0) -> None:
         """acts: (N, U) activations of N tokens; win_max: (B, U) per-window maxima of the same tokens.
 
+        `n_excluded` of the N rows are left-out positions (special tokens) holding exactly 0.0 for every
+        unit: they are taken back out of the count, the zero bin and (threshold < 0) the firing count.
         Sparse activations (SAE latents: most entries exactly 0) are summed and binned from their
         nonzero entries only, with the zeros counted per unit; the result is the same as the dense way.
         """
         n_tokens, n_units = acts.shape
-        self.n += n_tokens
+        self.n += n_tokens - n_excluded
         self.max = torch.maximum(self.max, win_max.amax(0))
         nbins = self.hist.shape[1]
         if int(torch.count_nonzero(acts)) * SPARSE_BELOW < acts.numel():
@@ -146,12 +148,16 @@ class UnitStatsAcc:
             bins = torch.bucketize(vals, HIST_EDGES) + cols * nbins
             self.hist += torch.bincount(bins, minlength=self.hist.numel()).view_as(self.hist)
             self.hist[:, ZERO_BIN] += zeros
-            return
-        self.sum += acts.sum(0)  # a batch's fp32 sum is exact enough; the running total is fp64
-        self.sumsq += acts.square().sum(0)
-        self.fire += (acts > self.threshold).sum(0)
-        bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * nbins
-        self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
+        else:
+            self.sum += acts.sum(0)  # a batch's fp32 sum is exact enough; the running total is fp64
+            self.sumsq += acts.square().sum(0)
+            self.fire += (acts > self.threshold).sum(0)
+            bins = torch.bucketize(acts, HIST_EDGES) + torch.arange(n_units) * nbins
+            self.hist += torch.bincount(bins.flatten(), minlength=self.hist.numel()).view_as(self.hist)
+        if n_excluded:
+            self.hist[:, ZERO_BIN] -= n_excluded
+            if self.threshold < 0.0:
+                self.fire -= n_excluded
 
     def all_stats(self) -> list[UnitStats]:
         """Every unit's statistics (built from whole arrays: cheap for many units)."""
@@ -197,9 +203,9 @@ class UnitSource:
     sae: str | None = None
     # Maps the hook's activations (N, d_in) to the selected units' activations (N, U); None: slice.
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # Maps the batch's token ids (B, T) straight to unit activations (B, T, U), without the model
-    # (synthetic ground-truth units); `hook` is then only a name. When every source has one, the
-    # recorder skips the forward pass.
+    # Maps the batch's token ids (B, T) straight to unit activations (B, T, U), a new tensor, without
+    # the model (synthetic ground-truth units); `hook` is then only a name. When every source has one,
+    # the recorder skips the forward pass.
     from_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
@@ -207,13 +213,14 @@ class UnitSource:
         return f"{self.hook}/sae:{self.sae}" if self.sae else self.hook
 
     def unit_acts(self, hook_acts: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) hook activations -> (B, T, U) float32 unit activations."""
+        """(B, T, d) hook activations -> (B, T, U) float32 unit activations, a new tensor (never a view of
+        `hook_acts`: the recorder writes into it)."""
         if self.from_tokens is not None:
             raise ValueError(f"{self.key} computes its activations from token ids; call from_tokens")
         if self.encode is None:
             n = len(self.indices)
             if self.indices == list(range(self.indices[0], self.indices[0] + n)):  # a range: no copy
-                return hook_acts[..., self.indices[0] : self.indices[0] + n].float()
+                return hook_acts[..., self.indices[0] : self.indices[0] + n].to(torch.float32, copy=True)
             return hook_acts[..., self.indices].float()
         b, t, d = hook_acts.shape
         return self.encode(hook_acts.reshape(b * t, d)).float().reshape(b, t, -1)
@@ -241,11 +248,24 @@ class SourceState:
         return {"top": self.top, "quantile": self.quantile, "random": self.random, "negative": self.negative}
 
     def update(
-        self, acts: torch.Tensor, toks: torch.Tensor, gen: torch.Generator, wids: torch.Tensor | None = None
+        self,
+        acts: torch.Tensor,
+        toks: torch.Tensor,
+        gen: torch.Generator,
+        wids: torch.Tensor | None = None,
+        special: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """acts (B, T, U) float32, toks (B, T) int32, wids (B,) the windows' positions in the stream."""
+        """acts (B, T, U) float32, toks (B, T) int32, wids (B,) the windows' positions in the stream.
+
+        `special`: (window, position) index tensors of positions to leave out (special tokens); `acts`
+        is then rewritten there in place (see `exclude_positions`).
+        """
         b, _, n_units = acts.shape
-        win_max = acts.amax(dim=1)  # (B, U)
+        if special is not None and special[0].numel():
+            win_max = exclude_positions(acts, special, self.stats)
+        else:
+            win_max = acts.amax(dim=1)  # (B, U)
+            self.stats.update(acts.reshape(-1, n_units), win_max)
         fires = win_max > self.stats.threshold
         rand = torch.rand((b, n_units), generator=gen)
         shared = torch.rand((b, 1), generator=gen).expand(b, n_units)  # one key per window, all units
@@ -253,7 +273,32 @@ class SourceState:
         self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks, wids)
         self.random.update(shared, acts, toks, wids)
         self.negative.update(torch.where(fires, -math.inf, rand), acts, toks, wids)
-        self.stats.update(acts.reshape(-1, n_units), win_max)
+
+
+def exclude_positions(
+    acts: torch.Tensor, special: tuple[torch.Tensor, torch.Tensor], stats: UnitStatsAcc | None = None
+) -> torch.Tensor:
+    """Leave the `special` (window, position) entries of `acts` (B, T, U) out; return the window maxima.
+
+    The maxima (and so every kept set) and `stats` (when given) skip those positions. In place, they are
+    then set to 0.0, or to the window's lowest activation where all of its others are below 0, so a
+    left-out position is never a window's peak and reads as "off" downstream. Costs index writes of
+    (K, U) entries, plus one min pass over the batch only when some window stays below 0 (dense neurons,
+    never SAE codes). `UnitProbe` applies it too, so counterfactuals read like recorded examples.
+    """
+    rows, cols = special
+    n_units = acts.shape[2]
+    acts[rows, cols] = -math.inf
+    win_max = acts.amax(dim=1)
+    acts[rows, cols] = 0.0
+    if stats is not None:
+        stats.update(acts.reshape(-1, n_units), win_max, n_excluded=rows.numel())
+    low = win_max[rows] < 0.0  # (K, U): 0.0 would rise above every other activation of the window
+    if bool(low.any()):
+        acts[rows, cols] = math.inf
+        win_min = acts.amin(dim=1)[rows].clamp(max=0.0)  # a window of only special positions: 0.0
+        acts[rows, cols] = torch.where(low, win_min, 0.0)
+    return win_max
 
 
 @dataclass
@@ -272,6 +317,11 @@ def run_id_for(settings: RecordSettings, extra: dict | None = None) -> str:
     """The run's name: a hash of its settings (and of `extra`, e.g. synthetic unit definitions)."""
     blob = json.dumps(settings.model_dump() | ({"extra": extra} if extra else {}), sort_keys=True).encode()
     return "rec-" + hashlib.sha1(blob).hexdigest()[:12]
+
+
+def special_tokens(settings: RecordSettings) -> str:
+    """What a run did with special-token positions (BOS, ...): "excluded" (the default) or "included"."""
+    return "included" if settings.include_special else "excluded"
 
 
 def checkpoint_path(db_path: Path, run_id: str) -> Path:
@@ -301,6 +351,14 @@ class Recorder:
         self.run_key = run_key
         self.hooks = sorted({s.hook for s in sources if s.from_tokens is None})
         self.stop_at = subject.stop_layer(self.hooks) if self.hooks else None
+        ids = [] if settings.include_special else subject.special_ids
+        self.special_ids = torch.tensor(ids, dtype=torch.long) if ids else None
+
+    def special_positions(self, toks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(window, position) indices of the special tokens in `toks` (B, T), or None to keep them all."""
+        if self.special_ids is None:
+            return None
+        return torch.isin(toks, self.special_ids).nonzero(as_tuple=True)
 
     def forward(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward pass, stopped after the last needed layer; returns the hooks' activations."""
@@ -363,9 +421,10 @@ class Recorder:
             hook_acts = self.forward(toks)
             toks32 = toks.to(torch.int32)
             wids = torch.arange(done_windows, done_windows + toks.shape[0])
+            special = self.special_positions(toks)
             for src in self.sources:
                 acts = src.from_tokens(toks) if src.from_tokens else src.unit_acts(hook_acts[src.hook])
-                states[src.key].update(acts.float(), toks32, gen, wids)
+                states[src.key].update(acts.float(), toks32, gen, wids, special)
             done_windows += toks.shape[0]
             if progress:
                 progress(done_windows * s.ctx, max_windows * s.ctx)
@@ -386,7 +445,13 @@ class Recorder:
             gc.enable()
         seconds = time.perf_counter() - t0
         n_tokens = (done_windows - resumed_from) * s.ctx
-        summary = {"windows": done_windows, "tokens": done_windows * s.ctx, "units": len(units)}
+        summary = {
+            "windows": done_windows,
+            "tokens": done_windows * s.ctx,
+            "units": len(units),
+            "special_tokens": special_tokens(s),
+            "special_positions": done_windows * s.ctx - units[0].stats.n_tokens if units else 0,
+        }
         store.finish_run(run_id, "complete", summary)
         ckpt.unlink(missing_ok=True)
         return RecordResult(
@@ -454,7 +519,7 @@ class Recorder:
             **{k: np.concatenate(v) for k, v in cols.items()},
             context_ids=context_ids,
             acts=np.concatenate(acts_parts),
-            provenance={"run_id": run_id},
+            provenance={"run_id": run_id, "special_tokens": special_tokens(self.settings)},
             contexts=contexts,
         )
 

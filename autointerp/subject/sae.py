@@ -3,12 +3,15 @@ model, and read its latents off a hook with the encoder only, for the requested 
 
 An SAE directory holds `cfg.json` + `sae_weights.safetensors` (SAELens 6.x or older configs; standard/ReLU,
 TopK and JumpReLU architectures), or a raw Gemma Scope `params.npz` (JumpReLU; the hook must be given).
-Unit ids: `MODEL/HOOK/sae:NAME/LATENT`. The embedded default is a TopK SAE trained here on
-gemma-3-270m `blocks.6.hook_resid_post` (see `sae_train.py`), shipped under autointerp/data/saes/.
+Unit ids: `MODEL/HOOK/sae:NAME-HASH/LATENT`, HASH the first 8 hex digits of `sae_sha256` (the files'
+content), so replaced weights or two folders of the same name never share ids. The embedded default
+is a TopK SAE trained here on gemma-3-270m `blocks.6.hook_resid_post` (see `sae_train.py`), shipped
+under autointerp/data/saes/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -34,6 +37,8 @@ CFG_FILE, WEIGHTS_FILE, NPZ_FILE, METRICS_FILE = (
     "metrics.json",
 )
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+HASH_CHUNK = 1 << 20
+_HASHES: dict[tuple, str] = {}  # (path, (file, size, mtime) ...) -> sha256: each file read once per process
 FAST_MATMUL_MAX_REL_ERR = 1e-5  # plain bf16 is ~1e-2; fp32 is ~1e-6
 
 
@@ -99,10 +104,38 @@ def parse_sae_specs(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def sae_sha256(path: str | Path) -> str:
+    """sha256 over an SAE folder's files that decide its latents: cfg.json + weights, or params.npz.
+
+    Read in chunks; cached by each file's path, size and mtime, so a second call in a process is free
+    and a replaced file is hashed again."""
+    path = resolve_sae_path(path).resolve()
+    files = [path / f for f in (CFG_FILE, WEIGHTS_FILE, NPZ_FILE) if (path / f).is_file()]
+    if (path / CFG_FILE) in files:
+        files = [f for f in files if f.name != NPZ_FILE]  # load_sae reads params.npz only without cfg.json
+    key = (str(path), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+            with f.open("rb") as fh:
+                while chunk := fh.read(HASH_CHUNK):
+                    h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def sae_unit_name(path: str | Path, name: str | None = None) -> str:
+    """The SAE's name in unit ids: `name` (default: the folder's name) + "-" + 8 hex digits of its hash."""
+    base = _NAME_RE.sub("-", name or resolve_sae_path(path).name).strip("-") or "sae"
+    return f"{base}-{sae_sha256(path)[:8]}"
+
+
 class SaeInfo(BaseModel):
     """What autointerp knows of an SAE besides its weights."""
 
-    name: str
+    name: str  # as in unit ids: folder name + 8 hex digits of sha256
+    sha256: str  # of cfg.json + weights (or params.npz): what identifies the SAE
     path: str
     architecture: str
     hook: str
@@ -258,7 +291,8 @@ def load_sae(path: str | Path, hook: str | None = None, name: str | None = None)
         )
     metrics = json.loads((path / METRICS_FILE).read_text()) if (path / METRICS_FILE).exists() else {}
     info = SaeInfo(
-        name=_NAME_RE.sub("-", name or path.name).strip("-") or "sae",
+        name=sae_unit_name(path, name),
+        sha256=sae_sha256(path),
         path=str(path),
         architecture=arch,
         hook=sae.cfg.metadata.hook_name or hook,
