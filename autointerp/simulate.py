@@ -2,12 +2,12 @@
 
 - `exact`: the explanation, then the example's tokens one per line as `token<TAB>digit`. At every
   token the distribution over "0".."9" after its TAB gives the expected value, and the listing goes on
-  with the model's own most likely digit (teacher-forced, one forward step per token with the key/value
-  cache). No placeholder follows a TAB, so the model is never taught to copy one: the probability it
-  puts on the scale (`mass`, kept per token) is what the read-out is made of, and a simulation whose
-  median mass is below `MASS_FLOOR` is reported as failed, never as a score. Works with any backend
-  that returns token probabilities (the local backend natively; an OpenAI-compatible server through
-  prompt logprobs, one request per token).
+  with the model's own most likely digit (teacher-forced, one forward step per token with the
+  key/value cache). No placeholder follows a TAB, so the model is never taught to copy one: the
+  probability it puts on the scale (`mass`, kept per token) is what the read-out is made of, and a
+  simulation whose median mass is below `MASS_FLOOR` is reported as failed, never as a score. Works
+  with any backend that returns token probabilities (the local backend natively; an
+  OpenAI-compatible server through prompt logprobs, one request per token).
 - `json`: the model writes the activations as a JSON list (APIs without logprobs); checked for length
   and range, retried once, and otherwise a SimulationError, never zeros.
 """

@@ -125,7 +125,11 @@ def test_stepwise_read_out_equals_one_full_prompt_per_step():
     llm = LocalLLM("smollm2-135m", dtype="float32", prefix_cache=False)
     reqs = [
         StepwiseRequest(prompt=PREFIX, steps=[f"{w}\t" for w in words], candidates=DIGITS)
-        for words in (["April", "table", " long-winded", "May"], ["Tuesday"], ["winter", "December"])
+        for words in (
+            ["April", "table", " long-winded", "May"],
+            ["Tuesday"],
+            ["winter", "December", "spring"],
+        )
     ]
     native = asyncio.run(llm.stepwise_many(reqs))
     reference = asyncio.run(stepwise_via_token_probs(llm, reqs))

@@ -116,9 +116,6 @@ class StepwiseRequest(BaseModel):
     steps: list[str]
     candidates: list[str]  # each a single token for the backend, e.g. the digits "0".."9"
     after: str = "\n"  # appended after each chosen candidate
-    # which candidate the listing continues with: the most likely one, or (numeric candidates) the one
-    # nearest the expected value, which commits less on an uncertain token than the argmax does
-    follow: Literal["argmax", "expected"] = "argmax"
 
     def cache_key(self, backend: str, model: str) -> str:
         blob = json.dumps({"backend": backend, "model": model, "sw": self.model_dump()}, sort_keys=True)

@@ -31,6 +31,7 @@ from autointerp.llm.base import (
     TokenProbsResponse,
     Usage,
 )
+from autointerp.llm.stepwise import follow
 from autointerp.llm.util import PerLoop, parse_json_answer, schema_instruction
 
 
@@ -63,7 +64,6 @@ class _Steps:
     steps: list[list[int]]  # token ids of each step's text
     cand: list[int]  # candidate token ids
     after: list[int]  # token ids appended after each chosen candidate
-    values: list[float] | None  # numeric candidates' values: follow the one nearest the expected value
 
 
 @dataclass
@@ -125,8 +125,7 @@ class Engine:
             raise TokenizationError(f"A stepwise request for {self.name} has an empty step.")
         head = list(self.tok(req.prompt)["input_ids"])
         after = self.tok.encode(req.after, add_special_tokens=False)
-        values = [float(c) for c in req.candidates] if req.follow == "expected" else None
-        return _Steps(head, steps, self.candidate_ids(req.candidates), after, values)
+        return _Steps(head, steps, self.candidate_ids(req.candidates), after)
 
     def stepwise_batch(self, items: list[_Steps]) -> list[tuple[list[list[float]], list[float], list[int]]]:
         """Per item and step: candidate probabilities, raw candidate mass, index of the chosen candidate."""
@@ -206,12 +205,7 @@ class Engine:
                 probs, mass, chosen = res[b]
                 probs.append(sel.softmax(-1).tolist())
                 mass.append(sel.logsumexp(-1).exp().item())
-                if it.values is None:
-                    chosen.append(int(sel.argmax().item()))
-                else:
-                    p = probs[-1]
-                    mean = sum(v * q for v, q in zip(it.values, p, strict=True))
-                    chosen.append(min(range(len(p)), key=lambda j: abs(it.values[j] - mean)))
+                chosen.append(follow(probs[-1]))
         return res
 
     def token_probs_batch(

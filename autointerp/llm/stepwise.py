@@ -21,13 +21,9 @@ from autointerp.llm.base import (
 )
 
 
-def follow(dist: dict[str, float], how: str = "argmax") -> str:
-    """The candidate a stepwise listing continues with: the most likely (first on a tie), or for
-    numeric candidates the one nearest the expected value."""
-    if how == "expected":
-        mean = sum(float(c) * p for c, p in dist.items())
-        return min(dist, key=lambda c: abs(float(c) - mean))
-    return max(dist, key=dist.__getitem__)
+def follow(probs: list[float]) -> int:
+    """Index of the candidate a stepwise listing continues with: the most likely (first on a tie)."""
+    return max(range(len(probs)), key=probs.__getitem__)
 
 
 async def _probs_many(llm: LLM, reqs: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
@@ -56,7 +52,8 @@ async def stepwise_via_token_probs(llm: LLM, requests: list[StepwiseRequest]) ->
         for i, resp in zip(live, await _probs_many(llm, reqs), strict=True):
             probs[i].append(resp.probs[0])
             mass[i].append(resp.mass[0])
-            chosen[i].append(follow(resp.probs[0], requests[i].follow))
+            dist = resp.probs[0]
+            chosen[i].append(requests[i].candidates[follow([dist[c] for c in requests[i].candidates])])
             usage[i].prompt_tokens += resp.usage.prompt_tokens
             usage[i].completion_tokens += 1
             usage[i].latency_s += resp.usage.latency_s
