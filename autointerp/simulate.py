@@ -19,7 +19,7 @@ import re
 
 from pydantic import BaseModel
 
-from autointerp.llm.base import LLM, ChatRequest, LLMError, StepwiseRequest
+from autointerp.llm.base import LLM, ChatRequest, LLMError, StepwiseRequest, StepwiseResponse
 from autointerp.llm.stepwise import read_stepwise
 from autointerp.prompts import prompt
 from autointerp.sampling import crop
@@ -68,10 +68,14 @@ class ExactSimulator:
             candidates=DIGITS,
         )
 
+    async def read(self, explanation: str, windows: list[list[str]]) -> list[StepwiseResponse]:
+        """The scale distribution (and its mass) at every token of every window."""
+        return await read_stepwise(self.llm, [self.request(explanation, toks) for toks in windows])
+
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
         check_explanation(explanation)
         shown = [crop(e, 0) for e in examples]
-        responses = await read_stepwise(self.llm, [self.request(explanation, toks) for toks, _ in shown])
+        responses = await self.read(explanation, [toks for toks, _ in shown])
         return [
             Simulation(
                 unit_id=e.unit_id,

@@ -34,9 +34,9 @@ from autointerp.bench.meta import truth_rank_credit
 from autointerp.bench.run import BenchSettings, distractors, record_suite
 from autointerp.bench.synthetic import BUILTIN
 from autointerp.llm import get_llm
-from autointerp.llm.base import TokenProbsRequest
+from autointerp.llm.base import TokenProbsRequest, TokenProbsResponse
 from autointerp.metrics import MASS_FLOOR, correlation
-from autointerp.sampling import SampleSettings, crop, sample_unit
+from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.simulate import DIGITS, ExactSimulator, JsonSimulator, Simulation, SimulationError, show_token
 from autointerp.store import Store
 from autointerp.types import Example
@@ -49,27 +49,16 @@ class PlaceholderSimulator(ExactSimulator):
 
     name = "placeholder"
 
-    async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
-        reqs, shown = [], [crop(e, 0) for e in examples]
-        for tokens, _ in shown:
+    async def read(self, explanation: str, windows: list[list[str]]) -> list[TokenProbsResponse]:
+        reqs = []
+        for tokens in windows:
             text, positions = self.prompt.text(explanation=explanation), []
             for tok in tokens:
                 text += show_token(tok) + "\t"
                 positions.append(len(text))
                 text += PLACEHOLDER + "\n"
             reqs.append(TokenProbsRequest(prompt=text + "<end>\n", positions=positions, candidates=DIGITS))
-        resps = await self.llm.token_probs_many(reqs)
-        return [
-            Simulation(
-                unit_id=e.unit_id,
-                kind=e.kind,
-                rank=e.rank,
-                expected=[sum(int(d) * p for d, p in dist.items()) for dist in r.probs],
-                true=acts,
-                mass=r.mass,
-            )
-            for e, (_, acts), r in zip(examples, shown, resps, strict=True)
-        ]
+        return await self.llm.token_probs_many(reqs)
 
 
 async def simulate(sim, text: str, test: list[Example]) -> tuple[list[Simulation], int]:  # noqa: ANN001
