@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from autointerp import label, record_units
 from autointerp.cli import app
 from autointerp.errors import UserError
+from autointerp.metrics import MASS_FLOOR
 from autointerp.store import Store
 
 pytestmark = pytest.mark.slow
@@ -41,8 +42,13 @@ def test_label_stores_explanations_and_scores_with_provenance(db):
             else:
                 assert s.reason
         corr = scores["correlation"]
-        assert corr.simulator == f"{LLM}#exact" and corr.prompt == "simulate-exact@1"
+        assert corr.simulator == f"{LLM}#exact" and corr.prompt == "simulate-exact@2"
         assert len(corr.details["predicted"]) == corr.details["n_test"] > 0
+        assert {len(p) for p in corr.details["predicted"]} == {31}  # 32-token windows, BOS left out
+        mass = corr.details["scale_mass"]  # the stepwise read-out keeps its probability on the digits
+        assert (
+            mass["n"] % 31 == 0 and mass["n"] >= 31 * corr.details["n_test"] and mass["median"] >= MASS_FLOOR
+        )
     run = [r for r in store.runs("label")][0]
     assert run.status == "complete"
 
