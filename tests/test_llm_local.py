@@ -139,3 +139,5 @@ def test_stepwise_read_out_equals_one_full_prompt_per_step():
             assert [pa[d] for d in DIGITS] == pytest.approx([pb[d] for d in DIGITS], abs=1e-4)
         assert a.mass == pytest.approx(b.mass, abs=1e-4)
     assert native[0].usage.completion_tokens == 4
+    with pytest.raises(UserError, match="single-token candidates"):  # a 0-10 scale: "10" is two tokens
+        asyncio.run(llm.stepwise_many([StepwiseRequest(prompt=PREFIX, steps=["May\t"], candidates=["10"])]))

@@ -163,6 +163,28 @@ def test_token_probs_match_the_servers_next_token_distribution(llama_server):
         asyncio.run(llm.token_probs(TokenProbsRequest(prompt=prompt, positions=[cut - 3], candidates=digits)))
 
 
+def test_stepwise_read_out_through_a_server_continues_with_its_own_digits(llama_server, tmp_path):
+    from autointerp.llm import StepwiseRequest
+
+    llm = _server_llm(llama_server, Store(tmp_path / "s.db"))
+    digits = [str(i) for i in range(10)]
+    req = StepwiseRequest(
+        prompt="Rate how much each word names a month (0-9).\nMarch\t9\nbanana\t0\n",
+        steps=["June\t", "table\t", "October\t"],
+        candidates=digits,
+    )
+    (resp,) = asyncio.run(llm.stepwise_many([req]))
+    assert len(resp.probs) == len(resp.mass) == len(resp.chosen) == 3
+    assert resp.chosen == [max(p, key=p.get) for p in resp.probs]  # each step follows its own best digit
+    # the third step reads the prompt with the first two answers filled in: the same as asking for it
+    third = TokenProbsRequest(
+        prompt=req.prefix(resp.chosen[:2]), positions=[len(req.prefix(resp.chosen[:2]))], candidates=digits
+    )
+    direct = asyncio.run(llm.token_probs(third))
+    assert direct.probs[0] == pytest.approx(resp.probs[2], abs=0.03)  # llama.cpp batch-shape noise
+    assert asyncio.run(llm.stepwise_many([req]))[0].usage.cached
+
+
 def test_concurrency_is_bounded_and_used(llama_server, tmp_path):
     counter = Counter()
     llm = _server_llm(llama_server, Store(tmp_path / "c.db"), concurrency=3, counter=counter)
