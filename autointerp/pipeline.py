@@ -25,6 +25,8 @@ from autointerp.explain import CONTRAST_SHOWN, METHODS, ExplainSettings, Explana
 from autointerp.explain import revise as revise_explanation
 from autointerp.llm import get_llm
 from autointerp.llm.base import LLM, LLMError
+from autointerp.llm.stepwise import read_stepwise
+from autointerp.llm.util import token_probs_many
 from autointerp.sampling import SampleSettings, UnitSample, digest, normalize, sample_unit
 from autointerp.simulate import make_simulator
 from autointerp.store import Store
@@ -103,15 +105,12 @@ class TokenMeter:
         return resp
 
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
-        many = getattr(self.llm, "token_probs_many", None)
-        resps = await many(requests) if many else [await self.llm.token_probs(r) for r in requests]
+        resps = await token_probs_many(self.llm, requests)
         for r in resps:
             self._count(r.usage)
         return resps
 
     async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
-        from autointerp.llm.stepwise import read_stepwise
-
         resps = await read_stepwise(self.llm, requests)
         for r in resps:
             self._count(r.usage)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from autointerp import metrics
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message, TokenProbsRequest
+from autointerp.llm.util import token_probs_many
 from autointerp.prompts import prompt
 from autointerp.sampling import UnitSample, body_start, crop
 from autointerp.simulate import ExactSimulator, JsonSimulator, Simulation, show_token
@@ -149,8 +150,7 @@ async def _judge(llm: LLM, template: str, explanation: str, texts: list[str], ba
             for j in live:
                 text = heads[j] + " [" + "".join(a + "," for a in answers[j])
                 reqs.append(TokenProbsRequest(prompt=text, positions=[len(text)], candidates=["1", "0"]))
-            many = getattr(llm, "token_probs_many", None)
-            resps = await many(reqs) if many else [await llm.token_probs(r) for r in reqs]
+            resps = await token_probs_many(llm, reqs)
             for j, r in zip(live, resps, strict=True):
                 i = chunks[j][k]
                 p_yes[i], mass[i] = r.probs[0]["1"], r.mass[0]

@@ -29,6 +29,7 @@ from autointerp.llm.base import (
     TokenProbsResponse,
 )
 from autointerp.llm.stepwise import read_stepwise
+from autointerp.llm.util import token_probs_many
 from autointerp.store import Store
 from autointerp.types import LLMCallRecord
 
@@ -75,14 +76,9 @@ class CachedLLM:
 
     async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
         """Many prompts at once: cache hits are served, the misses go to the backend as one batch."""
-
-        async def perform(reqs: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
-            many = getattr(self.inner, "token_probs_many", None)
-            if many is not None:
-                return list(await many(reqs))
-            return list(await asyncio.gather(*(self.inner.token_probs(r) for r in reqs)))
-
-        return await self._many(requests, "token_probs", TokenProbsResponse, perform)
+        return await self._many(
+            requests, "token_probs", TokenProbsResponse, lambda reqs: token_probs_many(self.inner, reqs)
+        )
 
     async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
         """Stepwise read-outs (see `llm.stepwise`): cache hits served, the misses sent as one batch."""

@@ -8,29 +8,20 @@ prompt logprobs; servers that cache prompt prefixes make this cheap).
 
 from __future__ import annotations
 
-import asyncio
-
 from autointerp.llm.base import (
     LLM,
     LLMError,
     StepwiseRequest,
     StepwiseResponse,
     TokenProbsRequest,
-    TokenProbsResponse,
     Usage,
 )
+from autointerp.llm.util import token_probs_many
 
 
 def follow(probs: list[float]) -> int:
     """Index of the candidate a stepwise listing continues with: the most likely (first on a tie)."""
     return max(range(len(probs)), key=probs.__getitem__)
-
-
-async def _probs_many(llm: LLM, reqs: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
-    many = getattr(llm, "token_probs_many", None)
-    if many is not None:
-        return list(await many(reqs))
-    return list(await asyncio.gather(*(llm.token_probs(r) for r in reqs)))
 
 
 async def stepwise_via_token_probs(llm: LLM, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
@@ -49,7 +40,7 @@ async def stepwise_via_token_probs(llm: LLM, requests: list[StepwiseRequest]) ->
             reqs.append(
                 TokenProbsRequest(prompt=text, positions=[len(text)], candidates=requests[i].candidates)
             )
-        for i, resp in zip(live, await _probs_many(llm, reqs), strict=True):
+        for i, resp in zip(live, await token_probs_many(llm, reqs), strict=True):
             probs[i].append(resp.probs[0])
             mass[i].append(resp.mass[0])
             dist = resp.probs[0]
