@@ -1,7 +1,24 @@
-"""autointerp: record, explain, simulate and score the units of a transformer."""
+"""autointerp: record, explain, simulate and score the units of a transformer.
+
+The public API is imported on first use, so `import autointerp` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from autointerp.errors import UserError
-from autointerp.pipeline import label
-from autointerp.record import record_units
+
+if TYPE_CHECKING:
+    from autointerp.pipeline import label
+    from autointerp.record import record_units
 
 __all__ = ["UserError", "label", "record_units"]
+_LAZY = {"label": "autointerp.pipeline", "record_units": "autointerp.record"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autointerp' has no attribute {name!r}")

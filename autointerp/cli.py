@@ -11,11 +11,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from autointerp.errors import UserError
+from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, require_local
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
@@ -36,7 +37,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}")
+            err.print(f"[red]error:[/red] {escape(str(e))}")  # a message is text, not markup
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
@@ -88,6 +89,8 @@ def setup(
     unknown = [n for n in only or [] if n not in assets.ASSETS]
     if unknown:
         raise UserError(f"Unknown asset {unknown[0]!r}; choose from {', '.join(assets.ASSETS)}.")
+    if any(assets.ASSETS[n].kind == "gguf" for n in only or assets.ASSETS):  # cached as bf16 copies
+        require_local("autointerp setup", ("torch", "transformers"))
     with err.status("setting up embedded assets"):
         paths = assets.setup(only, log=lambda m: err.print(f"  [green]ok[/green] {m}"))
     console.print(f"{len(paths)} assets ready under {assets.home()}")
@@ -129,6 +132,7 @@ def record(
     ] = False,
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
+    require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
     from autointerp.record import record_units
     from autointerp.subject.sae import parse_sae_specs
 
@@ -193,6 +197,7 @@ def train_sae(
     seed: int = 0,
 ) -> None:
     """Train a TopK SAE on a hook and report variance explained, loss recovered and dead latents."""
+    require_local("autointerp train-sae", SAE_STACK)
     from autointerp.subject.sae_train import train_sae_command
 
     r = train_sae_command(
@@ -223,7 +228,12 @@ def train_sae(
 def _register_counterfactuals() -> None:
     from autointerp.counterfactual import counterfactuals_command  # torch/transformers are imported lazily
 
-    app.command(name="counterfactuals")(user_errors(counterfactuals_command))
+    @functools.wraps(counterfactuals_command)
+    def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        require_local("autointerp counterfactuals")
+        return counterfactuals_command(*args, **kwargs)
+
+    app.command(name="counterfactuals")(user_errors(command))
 
 
 _register_counterfactuals()
@@ -325,6 +335,8 @@ def label(
     ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
+    if counterfactuals:
+        require_local("autointerp label --counterfactuals")
     from autointerp.pipeline import label as run_label
     from autointerp.score import ScoreSettings
 
@@ -415,6 +427,7 @@ def demo(
     ] = 3,
 ) -> None:
     """The main job on the embedded default: record Gemma 3 270M neurons and SAE latents, label a few."""
+    require_local("autointerp demo", SAE_STACK)
     from autointerp import assets
     from autointerp.store import Store
 
@@ -471,6 +484,7 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
+    require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
 

@@ -4,7 +4,7 @@ examples, LLM-written edits that switch a unit off (or on), and hard negatives.
 - `attribute`: how much the activation at an example's peak drops when each earlier token is deleted
   or replaced by a neutral token (one batched forward pass per kind of edit).
 - `minimal_example`: the shortest suffix ending at the peak (BOS kept) that keeps `keep_frac` of it.
-- LLM counterfactuals: a jinja2 prompt (prompts/counterfactual_{off,on}.j2) asks for a minimal edit;
+- LLM counterfactuals: a jinja2 prompt (templates/counterfactual_{off,on}.j2) asks for a minimal edit;
   every parsed candidate runs through the subject model and is kept only if the activation really
   moved past the threshold. A malformed answer or an unmoved activation is a recorded failure.
 - `hard_negatives`: non-firing windows nearest to the activating ones by MiniLM embedding.
@@ -387,7 +387,7 @@ def minimal_example(probe: UnitProbe, example: Example, keep_frac: float = 0.8) 
 
 # -- prompts ------------------------------------------------------------------------------------------
 class Prompt(BaseModel):
-    """A chat template from prompts/ (loaded by `autointerp.prompts`), tagged name@version."""
+    """A chat template from templates/ (loaded by `autointerp.prompts`), tagged name@version."""
 
     file: str
     tag: str
@@ -402,7 +402,7 @@ class Prompt(BaseModel):
 
 
 def load_prompt(name: str) -> Prompt:
-    """prompts/NAME.j2 (its first comment names it and its version)."""
+    """templates/NAME.j2 (its first comment names it and its version)."""
     from autointerp.prompts import prompt
 
     return Prompt(file=f"{name}.j2", tag=prompt(f"{name}.j2").id)

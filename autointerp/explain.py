@@ -1,6 +1,6 @@
 """Explainers: turn a unit's examples into a short explanation with an LLM.
 
-Methods (prompt templates in prompts/): `top` (token<TAB>activation records), `highlight` (activating
+Methods (prompt templates in templates/): `top` (token<TAB>activation records), `highlight` (activating
 tokens in [[ ]] plus the top tokens with counts), `contrastive` (activating vs non-activating or
 counterfactual text). An empty or unusable answer raises ExplanationError; it is never stored.
 """

@@ -1,4 +1,5 @@
-"""Prompt templates: jinja2 files in prompts/, each naming itself and its version in its first comment.
+"""Prompt templates: jinja2 files shipped in autointerp/templates/ (or the folder $AUTOINTERP_PROMPTS),
+each naming itself and its version in its first comment.
 
 A chat template separates messages with `### system`, `### user` and `### assistant` lines; a raw
 template (for token probabilities) is plain text. Every result records `name@version`.
@@ -16,7 +17,7 @@ import jinja2
 from autointerp.errors import UserError
 from autointerp.llm.base import Message
 
-PROMPTS_DIR = Path(os.environ.get("AUTOINTERP_PROMPTS", Path(__file__).resolve().parents[1] / "prompts"))
+PROMPTS_DIR = Path(os.environ.get("AUTOINTERP_PROMPTS", Path(__file__).resolve().parent / "templates"))
 _HEADER = re.compile(r"name:\s*(?P<name>[\w.-]+)\s+version:\s*(?P<version>\w+)")
 _ROLE = re.compile(r"^### (system|user|assistant)\s*$", re.MULTILINE)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from autointerp.errors import UserError
+from autointerp.errors import UserError, require_local
 from autointerp.llm.base import (
     LLM,
     Capabilities,
@@ -83,6 +83,7 @@ def get_llm(
     """The LLM named by `spec`, served through the store's cache (`no_cache`: always call, still record)."""
     s = parse_spec(spec)
     if s.backend == "local":
+        require_local(spec, ("torch", "transformers"))
         from autointerp.llm.local import LocalLLM, resolve
 
         resolve(s.model)  # a bad path fails here, before any model loads

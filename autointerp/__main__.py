@@ -1,0 +1,5 @@
+"""`python -m autointerp`: the command line."""
+
+from autointerp.cli import main
+
+main()
