@@ -266,6 +266,7 @@ def show(
     width: Annotated[int, typer.Option(help="Tokens shown around each peak (0: the whole window).")] = 24,
 ) -> None:
     """Show a unit's statistics and examples, the activating tokens highlighted."""
+    from autointerp.render import peak_slice
     from autointerp.store import Store
     from autointerp.types import UnitRef
 
@@ -291,9 +292,7 @@ def show(
     table.add_column("context")
     for e in examples:
         label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
-        lo = max(0, e.max_pos - (3 * width) // 4) if width else 0
-        hi = lo + width if width else len(e.acts)
-        table.add_row(label, f"{e.max_act:.3g}", highlight(e.context.tokens[lo:hi], e.acts[lo:hi], s.max))
+        table.add_row(label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max))
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")

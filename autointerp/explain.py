@@ -1,21 +1,26 @@
 """Explainers: turn a unit's examples into a short explanation with an LLM.
 
-Methods (prompt templates in templates/): `top` (token<TAB>activation records), `highlight` (activating
-tokens in [[ ]] plus the top tokens with counts), `contrastive` (activating vs non-activating or
-counterfactual text). An empty or unusable answer raises ExplanationError; it is never stored.
+An `Explainer` takes one unit's sample and returns one explanation; explainers are registered by name
+in `EXPLAINERS` (the `--methods` of `label` and `bench`). Built in (prompt templates in templates/):
+`top` (token<TAB>activation records), `highlight` (activating tokens in [[ ]] plus the top tokens with
+counts), `contrastive` (activating vs non-activating or counterfactual text). An empty or unusable
+answer raises ExplanationError; it is never stored.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message
 from autointerp.prompts import Prompt, prompt
-from autointerp.sampling import UnitSample, body_start, crop, crop_start, normalize
-from autointerp.simulate import show_token
+from autointerp.registry import Registry
+from autointerp.render import MARK_AT, crop, marked, marked_errors, normalize, show_token
+from autointerp.sampling import UnitSample
 from autointerp.types import Example
 
 METHODS = {
@@ -23,7 +28,6 @@ METHODS = {
     "highlight": "explain_highlight.j2",
     "contrastive": "explain_contrastive.j2",
 }
-MARK_AT = 0.4  # a token is "activating" (marked [[ ]]) at >= 40% of the unit's max
 CONTRAST_SHOWN = 6  # the contrastive explainer reads this many positives and this many contrasts
 
 
@@ -49,14 +53,6 @@ def parse_explanation(text: str) -> str:
         if line:
             return line[:200]
     raise ExplanationError(f"the explainer's answer holds no explanation: {text[:80]!r}")
-
-
-def marked(example: Example, unit_max: float, window: int) -> str:
-    tokens, acts = crop(example, window)
-    return "".join(
-        f"[[{t}]]" if unit_max > 0 and a >= MARK_AT * unit_max else t
-        for t, a in zip(tokens, acts, strict=True)
-    )
 
 
 def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
@@ -120,16 +116,7 @@ async def revise(
     """
     _, messages = render(s.method, sample, window)
     unit_max = sample.unit.stats.max
-    lines = []
-    for e, predicted in wrong:
-        tokens, acts = crop(e, window)
-        lo = crop_start(e, window) - body_start(e)  # simulations leave the leading BOS out
-        pred = predicted[lo : lo + len(tokens)]
-        shown = "".join(
-            ("[[" + t + "]]" if a >= MARK_AT * unit_max else t) if p < 4.5 else "{{" + t + "}}"
-            for t, a, p in zip(tokens, acts, pred, strict=True)
-        )
-        lines.append(show_token(shown))
+    lines = [marked_errors(e, unit_max, window, predicted) for e, predicted in wrong]
     feedback = (
         f"Your explanation was: {explanation}\n"
         "It predicted these examples badly. [[ ]] marks where the neuron really fires; {{ }} marks where "
@@ -144,3 +131,53 @@ async def revise(
     ]
     resp = await llm.chat(ChatRequest(messages=messages, temperature=s.temperature, max_tokens=s.max_tokens))
     return parse_explanation(resp.text)
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """One unit's sample in, one explanation out."""
+
+    name: str
+    prompt: str  # what produced it (template name@version): part of the explanation's id
+
+    def reads(self, sample: UnitSample) -> list[Example]:
+        """The examples it shows the LLM (their digest is part of the explanation's id)."""
+        ...
+
+    async def __call__(self, sample: UnitSample, seed: int = 0, temperature: float | None = None) -> str: ...
+
+    async def revise(
+        self, sample: UnitSample, explanation: str, wrong: list[tuple[Example, list[float]]]
+    ) -> str:
+        """A better explanation, given the examples (with their simulations) it predicted worst."""
+        ...
+
+
+ExplainerFactory = Callable[[LLM, int], Explainer]  # (the explainer LLM, tokens shown per example)
+EXPLAINERS: Registry[ExplainerFactory] = Registry("explainer method")
+
+
+class PromptExplainer:
+    """A built-in method: one few-shot prompt template, answered with one short phrase."""
+
+    def __init__(self, llm: LLM, window: int, method: str):
+        self.llm, self.window, self.name = llm, window, method
+        self.settings = ExplainSettings(method=method)
+        self.prompt = prompt(METHODS[method]).id
+
+    def reads(self, sample: UnitSample) -> list[Example]:
+        if self.name == "contrastive":
+            return [*sample.explain, *sample.contrast[:CONTRAST_SHOWN]]
+        return list(sample.explain)
+
+    async def __call__(self, sample: UnitSample, seed: int = 0, temperature: float | None = None) -> str:
+        return (await propose(self.llm, sample, self.settings, self.window, seed, temperature))[0]
+
+    async def revise(
+        self, sample: UnitSample, explanation: str, wrong: list[tuple[Example, list[float]]]
+    ) -> str:
+        return await revise(self.llm, sample, self.settings, self.window, explanation, wrong)
+
+
+for _method in METHODS:
+    EXPLAINERS.register(_method)(lambda llm, window, m=_method: PromptExplainer(llm, window, m))

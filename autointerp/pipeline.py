@@ -20,14 +20,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from autointerp import score as scoring
+from autointerp.aio import run_sync
 from autointerp.errors import UserError
-from autointerp.explain import CONTRAST_SHOWN, METHODS, ExplainSettings, ExplanationError, propose
-from autointerp.explain import revise as revise_explanation
-from autointerp.llm import get_llm
+from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
+from autointerp.llm import CachedLLM, get_llm
 from autointerp.llm.base import LLM, LLMError
-from autointerp.llm.stepwise import read_stepwise
-from autointerp.llm.util import token_probs_many
-from autointerp.sampling import SampleSettings, UnitSample, digest, normalize, sample_unit
+from autointerp.render import normalize
+from autointerp.sampling import SampleSettings, UnitSample, digest, sample_unit
+from autointerp.score import SCORERS, ScoreRecord
 from autointerp.simulate import make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, UnitRef, now
@@ -78,7 +78,7 @@ class LabelSummary(BaseModel):
         return [r for r in self.results if r.error]
 
 
-class TokenMeter:
+class TokenMeter(LLM):
     """Wraps an LLM and adds up the tokens of the calls it actually made (cache hits cost nothing)."""
 
     def __init__(self, llm: LLM):
@@ -105,13 +105,13 @@ class TokenMeter:
         return resp
 
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
-        resps = await token_probs_many(self.llm, requests)
+        resps = await self.llm.token_probs_many(requests)
         for r in resps:
             self._count(r.usage)
         return resps
 
     async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
-        resps = await read_stepwise(self.llm, requests)
+        resps = await self.llm.stepwise_many(requests)
         for r in resps:
             self._count(r.usage)
         return resps
@@ -134,45 +134,34 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str, 
 
 class Labeller:
     def __init__(self, store: Store, s: LabelSettings, explainer: LLM, simulator: LLM):
-        unknown = [m for m in s.methods if m not in METHODS]
-        if unknown:
-            raise UserError(f"Unknown explainer method {unknown[0]!r}; use {', '.join(METHODS)}.")
-        bad = [x for x in s.scorers if x not in scoring.SCORERS]
-        if bad:
-            raise UserError(f"Unknown scorer {bad[0]!r}; use {', '.join(scoring.SCORERS)}.")
+        EXPLAINERS.check(s.methods)
+        SCORERS.check(s.scorers)
         self.store, self.s = store, s
         self.explainer, self.sim_llm = TokenMeter(explainer), TokenMeter(simulator)
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
+        self.explainers: dict[str, Explainer] = {
+            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods
+        }
+        self.scorers = {x: SCORERS[x](self.simulator, self.sim_llm) for x in s.scorers}
         self.run_id = (
             "lab-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
         )
 
     def score_fields(self, scorer: str) -> dict:
-        if scorer in ("correlation", "counterfactual"):
-            return {
-                "simulator": f"{self.sim_llm.spec}#{self.simulator.name}",
-                "prompt": self.simulator.prompt.id,
-            }
-        if scorer == "embedding":
-            return {"simulator": "local:all-minilm-l6-v2", "prompt": ""}
-        from autointerp.prompts import prompt
-
-        return {"simulator": self.sim_llm.spec, "prompt": prompt(f"{scorer}.j2").id}
+        """What a configured scorer records as its producer: its simulator (or judge) and prompt."""
+        sc = self.scorers[scorer]
+        return {"simulator": sc.source, "prompt": sc.prompt}
 
     def explain_inputs(self, sample: UnitSample, method: str) -> str:
         """Digest of the examples the explainer reads for `method` (its explanation id includes it)."""
-        seen = list(sample.explain)
-        if method == "contrastive":
-            seen += sample.contrast[:CONTRAST_SHOWN]
+        seen = list(self.explainers[method].reads(sample))
         if self.s.best_of > 1 or self.s.revise:
             seen += sample.validation
         return digest(seen)
 
     def exp_id(self, unit_id: str, method: str, sample: UnitSample) -> str:
-        from autointerp.prompts import prompt
-
         inputs = self.explain_inputs(sample, method)
-        return explanation_id(unit_id, method, self.s, prompt(METHODS[method]).id, inputs)
+        return explanation_id(unit_id, method, self.s, self.explainers[method].prompt, inputs)
 
     @staticmethod
     def score_inputs(sample: UnitSample) -> str:
@@ -196,23 +185,20 @@ class Labeller:
         return self.store.get_explanation(exp_id) is not None and want <= have
 
     async def explain(self, sample: UnitSample, method: str) -> tuple[str, str, dict]:
-        es = ExplainSettings(method=method)
-        text, prompt_id = await propose(self.explainer, sample, es, self.s.sample.explain_window)
+        explainer = self.explainers[method]
+        text, prompt_id = await explainer(sample), explainer.prompt
         extra: dict = {}
         if self.s.best_of > 1 and sample.validation:
             candidates = [text]
             for seed in range(1, self.s.best_of):
                 try:
-                    cand, _ = await propose(
-                        self.explainer, sample, es, self.s.sample.explain_window, seed, 0.7
-                    )
-                    candidates.append(cand)
+                    candidates.append(await explainer(sample, seed, 0.7))
                 except ExplanationError:
                     continue
             val_scores = []
             for cand in candidates:
                 sims = await self.simulator.simulate(cand, sample.validation)
-                val_scores.append(scoring._corr(sims))
+                val_scores.append(scoring.sim_correlation(sims))
             best = max(
                 range(len(candidates)),
                 key=lambda i: -1.0 if val_scores[i] != val_scores[i] else val_scores[i],
@@ -220,12 +206,12 @@ class Labeller:
             text = candidates[best]
             extra = {"candidates": candidates, "validation_correlation": val_scores}
         if self.s.revise and sample.validation:
-            extra["revision"] = await self.revision(sample, es, text)
+            extra["revision"] = await self.revision(sample, explainer, text)
             if extra["revision"]["kept"]:
                 text = extra["revision"]["text"]
         return text, prompt_id, extra
 
-    async def revision(self, sample: UnitSample, es: ExplainSettings, text: str) -> dict:
+    async def revision(self, sample: UnitSample, explainer: Explainer, text: str) -> dict:
         """Show the explainer the 3 explain examples its explanation predicted worst; keep the revised
         explanation only if it scores better on the validation set."""
         unit_max = sample.unit.stats.max
@@ -237,18 +223,11 @@ class Labeller:
 
         worst = sorted(zip(sample.explain, sims, strict=True), key=lambda es_: -error(es_[1]))[:3]
         try:
-            revised = await revise_explanation(
-                self.explainer,
-                sample,
-                es,
-                self.s.sample.explain_window,
-                text,
-                [(e, sim.expected) for e, sim in worst],
-            )
+            revised = await explainer.revise(sample, text, [(e, sim.expected) for e, sim in worst])
         except ExplanationError as e:
             return {"text": None, "kept": False, "error": str(e)}
-        before = scoring._corr(await self.simulator.simulate(text, sample.validation))
-        after = scoring._corr(await self.simulator.simulate(revised, sample.validation))
+        before = scoring.sim_correlation(await self.simulator.simulate(text, sample.validation))
+        after = scoring.sim_correlation(await self.simulator.simulate(revised, sample.validation))
         kept = not math.isnan(after) and (math.isnan(before) or after > before)
         return {"text": revised, "kept": kept, "validation_before": before, "validation_after": after}
 
@@ -256,32 +235,25 @@ class Labeller:
         self, exp_id: str, unit_id: str, text: str, sample: UnitSample
     ) -> list[Score]:
         """Every configured scorer on one explanation, each row carrying this run's provenance."""
-        fields = {
-            "explanation_id": exp_id,
-            "unit_id": unit_id,
-            "run_id": self.run_id,
-            "settings": {**self.s.score.model_dump(), "inputs": self.score_inputs(sample)},
-        }
-        return await self.score(text, sample, fields)
+        record = ScoreRecord(
+            explanation=text,
+            sample=sample,
+            settings=self.s.score,
+            explanation_id=exp_id,
+            unit_id=unit_id,
+            run_id=self.run_id,
+            recorded={**self.s.score.model_dump(), "inputs": self.score_inputs(sample)},
+        )
+        return await self.score(record)
 
-    async def score(self, text: str, sample: UnitSample, fields: dict) -> list[Score]:
+    async def score(self, record: ScoreRecord) -> list[Score]:
         out = []
-        for scorer in self.s.scorers:
-            f = {**fields, **self.score_fields(scorer)}
+        for name, scorer in self.scorers.items():
             t0 = time.perf_counter()
             try:
-                if scorer == "correlation":
-                    out.append(await scoring.correlation(self.simulator, text, sample, self.s.score, **f))
-                elif scorer == "detection":
-                    out.append(await scoring.detection(self.sim_llm, text, sample, self.s.score, **f))
-                elif scorer == "fuzzing":
-                    out.append(await scoring.fuzzing(self.sim_llm, text, sample, self.s.score, **f))
-                elif scorer == "counterfactual":
-                    out.append(await scoring.counterfactual(self.simulator, text, sample, self.s.score, **f))
-                else:
-                    out.append(await scoring.embedding(text, sample, self.s.score, **f))
+                out.append(await scorer(record))
             except LLMError as e:
-                out.append(scoring.failed(scorer, e, **f))
+                out.append(scoring.failed(name, e, **record.row(scorer)))
             out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
@@ -390,7 +362,7 @@ def resolve_units(store: Store, units: list[str] | None, limit: int | None = Non
     return ids[:limit] if limit else ids
 
 
-def label(
+async def alabel(
     db: str | Path,
     units: list[str] | None = None,
     *,
@@ -403,7 +375,7 @@ def label(
     counterfactuals: bool = False,
     **settings,
 ) -> LabelSummary:
-    """Explain and score units of a recorded store (the Python API behind `autointerp label`).
+    """Explain and score units of a recorded store: the async core of `label` (await it in async code).
 
     `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
@@ -421,8 +393,23 @@ def label(
     )
     labeller = Labeller(store, s, exp_llm, sim_llm)
     if counterfactuals:
-        add_counterfactuals(store, unit_ids, exp_llm)
-    return asyncio.run(labeller.run(unit_ids, progress))
+        # The generator is synchronous (it runs its own event loop): a worker thread, with its own
+        # connection to the store (sqlite connections stay in their thread) and the same backend.
+        await asyncio.to_thread(_counterfactuals_in_thread, store.path, unit_ids, exp_llm)
+    return await labeller.run(unit_ids, progress)
+
+
+def label(db: str | Path, units: list[str] | None = None, **kwargs) -> LabelSummary:
+    """Explain and score units of a recorded store (the Python API behind `autointerp label`).
+
+    Keyword arguments as `alabel`; works with or without a running event loop (e.g. in Jupyter).
+    """
+    return run_sync(alabel(db, units, **kwargs))
+
+
+def _counterfactuals_in_thread(db: Path, unit_ids: list[str], llm: CachedLLM) -> None:
+    store = Store(db)
+    add_counterfactuals(store, unit_ids, CachedLLM(llm.inner, store, no_cache=llm.no_cache))
 
 
 def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jinja2
 
+from autointerp.render import peak_slice
 from autointerp.store import Store
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>autointerp report</title>
@@ -45,9 +46,7 @@ def write_report(store: Store, path: str | Path) -> Path:
         top = store.examples(exp.unit_id, "top")[:1]
         example = ""
         if top and unit:
-            e = top[0]
-            lo = max(0, e.max_pos - 18)
-            example = _example_html(e.context.tokens[lo : lo + 24], e.acts[lo : lo + 24], unit.stats.max)
+            example = _example_html(*peak_slice(top[0], 24), unit.stats.max)
         rows.append(
             {
                 "unit": exp.unit_id,

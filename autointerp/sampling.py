@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 
 from pydantic import BaseModel
@@ -95,39 +94,3 @@ def digest(examples: Iterable[Example]) -> str:
     """A short hash of which examples these are (kind, rank, window, peak): it changes when the store's do."""
     key = [(e.kind, e.rank, e.context.id, round(e.max_act, 5)) for e in examples]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
-
-
-def normalize(acts: list[float], unit_max: float) -> list[int]:
-    """0-9 integers: activation / unit max, negatives as 0 (single-digit tokens for every tokenizer)."""
-    if unit_max <= 0:
-        return [0] * len(acts)
-    return [min(9, max(0, int(9 * a / unit_max))) for a in acts]
-
-
-_SPECIAL = re.compile(r"<\|?[\w.-]+\|?>")  # <bos>, <s>, <|endoftext|>, <|begin_of_text|>: special tokens
-
-
-def body_start(example: Example) -> int:
-    """1 where the window opens with a special token (BOS), else 0: it is never shown or scored."""
-    tokens = example.context.tokens
-    return 1 if tokens and _SPECIAL.fullmatch(tokens[0]) else 0
-
-
-def crop_start(example: Example, window: int) -> int:
-    """Where `crop` starts: 3/4 of the window before the peak, kept inside the example's body (no BOS)."""
-    first = body_start(example)
-    n = len(example.acts)
-    if not window or window >= n - first:
-        return first
-    peak = first + max(range(n - first), key=lambda i: example.acts[first + i])
-    return max(first, min(peak - (3 * window) // 4, n - window))
-
-
-def crop(example: Example, window: int) -> tuple[list[str], list[float]]:
-    """Tokens and activations around the example's peak (3/4 of the window before it); 0: the whole body.
-
-    A leading special token (BOS) is left out: it is not an activation of interest.
-    """
-    lo = crop_start(example, window)
-    hi = lo + window if window else len(example.acts)
-    return example.context.tokens[lo:hi], example.acts[lo:hi]

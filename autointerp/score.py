@@ -9,6 +9,10 @@
 - embedding: does the explanation retrieve firing over non-firing windows by MiniLM similarity (AUC).
 An undefined value is status "nan" with its reason; a failed LLM call, or a judge that puts less than
 metrics.MASS_FLOOR of its probability on the answers, is status "failed".
+
+A `Scorer` takes one `ScoreRecord` (an explanation, the unit's sample, provenance) and returns one
+`Score`; scorers are registered by name in `SCORERS` (the `--scorers` of `label` and `bench`), each
+built from the run's simulator and simulator LLM.
 """
 
 from __future__ import annotations
@@ -18,18 +22,20 @@ import json
 import math
 import random
 import statistics
+from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from autointerp import metrics
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message, TokenProbsRequest
-from autointerp.llm.util import token_probs_many
 from autointerp.prompts import prompt
-from autointerp.sampling import UnitSample, body_start, crop
-from autointerp.simulate import ExactSimulator, JsonSimulator, Simulation, show_token
+from autointerp.registry import Registry
+from autointerp.render import body, marked_at, window, window_text
+from autointerp.sampling import UnitSample
+from autointerp.simulate import Simulation, Simulator
 from autointerp.types import Example, Score
 
-SCORERS = ("correlation", "detection", "fuzzing", "embedding", "counterfactual")
 MOVE = 1.0  # the simulated peak must move this much (0-9 scale) in the verified direction
 
 
@@ -59,7 +65,8 @@ def failed(scorer: str, error: Exception, **fields) -> Score:
     )
 
 
-def _corr(sims: list[Simulation]) -> float:
+def sim_correlation(sims: list[Simulation]) -> float:
+    """Pearson correlation of the simulations' predictions with the truth, all tokens concatenated."""
     return metrics.correlation([s.true for s in sims], [s.expected for s in sims])
 
 
@@ -83,7 +90,7 @@ def below_floor(scorer: str, mass: dict | None, details: dict, **fields) -> Scor
 
 
 async def correlation(
-    sim: ExactSimulator | JsonSimulator,
+    sim: Simulator,
     explanation: str,
     sample: UnitSample,
     s: ScoreSettings,
@@ -95,12 +102,12 @@ async def correlation(
     q_examples = [e for q in sorted(by_q) for e in by_q[q][: s.n_per_quantile]]
     sims = await sim.simulate(explanation, sample.test + q_examples)
     test, q_sims = sims[: len(sample.test)], sims[len(sample.test) :]
-    value = _corr(test)
+    value = sim_correlation(test)
     details = {
-        "top_only": _corr([x for x in test if x.kind == "top"]),
-        "random_only": _corr([x for x in test if x.kind == "random"]),
+        "top_only": sim_correlation([x for x in test if x.kind == "top"]),
+        "random_only": sim_correlation([x for x in test if x.kind == "random"]),
         "per_quantile": {
-            str(q): _corr([x for x in q_sims if x.rank in {e.rank for e in by_q[q]}]) for q in by_q
+            str(q): sim_correlation([x for x in q_sims if x.rank in {e.rank for e in by_q[q]}]) for q in by_q
         },
         "n_test": len(test),
         "predicted": [[round(v, 3) for v in x.expected] for x in test],
@@ -150,7 +157,7 @@ async def _judge(llm: LLM, template: str, explanation: str, texts: list[str], ba
             for j in live:
                 text = heads[j] + " [" + "".join(a + "," for a in answers[j])
                 reqs.append(TokenProbsRequest(prompt=text, positions=[len(text)], candidates=["1", "0"]))
-            resps = await token_probs_many(llm, reqs)
+            resps = await llm.token_probs_many(reqs)
             for j, r in zip(live, resps, strict=True):
                 i = chunks[j][k]
                 p_yes[i], mass[i] = r.probs[0]["1"], r.mass[0]
@@ -220,25 +227,6 @@ async def _classify(
     return _score(scorer, c.balanced_accuracy, "", details=details, **fields)
 
 
-def body(e: Example) -> Example:
-    """The example without a leading special token (BOS): not an activation of interest."""
-    if len(e.acts) > 1 and body_start(e):
-        ctx = e.context.model_copy(
-            update={"token_ids": e.context.token_ids[1:], "tokens": e.context.tokens[1:]}
-        )
-        return e.model_copy(update={"context": ctx, "acts": e.acts[1:]})
-    return e
-
-
-def window(e: Example, n: int) -> tuple[list[str], list[float]]:
-    """The BOS-free window of `n` tokens around the example's peak that a judge or embedder sees."""
-    return crop(body(e), n)
-
-
-def _text(e: Example, n: int) -> str:
-    return show_token("".join(window(e, n)[0]))
-
-
 def _spread(pool: list[Example], n: int) -> list[Example]:
     """n windows spread evenly over the activation quantiles of `pool` (round robin, lowest first)."""
     by_q: dict[int, list[Example]] = {}
@@ -274,15 +262,11 @@ async def detection(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSett
     Positives and negatives: `classes`. Value and details as in `_classify`.
     """
     pos, neg = classes(sample, s.n_judge)
-    texts = [_text(e, s.window) for e in pos + neg]
+    texts = [window_text(e, s.window) for e in pos + neg]
     labels = [1] * len(pos) + [0] * len(neg)
     score = await _classify("detection", llm, explanation, texts, labels, s, **fields)
     score.details["quantiles"] = [e.quantile for e in pos]
     return score
-
-
-def _marked(tokens: list[str], marks: set[int]) -> str:
-    return show_token("".join(f"[[{t}]]" if i in marks else t for i, t in enumerate(tokens)))
 
 
 def fuzz_marks(
@@ -320,7 +304,7 @@ async def fuzzing(llm: LLM, explanation: str, sample: UnitSample, s: ScoreSettin
     """
     pos, neg = classes(sample, s.n_judge)
     tokens, marks = fuzz_marks(pos, neg, s)
-    texts = [_marked(t, m) for t, m in zip(tokens, marks, strict=True)]
+    texts = [marked_at(t, m) for t, m in zip(tokens, marks, strict=True)]
     labels = [1] * len(pos) + [0] * len(neg)
     score = await _classify("fuzzing", llm, explanation, texts, labels, s, **fields)
     score.details["marks"] = [len(m) for m in marks]
@@ -344,7 +328,7 @@ async def embedding(explanation: str, sample: UnitSample, s: ScoreSettings, **fi
 
 
 async def counterfactual(
-    sim: ExactSimulator | JsonSimulator, explanation: str, sample: UnitSample, s: ScoreSettings, **fields
+    sim: Simulator, explanation: str, sample: UnitSample, s: ScoreSettings, **fields
 ) -> Score:
     """Precision: does the simulator, given the explanation, predict that a verified edit moves the peak?
 
@@ -374,3 +358,113 @@ async def counterfactual(
     details = {"pairs": rows, "scale_mass": scale_mass(sims)}
     floor = below_floor("counterfactual", details["scale_mass"], details, **fields)
     return floor or _score("counterfactual", hits / len(pairs), "", details=details, **fields)
+
+
+# -- the seam: one record in, one Score out ------------------------------------------------------------
+class ScoreRecord(BaseModel):
+    """What a scorer reads: the explanation, the unit's sample, and the provenance its Score carries."""
+
+    explanation: str
+    sample: UnitSample
+    settings: ScoreSettings = Field(default_factory=ScoreSettings)
+    explanation_id: str = ""
+    unit_id: str = ""
+    run_id: str | None = None
+    recorded: dict = Field(default_factory=dict)  # the settings stored with every row
+
+    def row(self, scorer: Scorer) -> dict:
+        """The fields every Score of `scorer` on this record carries."""
+        return {
+            "explanation_id": self.explanation_id,
+            "unit_id": self.unit_id,
+            "run_id": self.run_id,
+            "settings": self.recorded,
+            "simulator": scorer.source,
+            "prompt": scorer.prompt,
+        }
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """One ScoreRecord in, one Score out; a failed LLM call raises LLMError (stored as `failed`)."""
+
+    name: str
+    source: str  # the simulator / judge / embedder that measures, stored as Score.simulator
+    prompt: str  # its prompt template name@version, stored as Score.prompt ("" without one)
+
+    async def __call__(self, record: ScoreRecord) -> Score: ...
+
+
+def result(
+    scorer: Scorer, record: ScoreRecord, value: float, reason: str = "", details: dict | None = None
+) -> Score:
+    """The Score of `scorer` on `record`: status ok, or nan (with `reason`) when `value` is NaN."""
+    return _score(scorer.name, value, reason, details=details or {}, **record.row(scorer))
+
+
+class _Scorers(Registry[Callable[[Simulator, LLM], Scorer]]):
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+SCORERS = _Scorers("scorer")  # name -> factory(simulator, simulator LLM)
+
+
+class _Simulated:
+    """Scores the run's simulator's predictions."""
+
+    def __init__(self, simulator: Simulator, llm: LLM):
+        self.simulator = simulator
+        self.source, self.prompt = f"{llm.spec}#{simulator.name}", simulator.prompt.id
+
+
+class _Judged:
+    """Asks the simulator LLM, as a judge, with the prompt template named after the scorer."""
+
+    name = ""
+
+    def __init__(self, simulator: Simulator, llm: LLM):
+        self.llm, self.source, self.prompt = llm, llm.spec, prompt(f"{self.name}.j2").id
+
+
+@SCORERS.register("correlation")
+class CorrelationScorer(_Simulated):
+    name = "correlation"
+
+    async def __call__(self, r: ScoreRecord) -> Score:
+        return await correlation(self.simulator, r.explanation, r.sample, r.settings, **r.row(self))
+
+
+@SCORERS.register("detection")
+class DetectionScorer(_Judged):
+    name = "detection"
+
+    async def __call__(self, r: ScoreRecord) -> Score:
+        return await detection(self.llm, r.explanation, r.sample, r.settings, **r.row(self))
+
+
+@SCORERS.register("fuzzing")
+class FuzzingScorer(_Judged):
+    name = "fuzzing"
+
+    async def __call__(self, r: ScoreRecord) -> Score:
+        return await fuzzing(self.llm, r.explanation, r.sample, r.settings, **r.row(self))
+
+
+@SCORERS.register("embedding")
+class EmbeddingScorer:
+    name, source, prompt = "embedding", "local:all-minilm-l6-v2", ""
+
+    def __init__(self, simulator: Simulator, llm: LLM):
+        pass
+
+    async def __call__(self, r: ScoreRecord) -> Score:
+        return await embedding(r.explanation, r.sample, r.settings, **r.row(self))
+
+
+@SCORERS.register("counterfactual")
+class CounterfactualScorer(_Simulated):
+    name = "counterfactual"
+
+    async def __call__(self, r: ScoreRecord) -> Score:
+        return await counterfactual(self.simulator, r.explanation, r.sample, r.settings, **r.row(self))

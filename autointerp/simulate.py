@@ -1,5 +1,6 @@
 """Simulators: predict a unit's per-token activations (0-9) from an explanation.
 
+A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `label`). Built in:
 - `exact`: the explanation, then the example's tokens one per line as `token<TAB>digit`. At every
   token the distribution over "0".."9" after its TAB gives the expected value, and the listing goes on
   with the model's own most likely digit (teacher-forced, one forward step per token with the
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from autointerp.llm.base import LLM, ChatRequest, LLMError, StepwiseRequest, StepwiseResponse
 from autointerp.llm.stepwise import read_stepwise
-from autointerp.prompts import prompt
-from autointerp.sampling import crop
+from autointerp.prompts import Prompt, prompt
+from autointerp.registry import Registry
+from autointerp.render import crop, show_token
 from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
@@ -44,10 +48,6 @@ class Simulation(BaseModel):
 def check_explanation(explanation: str) -> None:
     if not explanation.strip():
         raise SimulationError("The explanation is empty; there is nothing to simulate.")
-
-
-def show_token(tok: str) -> str:
-    return tok.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
 class ExactSimulator:
@@ -145,12 +145,25 @@ class JsonSimulator:
         return [await self.simulate_one(explanation, e) for e in examples]
 
 
-def make_simulator(llm: LLM, mode: str = "auto") -> ExactSimulator | JsonSimulator:
+@runtime_checkable
+class Simulator(Protocol):
+    """An explanation and examples in, one simulation per example out."""
+
+    name: str
+    prompt: Prompt  # recorded with every score made from its simulations
+
+    async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]: ...
+
+
+SIMULATORS: Registry[Callable[[LLM], Simulator]] = Registry("simulator mode")
+SIMULATORS.register("exact")(ExactSimulator)
+SIMULATORS.register("json")(JsonSimulator)
+
+
+def make_simulator(llm: LLM, mode: str = "auto") -> Simulator:
     """`exact` where the backend gives token probabilities, `json` otherwise (or as asked)."""
     if mode == "auto":
         mode = "exact" if llm.capabilities.token_probs else "json"
-    if mode == "exact":
-        return ExactSimulator(llm)
-    if mode == "json":
-        return JsonSimulator(llm)
-    raise LLMError(f"unknown simulator mode {mode!r}; use exact, json or auto")
+    if mode not in SIMULATORS:
+        raise LLMError(f"unknown simulator mode {mode!r}; use {', '.join(SIMULATORS.names())} or auto")
+    return SIMULATORS[mode](llm)

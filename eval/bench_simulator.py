@@ -36,8 +36,9 @@ from autointerp.bench.synthetic import BUILTIN
 from autointerp.llm import get_llm
 from autointerp.llm.base import TokenProbsRequest, TokenProbsResponse
 from autointerp.metrics import MASS_FLOOR, correlation
+from autointerp.render import show_token
 from autointerp.sampling import SampleSettings, sample_unit
-from autointerp.simulate import DIGITS, ExactSimulator, JsonSimulator, Simulation, SimulationError, show_token
+from autointerp.simulate import DIGITS, ExactSimulator, JsonSimulator, Simulation, SimulationError
 from autointerp.store import Store
 from autointerp.types import Example
 

@@ -1,8 +1,22 @@
-"""Shared fixtures. The real embedded Gemma is loaded once per session, only by slow tests."""
+"""Shared fixtures. The real embedded Gemma is loaded once per session, only by slow tests.
+
+A scripted LLM (`autointerp.llm.scripted.ScriptedLLM`, served as `scripted:NAME`) and a hand-made
+store of month units drive the fast orchestration tests.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
+
+from autointerp.llm.scripted import ScriptedLLM
+from autointerp.store import Store
+from autointerp.types import Context, Example, RunRecord, Unit, UnitRef, UnitStats
+
+HOT = [" March", " June", " July"]  # unit i of `month_store` fires on HOT[i]
+WORDS = [" the", " cat", " sat", " on", " a", " mat", " by", " door", " and", " then"]
 
 
 class CharTokenizer:
@@ -33,3 +47,61 @@ def gemma():
     from autointerp.subject.model import load_subject
 
     return load_subject("gemma-3-270m")
+
+
+def build_month_store(path: Path, n_units: int = 3) -> Store:
+    """Units m/blocks.0.mlp.hook_post/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
+    store = Store(path)
+    store.start_run(
+        RunRecord(id="r1", kind="record", settings={"model": "m"}, code_version="t", started_at="now")
+    )
+    stats = UnitStats(
+        n_tokens=1000, max=4.0, mean=0.1, std=0.5, frac_firing=0.05, fire_threshold=0.0,
+        hist_edges=[float("-inf"), 0.0, float("inf")], hist_counts=[950, 50],
+    )  # fmt: skip
+    units, examples = [], []
+    for u, hot in enumerate(HOT[:n_units]):
+        unit = Unit(ref=UnitRef(model="m", hook="blocks.0.mlp.hook_post", index=u), run_id="r1", stats=stats)
+        units.append(unit)
+        for kind, n in (("top", 12), ("random", 12), ("quantile", 10), ("negative", 6)):
+            for r in range(n):
+                tokens = ["<bos>"] + [WORDS[(r + k) % len(WORDS)] for k in range(20)]
+                acts = [9.0] + [0.0] * 20
+                if kind in ("top", "quantile") or (kind == "random" and r % 3 == 0):
+                    pos = 3 + (r * 5) % 15
+                    tokens[pos], acts[pos] = hot, (4.0 - 0.1 * r if kind == "top" else 1.0 + (r % 5) * 0.5)
+                ctx = Context(id=f"c{u}{kind}{r}", token_ids=list(range(len(tokens))), tokens=tokens)
+                q = r % 5 if kind == "quantile" else None
+                examples.append(
+                    Example(unit_id=unit.id, kind=kind, rank=r, context=ctx, acts=acts, quantile=q)
+                )
+    store.write_units(units, examples)
+    return store
+
+
+@pytest.fixture
+def month_store(tmp_path: Path) -> Store:
+    return build_month_store(tmp_path / "months.db")
+
+
+def months_probs(prefix: str, candidates: list[str]) -> dict[str, float]:
+    """A simulator that knows the months: P("9") = 0.9 after a month's TAB, else P("0") = 0.9."""
+    return {"9": 0.9, "0": 0.1} if prefix.endswith(tuple(h + "\t" for h in HOT)) else {"0": 0.9, "9": 0.1}
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedLLM]]:
+    """Make registered scripted LLMs (spec `scripted:NAME`); default: answers "months", knows the months."""
+    made: list[ScriptedLLM] = []
+
+    def make(name: str = "test", **kwargs) -> ScriptedLLM:
+        kwargs.setdefault("respond", lambda request: "months of the year")
+        kwargs.setdefault("probs", months_probs)
+        llm = ScriptedLLM(name, **kwargs)
+        llm.register()
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.unregister()

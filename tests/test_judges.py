@@ -18,7 +18,7 @@ from autointerp.bench.run import (
     ScorerStat,
     random_explanations,
 )
-from autointerp.llm.base import Capabilities, ChatResponse, LLMError, TokenProbsResponse
+from autointerp.llm.base import LLM, Capabilities, ChatResponse, LLMError, TokenProbsResponse
 from autointerp.sampling import UnitSample
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
 
@@ -64,7 +64,7 @@ def slot_text(prompt: str) -> str:
     return re.search(rf"^Example {k}: (.*)$", query, re.MULTILINE)[1]
 
 
-class Judge:
+class Judge(LLM):
     """A scripted judge: `verdict(example text) -> P("1")`; `mass` on "1"/"0"; or fixed chat replies."""
 
     spec, backend, model = "scripted", "test", "scripted"

@@ -7,7 +7,7 @@ import pytest
 from autointerp import metrics
 from autointerp.explain import ExplanationError, parse_explanation
 from autointerp.prompts import prompt
-from autointerp.sampling import normalize
+from autointerp.render import normalize
 from autointerp.simulate import ExactSimulator, SimulationError, parse_json_activations
 
 

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from autointerp.llm.base import Capabilities, StepwiseRequest, TokenProbsRequest, TokenProbsResponse
+from autointerp.llm.base import StepwiseRequest
 from autointerp.llm.cache import CachedLLM
+from autointerp.llm.scripted import ScriptedLLM
 from autointerp.llm.stepwise import read_stepwise
 from autointerp.metrics import MASS_FLOOR
 from autointerp.sampling import UnitSample
@@ -17,32 +18,19 @@ from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
 
 
-class ScriptedProbs:
-    """token_probs only: P("9") = 0.9 after a month's TAB, else P("0") = 0.9; `mass` on the digits."""
+def months(prefix: str, candidates: list[str]) -> dict[str, float]:
+    """P("9") = 0.9 after a month's TAB, else P("0") = 0.9."""
+    dist = dict.fromkeys(candidates, 0.1 / (len(candidates) - 1))
+    dist["9" if prefix.endswith((" March\t", " June\t")) else "0"] = 0.9
+    return dist
 
-    spec = "scripted:probs"
-    backend = "scripted"
-    model = "probs"
-    capabilities = Capabilities(token_probs=True, top_logprobs=False, tools=False, json_schema=False)
 
-    def __init__(self, mass: float = 0.95):
-        self.mass = mass
-        self.prompts: list[str] = []
+def scripted_months(mass: float = 0.95) -> ScriptedLLM:
+    return ScriptedLLM("probs", probs=months, mass=mass)
 
-    async def chat(self, request):  # noqa: ANN001, ANN201
-        raise AssertionError("not used")
 
-    async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
-        self.prompts.append(request.prompt)
-        probs = []
-        for p in request.positions:
-            hot = request.prompt[:p].endswith((" March\t", " June\t"))
-            dist = dict.fromkeys(request.candidates, 0.1 / (len(request.candidates) - 1))
-            dist["9" if hot else "0"] = 0.9
-            probs.append(dist)
-        return TokenProbsResponse(
-            probs=probs, mass=[self.mass] * len(probs), model=self.model, backend=self.backend
-        )
+def prompts(llm: ScriptedLLM) -> list[str]:
+    return [r.prompt for r in llm.requests]
 
 
 def example(tokens: list[str], acts: list[float], kind: str = "top", rank: int = 0) -> Example:
@@ -55,18 +43,18 @@ ACTS = [50.0, 0, 1, 0, 0, 0, 0, 1, 0]  # a huge BOS activation: it must be neith
 
 
 def test_stepwise_fallback_continues_with_the_models_own_digit():
-    llm = ScriptedProbs()
+    llm = scripted_months()
     req = StepwiseRequest(prompt="P\n", steps=[" May\t", " March\t", " it\t"], candidates=DIGITS)
     (resp,) = asyncio.run(read_stepwise(llm, [req]))
     assert resp.chosen == ["0", "9", "0"]
     assert resp.mass == [0.95] * 3
     assert resp.probs[1]["9"] == pytest.approx(0.9)
     # each step reads the full prefix: earlier steps followed by the digit chosen there, no placeholder
-    assert llm.prompts == ["P\n May\t", "P\n May\t0\n March\t", "P\n May\t0\n March\t9\n it\t"]
+    assert prompts(llm) == ["P\n May\t", "P\n May\t0\n March\t", "P\n May\t0\n March\t9\n it\t"]
 
 
 def test_exact_simulation_leaves_bos_out_and_keeps_the_mass():
-    sim = ExactSimulator(ScriptedProbs())
+    sim = ExactSimulator(scripted_months())
     (s,) = asyncio.run(sim.simulate("names of months", [example(TOKENS, ACTS)]))
     assert len(s.expected) == len(TOKENS) - 1 and s.true == ACTS[1:]
     hot = [i for i, v in enumerate(s.expected) if v > 5]
@@ -93,7 +81,7 @@ def _sample() -> UnitSample:
 
 
 def _correlation(mass: float):
-    sim = ExactSimulator(ScriptedProbs(mass=mass))
+    sim = ExactSimulator(scripted_months(mass=mass))
     return asyncio.run(
         correlation(sim, "names of months", _sample(), ScoreSettings(), explanation_id="e", unit_id="m/h/0")
     )
@@ -113,11 +101,11 @@ def test_a_read_out_below_the_mass_floor_is_failed_not_a_number():
 
 
 def test_stepwise_read_outs_are_cached_in_the_store(tmp_path):
-    inner = ScriptedProbs()
+    inner = scripted_months()
     llm = CachedLLM(inner, Store(tmp_path / "s.db"))
     req = StepwiseRequest(prompt="P\n", steps=[" March\t", " it\t"], candidates=DIGITS)
     first = asyncio.run(llm.stepwise_many([req]))[0]
-    calls = len(inner.prompts)
+    calls = len(prompts(inner))
     second = asyncio.run(llm.stepwise_many([req]))[0]
-    assert len(inner.prompts) == calls == 2  # the second read-out came from the store
+    assert len(prompts(inner)) == calls == 2  # the second read-out came from the store
     assert second.usage.cached and second.chosen == first.chosen == ["9", "0"]

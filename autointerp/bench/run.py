@@ -24,11 +24,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from autointerp.aio import run_sync
 from autointerp.bench import meta
 from autointerp.bench.meta import MetaEval
 from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synthetic_sources
 from autointerp.errors import UserError
-from autointerp.explain import METHODS
+from autointerp.explain import EXPLAINERS
 from autointerp.llm import get_llm
 from autointerp.pipeline import Labeller, LabelSettings
 from autointerp.sampling import SampleSettings, sample_unit
@@ -301,8 +302,10 @@ def stored_scores(store: Store, labeller: Labeller, exp_id: str) -> dict[str, Sc
     """The explanation's scores under the labeller's scorer settings, one per scorer (the latest)."""
     out: dict[str, Score] = {}
     for x in store.scores(exp_id):
+        if x.scorer not in labeller.s.scorers:
+            continue
         f = labeller.score_fields(x.scorer)
-        if x.scorer in labeller.s.scorers and (x.simulator, x.prompt) == (f["simulator"], f["prompt"]):
+        if (x.simulator, x.prompt) == (f["simulator"], f["prompt"]):
             out[x.scorer] = x
     return out
 
@@ -327,7 +330,13 @@ def _stat(values: list[float | None], statuses: list[str], seed: int) -> ScorerS
     )
 
 
-def run_bench(
+def run_bench(db: str | Path, suite: str = "synthetic", **kwargs) -> BenchResult:
+    """Run the benchmark into the store at `db` (keyword arguments as `arun_bench`); works with or
+    without a running event loop."""
+    return run_sync(arun_bench(db, suite, **kwargs))
+
+
+async def arun_bench(
     db: str | Path,
     suite: str = "synthetic",
     methods: list[str] | None = None,
@@ -351,12 +360,8 @@ def run_bench(
         n_units=n_units,
         **settings,
     )
-    bad = [m for m in s.methods if m not in METHODS]
-    if bad:
-        raise UserError(f"Unknown explainer method {bad[0]!r}; use {', '.join(METHODS)}.")
-    bad = [x for x in s.scorers if x not in SCORERS]
-    if bad:
-        raise UserError(f"Unknown scorer {bad[0]!r}; use {', '.join(SCORERS)}.")
+    EXPLAINERS.check(s.methods)
+    SCORERS.check(s.scorers)
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     store = Store(db)
@@ -430,7 +435,7 @@ def run_bench(
     for method in s.methods:
         say(f"explaining and scoring with method {method}")
         labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
-        summary = asyncio.run(labeller.run(usable))
+        summary = await labeller.run(usable)
         for r in summary.results:
             row = rows[r.unit_id]
             key = f"gen:{method}"
@@ -465,7 +470,7 @@ def run_bench(
     if given:
         say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
         labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
-        asyncio.run(score_given(labeller, store, given))
+        await score_given(labeller, store, given)
         for uid, method, text in given:
             rows[uid].explanations[candidate_key(method)] = text
             exp_id = given_id(uid, method, text, labeller.s)
@@ -510,7 +515,7 @@ def run_bench(
         if near_sims:
             near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
         for mr in method_rows:
-            if mr.method in METHODS:
+            if mr.method in EXPLAINERS:
                 got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
                 mr.match_share = sum(got) / len(usable) if usable else None
 

@@ -2,7 +2,7 @@
 
 Specs: `local:qwen2.5-coder-1.5b`, `local:smollm2-135m`, `local:PATH` (model directory or .gguf),
 `local:HF_ID` (from the Hugging Face cache), `openai:MODEL` (+ base_url / OPENAI_BASE_URL for any
-OpenAI-compatible server), `anthropic:MODEL`.
+OpenAI-compatible server), `anthropic:MODEL`; `scripted:NAME` for a registered `ScriptedLLM` (tests).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ __all__ = [
     "parse_spec",
 ]
 
-BACKENDS = ("local", "openai", "anthropic")
+BACKENDS = ("local", "openai", "anthropic", "scripted")
 
 
 class LLMSpec(BaseModel):
-    backend: Literal["local", "openai", "anthropic"]
+    backend: Literal["local", "openai", "anthropic", "scripted"]
     model: str
 
 
@@ -88,6 +88,10 @@ def get_llm(
 
         resolve(s.model)  # a bad path fails here, before any model loads
         inner: LLM = LocalLLM(s.model)
+    elif s.backend == "scripted":
+        from autointerp.llm.scripted import registered
+
+        inner = registered(s.model)
     elif s.backend == "openai":
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         key = os.environ.get("OPENAI_API_KEY")

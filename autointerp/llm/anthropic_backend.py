@@ -14,6 +14,7 @@ import time
 
 from autointerp.errors import UserError
 from autointerp.llm.base import (
+    LLM,
     Capabilities,
     ChatRequest,
     ChatResponse,
@@ -39,7 +40,7 @@ _ACCEPTS_TEMPERATURE = (
 ANSWER_TOOL = "json_answer"  # the forced tool that carries a JSON-schema answer
 
 
-class AnthropicLLM:
+class AnthropicLLM(LLM):
     """`anthropic:MODEL`, e.g. `anthropic:claude-3-5-haiku-latest`."""
 
     backend = "anthropic"

@@ -7,6 +7,7 @@ never turned into an empty answer, a default or a score.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Literal, Protocol, runtime_checkable
@@ -145,7 +146,11 @@ class Capabilities(BaseModel):
 
 @runtime_checkable
 class LLM(Protocol):
-    """What every backend offers. `spec` is the string that built it, e.g. `local:smollm2-135m`."""
+    """What every backend offers. `spec` is the string that built it, e.g. `local:smollm2-135m`.
+
+    A backend that subclasses `LLM` inherits the defaults of `token_probs_many` and `stepwise_many`
+    and overrides them where it can batch.
+    """
 
     spec: str
     backend: str
@@ -157,6 +162,16 @@ class LLM(Protocol):
     async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
         """Raises LLMError when capabilities.token_probs is False."""
         ...
+
+    async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
+        """Many `token_probs` requests; this default sends them concurrently."""
+        return list(await asyncio.gather(*(self.token_probs(r) for r in requests)))
+
+    async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
+        """Stepwise read-outs; this default reads every request's step t in one `token_probs_many`."""
+        from autointerp.llm.stepwise import stepwise_via_token_probs
+
+        return await stepwise_via_token_probs(self, requests)
 
 
 Message.model_rebuild()

@@ -28,8 +28,6 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     TokenProbsResponse,
 )
-from autointerp.llm.stepwise import read_stepwise
-from autointerp.llm.util import token_probs_many
 from autointerp.store import Store
 from autointerp.types import LLMCallRecord
 
@@ -38,7 +36,7 @@ log = logging.getLogger("autointerp.llm")
 R = TypeVar("R", ChatResponse, TokenProbsResponse, StepwiseResponse)
 
 
-class CachedLLM:
+class CachedLLM(LLM):
     """Wraps a backend: cache lookups, in-flight de-duplication, timing and logging of every call."""
 
     def __init__(self, inner: LLM, store: Store | None = None, no_cache: bool = False):
@@ -76,15 +74,11 @@ class CachedLLM:
 
     async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
         """Many prompts at once: cache hits are served, the misses go to the backend as one batch."""
-        return await self._many(
-            requests, "token_probs", TokenProbsResponse, lambda reqs: token_probs_many(self.inner, reqs)
-        )
+        return await self._many(requests, "token_probs", TokenProbsResponse, self.inner.token_probs_many)
 
     async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
         """Stepwise read-outs (see `llm.stepwise`): cache hits served, the misses sent as one batch."""
-        return await self._many(
-            requests, "stepwise", StepwiseResponse, lambda reqs: read_stepwise(self.inner, reqs)
-        )
+        return await self._many(requests, "stepwise", StepwiseResponse, self.inner.stepwise_many)
 
     # -- internals ------------------------------------------------------------------------------
     async def _many(

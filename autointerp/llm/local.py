@@ -20,6 +20,7 @@ from pathlib import Path
 
 from autointerp.errors import UserError
 from autointerp.llm.base import (
+    LLM,
     Capabilities,
     ChatRequest,
     ChatResponse,
@@ -461,7 +462,7 @@ _PLAIN_TEMPLATE = (
 )
 
 
-class LocalLLM:
+class LocalLLM(LLM):
     """`local:SOURCE`: an embedded model name, a model directory, a .gguf file or a hub id (cached)."""
 
     backend = "local"
@@ -511,9 +512,6 @@ class LocalLLM:
         if worker[0] is None or worker[0].done():
             worker[0] = asyncio.create_task(self._drain(engine))
         return await fut
-
-    async def token_probs_many(self, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
-        return list(await asyncio.gather(*(self.token_probs(r) for r in requests)))
 
     async def stepwise_many(self, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
         """Stepwise read-outs (see `StepwiseRequest`), decoded together in batched forward steps."""

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from autointerp.errors import UserError
 from autointerp.llm.base import (
+    LLM,
     Capabilities,
     ChatRequest,
     ChatResponse,
@@ -37,7 +38,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     ) from e
 
 
-class OpenAILLM:
+class OpenAILLM(LLM):
     """`openai:MODEL`. With `base_url`, any server that speaks the OpenAI API (llama.cpp, vLLM, ...)."""
 
     backend = "openai"

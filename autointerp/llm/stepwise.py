@@ -1,9 +1,10 @@
 """Stepwise read-out for any backend with token probabilities.
 
-`read_stepwise(llm, requests)` serves `StepwiseRequest`s: natively where the backend has
-`stepwise_many` (the local backend: one key/value cache per row, one forward step per position), and
-otherwise one `token_probs` request per step with the full prefix (any OpenAI-compatible server with
-prompt logprobs; servers that cache prompt prefixes make this cheap).
+`read_stepwise(llm, requests)` serves `StepwiseRequest`s through `llm.stepwise_many`: natively where
+the backend overrides it (the local backend: one key/value cache per row, one forward step per
+position), and otherwise (the protocol's default, `stepwise_via_token_probs`) one `token_probs`
+request per step with the full prefix (any OpenAI-compatible server with prompt logprobs; servers
+that cache prompt prefixes make this cheap).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     Usage,
 )
-from autointerp.llm.util import token_probs_many
 
 
 def follow(probs: list[float]) -> int:
@@ -40,7 +40,7 @@ async def stepwise_via_token_probs(llm: LLM, requests: list[StepwiseRequest]) ->
             reqs.append(
                 TokenProbsRequest(prompt=text, positions=[len(text)], candidates=requests[i].candidates)
             )
-        for i, resp in zip(live, await token_probs_many(llm, reqs), strict=True):
+        for i, resp in zip(live, await llm.token_probs_many(reqs), strict=True):
             probs[i].append(resp.probs[0])
             mass[i].append(resp.mass[0])
             dist = resp.probs[0]
@@ -64,7 +64,4 @@ async def stepwise_via_token_probs(llm: LLM, requests: list[StepwiseRequest]) ->
 
 async def read_stepwise(llm: LLM, requests: list[StepwiseRequest]) -> list[StepwiseResponse]:
     """Serve stepwise requests natively where the backend can, else through `token_probs`."""
-    many = getattr(llm, "stepwise_many", None)
-    if many is not None:
-        return list(await many(requests))
-    return await stepwise_via_token_probs(llm, requests)
+    return list(await llm.stepwise_many(requests))

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from autointerp.llm.base import LLM, LLMError, TokenProbsRequest, TokenProbsResponse
+from autointerp.llm.base import LLMError
 
 T = TypeVar("T")
 
@@ -99,11 +99,3 @@ async def _hold(item):  # noqa: ANN001, ANN202
         yield item
     finally:
         await item.close()
-
-
-async def token_probs_many(llm: LLM, requests: list[TokenProbsRequest]) -> list[TokenProbsResponse]:
-    """`llm.token_probs_many` where the backend batches (local, the cache), else the calls concurrently."""
-    many = getattr(llm, "token_probs_many", None)
-    if many is not None:
-        return list(await many(requests))
-    return list(await asyncio.gather(*(llm.token_probs(r) for r in requests)))
