@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -279,7 +278,9 @@ def show(
         raise UserError(f"{ref.id} is not recorded in {db}; record its hook first (`autointerp record`).")
     examples = store.examples(ref.id, kind)[:n]
     if as_json:
-        print(json.dumps({"unit": unit.model_dump(), "examples": [e.model_dump() for e in examples]}))
+        from pydantic_core import to_json  # strict JSON: infinite histogram edges become null
+
+        print(to_json({"unit": unit, "examples": examples}, inf_nan_mode="null").decode())
         return
     s = unit.stats
     console.print(
