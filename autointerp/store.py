@@ -204,6 +204,14 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 }
 
 
+_LABEL_SELECT = """SELECT u.id AS unit_id, u.model, u.hook, u.sae, u.idx, u.n_tokens,
+  CAST(ROUND(u.frac_firing * u.n_tokens) AS INTEGER) AS n_firing, u.frac_firing, u.max, u.mean, u.std,
+  e.id AS explanation_id, e.text AS explanation, e.method, e.model AS explainer, e.prompt, e.run_id,
+  e.created_at
+FROM units u {join} explanations e ON e.unit_id = u.id {where}
+ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
+
+
 class Store:
     """A project's SQLite file."""
 
@@ -428,7 +436,7 @@ class Store:
                 clauses.append(f"{col} = ?")
                 args.append(val)
         rows = self.db["scores"].rows_where(
-            " AND ".join(clauses) or None, args or None, order_by="created_at"
+            " AND ".join(clauses) or None, args or None, order_by="created_at, rowid"
         )
         return [
             Score(**{**r, "details": json.loads(r["details"]), "settings": json.loads(r["settings"])})
@@ -448,6 +456,36 @@ class Store:
         where = " AND ".join(clauses) or None
         rows = self.db["units"].rows_where(where, args or None, order_by="model, hook, sae, idx")
         return [_unit_from_row(r) for r in rows]
+
+    def unit_label_rows(self, hook: str | None = None, explained_only: bool = False) -> list[dict]:
+        """Each unit's statistics with one of its explanations per row (unit order, oldest explanation
+        first); a unit without explanations gives one row with explanation fields None (unless
+        `explained_only`). The columns of the view `unit_labels` (`label_columns`), less the scores."""
+        join = "JOIN" if explained_only else "LEFT JOIN"
+        where, args = ("WHERE u.hook = ?", [hook]) if hook else ("", [])
+        cur = self.db.execute(_LABEL_SELECT.format(join=join, where=where), args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def label_columns(self) -> list[str]:
+        cur = self.db.execute(_LABEL_SELECT.format(join="JOIN", where="WHERE 0"))
+        return [d[0] for d in cur.description]
+
+    def latest_scores(self, unit_id: str | None = None) -> dict[str, dict[str, Score]]:
+        """explanation id -> scorer -> its latest score (of any simulator and prompt)."""
+        out: dict[str, dict[str, Score]] = {}
+        for x in self.scores(unit_id=unit_id):  # oldest first: a later row replaces an earlier one
+            out.setdefault(x.explanation_id, {})[x.scorer] = x
+        return out
+
+    def find_unit_ids(self, text: str) -> list[str]:
+        """Recorded unit ids equal to `text` or ending in `/text` (a short id such as HOOK/INDEX)."""
+        text = text.strip().strip("/")
+        cur = self.db.execute(
+            "SELECT id FROM units WHERE id = ? OR substr(id, -length(?) - 1) = '/' || ? ORDER BY id",
+            [text, text, text],
+        )
+        return [r[0] for r in cur.fetchall()]
 
     def count_units(self) -> int:
         return self.db["units"].count

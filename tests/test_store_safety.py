@@ -101,6 +101,7 @@ def test_an_old_store_with_infinities_is_migrated_to_strict_json(tmp_path):
     assert score.details == {"q": [None, 1.0], "note": "not NaN"}  # strings are left alone
     assert store.get_run("r1").summary == {"x": None}
     assert store.explanations(UNIT)[0].text == "NaN handling"
+    assert store.db.execute("SELECT unit_id, correlation FROM unit_labels").fetchall() == [(UNIT, 0.5)]
 
 
 def test_show_json_is_strict_json(month_store):
