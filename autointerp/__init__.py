@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 from autointerp.errors import UserError
 
 if TYPE_CHECKING:
+    from autointerp.listing import results
     from autointerp.pipeline import label
     from autointerp.record import record_units
 
-__all__ = ["UserError", "label", "record_units"]
-_LAZY = {"label": "autointerp.pipeline", "record_units": "autointerp.record"}
+__all__ = ["UserError", "label", "record_units", "results"]
+_LAZY = {"label": "autointerp.pipeline", "record_units": "autointerp.record", "results": "autointerp.listing"}
 
 
 def __getattr__(name: str) -> object:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -255,38 +254,96 @@ def highlight(tokens: list[str], acts: list[float], top: float) -> Text:
     return text
 
 
+def open_store(db: Path):  # noqa: ANN201 - autointerp.store.Store
+    """The store at `db`, which must exist (a reading command never creates one)."""
+    from autointerp.store import Store
+
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    return Store(db)
+
+
+def score_cell(score) -> str:  # noqa: ANN001 - autointerp.types.Score | None
+    """A score's value, or why it has none (nan: undefined, failed); empty when not scored."""
+    if score is None:
+        return ""
+    return f"{score.value:.3f}" if score.value is not None else score.status
+
+
 @app.command()
 @user_errors
 def show(
-    unit_id: Annotated[str, typer.Argument(help="e.g. gemma-3-270m/blocks.6.mlp.hook_post/1234")],
+    unit_id: Annotated[
+        str,
+        typer.Argument(
+            help="e.g. gemma-3-270m/blocks.6.mlp.hook_post/1234, or its end when unique: "
+            "blocks.6.mlp.hook_post/1234."
+        ),
+    ],
     db: DbOpt,
     kind: Annotated[str, typer.Option(help="Example kind: top, quantile, random, negative, ...")] = "top",
     n: Annotated[int, typer.Option(help="How many examples.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
     width: Annotated[int, typer.Option(help="Tokens shown around each peak (0: the whole window).")] = 24,
 ) -> None:
-    """Show a unit's statistics and examples, the activating tokens highlighted."""
-    from autointerp.render import peak_slice
-    from autointerp.store import Store
-    from autointerp.types import UnitRef
+    """Show a unit's statistics, explanations with their scores, and examples (activating tokens
+    highlighted)."""
+    from typing import get_args
 
-    ref = UnitRef.parse(unit_id)
-    if not db.exists():
-        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    store = Store(db)
-    unit = store.get_unit(ref.id)
-    if unit is None:
+    from autointerp.listing import unit_explanations
+    from autointerp.render import peak_slice
+    from autointerp.types import ExampleKind, UnitRef
+
+    kinds = get_args(ExampleKind)
+    if kind not in kinds:
+        raise UserError(f"--kind {kind!r} is not an example kind; choose from {', '.join(kinds)}.")
+    if n < 1 or width < 0:
+        raise UserError("--n must be at least 1 and --width at least 0; fix the value.")
+    store = open_store(db)
+    found = store.find_unit_ids(unit_id)
+    if len(found) > 1:
+        raise UserError(f"{unit_id!r} matches {len(found)} units ({found[0]}, ...); give more of its id.")
+    if not found:
+        ref = UnitRef.parse(unit_id)  # a malformed id says how to write one
         raise UserError(f"{ref.id} is not recorded in {db}; record its hook first (`autointerp record`).")
-    examples = store.examples(ref.id, kind)[:n]
-    if as_json:
-        print(json.dumps({"unit": unit.model_dump(), "examples": [e.model_dump() for e in examples]}))
-        return
+    unit = store.get_unit(found[0])
     s = unit.stats
-    console.print(
-        f"[bold]{ref.id}[/bold]  max {s.max:.3g}  mean {s.mean:.3g}  std {s.std:.3g}  "
-        f"fires on {100 * s.frac_firing:.2f}% of {s.n_tokens:,} tokens"
+    fired = s.frac_firing > 0
+    explained = unit_explanations(store, unit.id)
+    # a unit that never fired has no activating examples: its "top" windows would all read max 0
+    examples = store.examples(unit.id, kind)[:n] if fired or kind not in ("top", "quantile") else []
+    if as_json:
+        from pydantic_core import to_json  # strict JSON: infinite histogram edges become null
+
+        out = {"unit": unit, "fired": fired, "explanations": explained, "examples": examples}
+        print(to_json(out, inf_nan_mode="null").decode())
+        return
+    firing = (
+        f"fires on {round(s.frac_firing * s.n_tokens):,} of {s.n_tokens:,} tokens "
+        f"({100 * s.frac_firing:.2f}%)"
+        if fired
+        else f"[yellow]never fired[/yellow] on its {s.n_tokens:,} recorded tokens"
     )
-    table = Table(show_header=True, header_style="bold")
+    console.print(
+        f"[bold]{escape(unit.id)}[/bold]  max {s.max:.3g}  mean {s.mean:.3g}  std {s.std:.3g}  {firing}"
+    )
+    if explained:
+        scorers = sorted({name for se in explained for name in se.scores})
+        table = Table(title="explanations", show_header=True, header_style="bold")
+        table.add_column("method")
+        table.add_column("explanation", ratio=1)
+        for name in scorers:
+            table.add_column(name, justify="right")
+        for se in explained:
+            cells = [score_cell(se.scores.get(name)) for name in scorers]
+            table.add_row(se.explanation.method, escape(se.explanation.text), *cells)
+        console.print(table)
+    else:
+        console.print(f"(no explanations yet: `autointerp label --db {db} --unit {unit.id}`)")
+    if not fired and kind in ("top", "quantile"):
+        console.print(f"(no {kind} examples: the unit never fired on the corpus)")
+        return
+    table = Table(show_header=True, header_style="bold", title=f"{kind} examples")
     table.add_column("#", justify="right")
     table.add_column("max", justify="right")
     table.add_column("context")
@@ -296,6 +353,72 @@ def show(
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")
+
+
+@app.command("units")
+@user_errors
+def units_command(
+    db: DbOpt,
+    sort: Annotated[
+        str,
+        typer.Option(help="index, freq (firing frequency), max (activation) or score (best explanation)."),
+    ] = "index",
+    hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Show at most this many units.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """List recorded units: how often they fire, their max activation, best explanation and its scores."""
+    from typing import get_args
+
+    from autointerp.listing import Sort, unit_summaries
+
+    if sort not in get_args(Sort):
+        raise UserError(f"--sort {sort!r} is not a sort order; choose from {', '.join(get_args(Sort))}.")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1; fix the value.")
+    store = open_store(db)
+    if hook and not store.units(hook=hook):
+        hooks = sorted({u.ref.hook for u in store.units()})
+        raise UserError(f"No recorded units of hook {hook!r} in {db}; recorded hooks: {', '.join(hooks)}.")
+    rows = unit_summaries(store, hook, sort)[:limit]
+    if as_json:
+        from pydantic_core import to_json
+
+        out = [r.model_dump() | {"fired": r.fired, "score": r.score} for r in rows]
+        print(to_json(out, inf_nan_mode="null").decode())
+        return
+    if not rows:
+        console.print(f"{db} holds no recorded units; run `autointerp record --db {db} ...` first.")
+        return
+    groups: dict[str, list] = {}  # one table per source (model/hook[/sae:NAME]): ids shown as the index
+    for r in rows:
+        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
+    for source, members in groups.items():
+        n = f"{len(members)} unit{'s' * (len(members) != 1)}"
+        console.print(f"[bold]{escape(source)}/[/bold]INDEX  ({n} in {escape(str(db))})")
+        console.print(units_table(members))
+    example = rows[0].unit_id
+    console.print(f"inspect a unit: autointerp show {escape(example)} --db {escape(str(db))}")
+
+
+def units_table(rows: list) -> Table:  # rows: autointerp.listing.UnitSummary
+    scorers = sorted({name for r in rows if r.best for name in r.best.scores})
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("index", justify="right", no_wrap=True)
+    table.add_column("fires", justify="right", no_wrap=True)
+    table.add_column("freq", justify="right", no_wrap=True)
+    table.add_column("max", justify="right", no_wrap=True)
+    table.add_column("best explanation", ratio=1)
+    for name in scorers:
+        table.add_column(name, justify="right")
+    for r in rows:
+        best = r.best
+        text = escape(best.explanation.text) if best else "" if r.fired else "[dim]never fired[/dim]"
+        cells = [score_cell(best.scores.get(name) if best else None) for name in scorers]
+        freq = f"{100 * r.frac_firing:.2g}%"
+        index = r.unit_id.rsplit("/", 1)[1]
+        table.add_row(index, f"{r.n_firing:,}", freq, f"{r.max:.3g}", text, *cells)
+    return table
 
 
 @app.command()

@@ -6,13 +6,18 @@ are written in one transaction, so a killed process never leaves a unit that loo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
-from collections.abc import Callable, Iterable
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
+from filelock import FileLock, Timeout
+from pydantic_core import to_jsonable_python
 
 from autointerp.errors import UserError
 from autointerp.types import (
@@ -29,7 +34,13 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
+BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
+
+
+def dumps(obj: object) -> str:
+    """Strict JSON text (RFC 8259): NaN and infinities become null, so SQLite's json functions read it."""
+    return json.dumps(to_jsonable_python(obj, inf_nan_mode="null"), sort_keys=True, allow_nan=False)
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
@@ -141,30 +152,153 @@ def _drop_context_index_v3(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_examples_context_id")
 
 
+# Every JSON text column; rows written before v4 may hold NaN / Infinity, which is not JSON.
+_JSON_COLUMNS = {
+    "units": ("hist",),
+    "records": ("settings", "summary"),
+    "explanations": ("settings",),
+    "scores": ("details", "settings"),
+    "llm_calls": ("request", "response"),
+    "examples": ("provenance",),
+}
+
+
+def _finite_json_v4(db: sqlite_utils.Database) -> None:
+    """Rewrite JSON holding NaN or +-Infinity (invalid JSON, which json_extract refuses) with nulls."""
+    for table, cols in _JSON_COLUMNS.items():
+        for col in cols:
+            rows = db.execute(
+                f"SELECT rowid, {col} FROM {table} WHERE {col} LIKE '%NaN%' OR {col} LIKE '%Infinity%'"
+            ).fetchall()
+            db.conn.executemany(
+                f"UPDATE {table} SET {col} = ? WHERE rowid = ?",
+                ((dumps(json.loads(text)), rowid) for rowid, text in rows),
+            )
+
+
+# The latest value of each built-in scorer per explanation (NULL when undefined or failed).
+_SCORE_COLUMN = """(SELECT s.value FROM scores s WHERE s.explanation_id = e.id AND s.scorer = '{0}'
+    ORDER BY s.created_at DESC, s.rowid DESC LIMIT 1) AS {0}"""
+BUILTIN_SCORERS = ("correlation", "detection", "fuzzing", "embedding", "counterfactual")
+
+
+def _unit_labels_view_v5(db: sqlite_utils.Database) -> None:
+    """The view `unit_labels`: one row per explanation with its unit's statistics and its scores."""
+    scores = ",\n  ".join(_SCORE_COLUMN.format(name) for name in BUILTIN_SCORERS)
+    db.execute(f"""CREATE VIEW unit_labels AS SELECT
+  u.id AS unit_id, u.model, u.hook, u.sae, u.idx, u.n_tokens,
+  CAST(ROUND(u.frac_firing * u.n_tokens) AS INTEGER) AS n_firing, u.frac_firing, u.max, u.mean, u.std,
+  e.id AS explanation_id, e.text AS explanation, e.method, e.model AS explainer, e.prompt,
+  e.run_id, e.created_at,
+  {scores}
+FROM explanations e JOIN units u ON u.id = e.unit_id""")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
     1: _add_explanations_v2,
     2: _drop_context_index_v3,
+    3: _finite_json_v4,
+    4: _unit_labels_view_v5,
 }
+
+
+_LABEL_SELECT = """SELECT u.id AS unit_id, u.model, u.hook, u.sae, u.idx, u.n_tokens,
+  CAST(ROUND(u.frac_firing * u.n_tokens) AS INTEGER) AS n_firing, u.frac_firing, u.max, u.mean, u.std,
+  e.id AS explanation_id, e.text AS explanation, e.method, e.model AS explainer, e.prompt, e.run_id,
+  e.created_at
+FROM units u {join} explanations e ON e.unit_id = u.id {where}
+ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
 
 
 class Store:
     """A project's SQLite file."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S):
+        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock."""
+        self.path, self.busy_timeout = Path(path), busy_timeout
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite_utils.Database(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
+            conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA cache_size=-131072")  # 128 MiB: bulk unit writes stay in memory
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite_utils.db.sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is not an autointerp store ({e}); pass another --db path.") from e
+        except (sqlite3.Error, OSError) as e:
+            raise self._file_error(e) or UserError(
+                f"{self.path} could not be opened as a store ({e})."
+            ) from e
+
+    def _file_error(self, e: sqlite3.Error | OSError) -> UserError | None:
+        """One sentence for what went wrong with the file (locked, read-only, disk full, not a store), or
+        None for an error that is not about the file."""
+        name = getattr(e, "sqlite_errorname", "")
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or name.startswith("SQLITE_FULL"):
+            return UserError(f"The disk holding {self.path} is full; free some space and run again.")
+        if name.startswith("SQLITE_BUSY"):
+            return UserError(
+                f"{self.path} is locked by another process writing to it (waited {self.busy_timeout:g} s); "
+                "wait for it to finish, or pass another --db."
+            )
+        if isinstance(e, PermissionError) or name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            return UserError(
+                f"{self.path} cannot be written: the file or its directory is read-only ({e}); "
+                "make it writable or pass another --db."
+            )
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return UserError(f"{self.path} is not an autointerp store ({e}); pass another --db path.")
+        if isinstance(e, OSError) or name.startswith("SQLITE_IOERR"):
+            return UserError(f"Reading or writing {self.path} failed ({e}); check the file and its disk.")
+        return None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction that takes the lock up front (BEGIN IMMEDIATE), waiting up to the busy
+        timeout for another writer; nested, a savepoint. Lock, disk and permission errors: UserError."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.conn.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except (sqlite3.OperationalError, OSError) as e:
+            if (user_error := self._file_error(e)) is None:
+                raise
+            raise user_error from e
+
+    @contextlib.contextmanager
+    def claim_run(self, run_id: str, doing: str = "recording") -> Iterator[None]:
+        """Hold run `run_id` for this process (an OS file lock, freed even by kill -9); UserError at once
+        when another process holds it."""
+        lock_path = self.path.with_name(self.path.name + ".ckpt") / f"{run_id}.lock"
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(lock_path, timeout=0)
+            lock.acquire()
+        except Timeout:
+            raise UserError(
+                f"Another process is {doing} run {run_id} into {self.path}; wait for it to finish."
+            ) from None
+        except OSError as e:
+            if (user_error := self._file_error(e)) is None:
+                raise
+            raise user_error from e
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- schema ---------------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -174,29 +308,33 @@ class Store:
         return int(row[0]) if row else -1
 
     def _migrate(self) -> None:
-        version = self.schema_version()
-        if version == -1:
-            raise UserError(f"{self.path} is an SQLite file but not an autointerp store; pass another --db.")
-        if version > SCHEMA_VERSION:
-            raise UserError(
-                f"{self.path} has store schema v{version}, newer than this autointerp (v{SCHEMA_VERSION}); "
-                "upgrade autointerp to read it."
-            )
-        while version < SCHEMA_VERSION:
-            with self.db.atomic():
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+        with self._write():  # one process migrates; another waits, then finds the store current
+            version = self.schema_version()
+            if version == -1:
+                raise UserError(
+                    f"{self.path} is an SQLite file but not an autointerp store; pass another --db."
+                )
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path} has store schema v{version}, newer than this autointerp "
+                    f"(v{SCHEMA_VERSION}); upgrade autointerp to read it."
+                )
+            while version < SCHEMA_VERSION:
                 MIGRATIONS[version](self.db)
                 version += 1
                 self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
 
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, run: RunRecord) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["records"].upsert(_run_row(run), pk="id")
 
     def finish_run(self, run_id: str, status: str, summary: dict) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["records"].update(
-                run_id, {"status": status, "finished_at": now(), "summary": json.dumps(summary)}
+                run_id, {"status": status, "finished_at": now(), "summary": dumps(summary)}
             )
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -218,7 +356,7 @@ class Store:
             contexts = {e.context.id: e.context for e in examples}
             rows = (tuple(_example_row(e).values()) for e in examples)
         conn = self.db.conn
-        with self.db.atomic():
+        with self._write():
             for chunk in _chunks([u.id for u in units], 500):
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM examples WHERE unit_id IN ({marks})", chunk)
@@ -240,7 +378,7 @@ class Store:
             raise UserError(f"{sorted(unknown)[0]} is not recorded in {self.path}; record it first.")
         contexts = {e.context.id: e.context for e in examples}
         conn = self.db.conn
-        with self.db.atomic():
+        with self._write():
             conn.executemany(
                 "INSERT OR IGNORE INTO contexts (id, token_ids, tokens) VALUES (?, ?, ?)",
                 ((c.id, json.dumps(c.token_ids), json.dumps(c.tokens)) for c in contexts.values()),
@@ -252,28 +390,28 @@ class Store:
             )
 
     def delete_examples(self, unit_id: str, kind: str) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db.conn.execute("DELETE FROM examples WHERE unit_id = ? AND kind = ?", [unit_id, kind])
 
     # -- explanations and scores ----------------------------------------------------------------
     def put_explanation(self, explanation: Explanation, scores: Iterable[Score] = ()) -> None:
         """Write an explanation with its scores in one transaction."""
         row = explanation.model_dump()
-        row["settings"] = json.dumps(row["settings"], sort_keys=True)
-        with self.db.atomic():
+        row["settings"] = dumps(row["settings"])
+        with self._write():
             self.db["explanations"].upsert(row, pk="id")
             for score in scores:
                 self._put_score(score)
 
     def put_scores(self, scores: Iterable[Score]) -> None:
-        with self.db.atomic():
+        with self._write():
             for score in scores:
                 self._put_score(score)
 
     def _put_score(self, score: Score) -> None:
         row = score.model_dump()
         for key in ("details", "settings"):
-            row[key] = json.dumps(row[key], sort_keys=True, allow_nan=True)
+            row[key] = dumps(row[key])
         self.db["scores"].upsert(row, pk=("explanation_id", "scorer", "simulator", "prompt"))
 
     def explanations(self, unit_id: str | None = None, method: str | None = None) -> list[Explanation]:
@@ -298,7 +436,7 @@ class Store:
                 clauses.append(f"{col} = ?")
                 args.append(val)
         rows = self.db["scores"].rows_where(
-            " AND ".join(clauses) or None, args or None, order_by="created_at"
+            " AND ".join(clauses) or None, args or None, order_by="created_at, rowid"
         )
         return [
             Score(**{**r, "details": json.loads(r["details"]), "settings": json.loads(r["settings"])})
@@ -318,6 +456,36 @@ class Store:
         where = " AND ".join(clauses) or None
         rows = self.db["units"].rows_where(where, args or None, order_by="model, hook, sae, idx")
         return [_unit_from_row(r) for r in rows]
+
+    def unit_label_rows(self, hook: str | None = None, explained_only: bool = False) -> list[dict]:
+        """Each unit's statistics with one of its explanations per row (unit order, oldest explanation
+        first); a unit without explanations gives one row with explanation fields None (unless
+        `explained_only`). The columns of the view `unit_labels` (`label_columns`), less the scores."""
+        join = "JOIN" if explained_only else "LEFT JOIN"
+        where, args = ("WHERE u.hook = ?", [hook]) if hook else ("", [])
+        cur = self.db.execute(_LABEL_SELECT.format(join=join, where=where), args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def label_columns(self) -> list[str]:
+        cur = self.db.execute(_LABEL_SELECT.format(join="JOIN", where="WHERE 0"))
+        return [d[0] for d in cur.description]
+
+    def latest_scores(self, unit_id: str | None = None) -> dict[str, dict[str, Score]]:
+        """explanation id -> scorer -> its latest score (of any simulator and prompt)."""
+        out: dict[str, dict[str, Score]] = {}
+        for x in self.scores(unit_id=unit_id):  # oldest first: a later row replaces an earlier one
+            out.setdefault(x.explanation_id, {})[x.scorer] = x
+        return out
+
+    def find_unit_ids(self, text: str) -> list[str]:
+        """Recorded unit ids equal to `text` or ending in `/text` (a short id such as HOOK/INDEX)."""
+        text = text.strip().strip("/")
+        cur = self.db.execute(
+            "SELECT id FROM units WHERE id = ? OR substr(id, -length(?) - 1) = '/' || ? ORDER BY id",
+            [text, text, text],
+        )
+        return [r[0] for r in cur.fetchall()]
 
     def count_units(self) -> int:
         return self.db["units"].count
@@ -343,9 +511,9 @@ class Store:
 
     def put_llm_call(self, call: LLMCallRecord) -> None:
         row = call.model_dump()
-        row["request"] = json.dumps(row["request"], sort_keys=True)
-        row["response"] = json.dumps(row["response"], sort_keys=True)
-        with self.db.atomic():
+        row["request"] = dumps(row["request"])
+        row["response"] = dumps(row["response"])
+        with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
 
 
@@ -356,8 +524,8 @@ def _chunks(items: list, n: int) -> Iterable[list]:
 
 def _run_row(run: RunRecord) -> dict:
     row = run.model_dump()
-    row["settings"] = json.dumps(row["settings"], sort_keys=True)
-    row["summary"] = json.dumps(row["summary"], sort_keys=True)
+    row["settings"] = dumps(row["settings"])
+    row["summary"] = dumps(row["summary"])
     return row
 
 
@@ -382,7 +550,7 @@ def _unit_row(u: Unit) -> dict:
         "std": s.std,
         "frac_firing": s.frac_firing,
         "fire_threshold": s.fire_threshold,
-        "hist": json.dumps({"edges": s.hist_edges, "counts": s.hist_counts}),
+        "hist": dumps({"edges": s.hist_edges, "counts": s.hist_counts}),  # outer edges: null
     }
 
 
@@ -395,11 +563,16 @@ def _unit_from_row(row: dict) -> Unit:
         std=row["std"],
         frac_firing=row["frac_firing"],
         fire_threshold=row["fire_threshold"],
-        hist_edges=hist["edges"],
+        hist_edges=_edges(hist["edges"]),
         hist_counts=hist["counts"],
     )
     ref = UnitRef(model=row["model"], hook=row["hook"], index=row["idx"], sae=row["sae"])
     return Unit(ref=ref, run_id=row["run_id"], stats=stats)
+
+
+def _edges(edges: list[float | None]) -> list[float]:
+    """Histogram edges as stored (null for an unbounded outer edge) -> floats with -inf / +inf."""
+    return [(-np.inf if i == 0 else np.inf) if x is None else x for i, x in enumerate(edges)]
 
 
 _EXAMPLE_COLS = (
@@ -418,7 +591,7 @@ _EXAMPLE_COLS = (
 def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     """ExampleRows as insert tuples in _EXAMPLE_COLS order; acts go in as float32 bytes."""
     acts = np.ascontiguousarray(x.acts, dtype=np.float32)
-    provenance = json.dumps(x.provenance, sort_keys=True)
+    provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
     return zip(
         x.unit_ids.tolist(),
@@ -445,7 +618,7 @@ def _example_row(e: Example) -> dict:
         "max_act": float(acts.max()),
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
-        "provenance": json.dumps(e.provenance, sort_keys=True),
+        "provenance": dumps(e.provenance),
     }
 
 

@@ -380,8 +380,13 @@ class Recorder:
         return {h: a.cpu() for h, a in acts.items()}
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
+        """Record into `store`; UserError when another process is recording the same run there."""
+        run_id = run_id_for(self.settings, self.run_key)
+        with store.claim_run(run_id, "recording"):
+            return self._run(store, run_id, progress)
+
+    def _run(self, store: Store, run_id: str, progress: Callable[[int, int], None] | None) -> RecordResult:
         s = self.settings
-        run_id = run_id_for(s, self.run_key)
         existing = store.get_run(run_id)
         if existing and existing.status == "complete":
             return RecordResult(run_id, 0, 0, 0.0, 0.0, already_complete=True)
