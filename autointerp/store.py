@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from autointerp.errors import UserError
+from autointerp.errors import UserError, environment_error
 from autointerp.types import (
     Context,
     Example,
@@ -156,14 +156,18 @@ class Store:
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite_utils.Database(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA cache_size=-131072")  # 128 MiB: bulk unit writes stay in memory
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite_utils.db.sqlite3.DatabaseError as e:
+        except (OSError, sqlite_utils.db.sqlite3.DatabaseError) as e:
+            if found := environment_error(e, self.path):  # read-only, unwritable or full: not a bad file
+                raise found from e
+            if isinstance(e, OSError):
+                raise
             raise UserError(f"{self.path} is not an autointerp store ({e}); pass another --db path.") from e
 
     # -- schema ---------------------------------------------------------------------------------
