@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -15,13 +17,46 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, require_local
+from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autointerp.version import code_version
+
+        console.print(f"autointerp {code_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Automated interpretability of transformers."""
+    from autointerp.logs import quiet_third_party
+
+    quiet_third_party()
+
+
+def names(value: str, option: str, registry, extra: tuple[str, ...] = ()) -> list[str]:  # noqa: ANN001 - a Registry
+    """A comma-separated option value -> its names, each known to `registry` (or in `extra`)."""
+    out = list(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+    if not out:
+        raise UserError(
+            f"{option} {value!r} names nothing; give one or more of {', '.join(registry.names())}."
+        )
+    registry.check([x for x in out if x not in extra])
+    return out
+
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (created if missing).")]
 ModelOpt = Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")]
@@ -37,6 +72,11 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except UserError as e:
             err.print(f"[red]error:[/red] {escape(str(e))}")  # a message is text, not markup
+            raise typer.Exit(2) from None
+        except (OSError, sqlite3.DatabaseError) as e:  # a full disk, a read-only store or folder
+            if (found := environment_error(e)) is None:
+                raise
+            err.print(f"[red]error:[/red] {escape(str(found))}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
@@ -119,7 +159,10 @@ def record(
     tokens: Annotated[int, typer.Option(help="Tokens to stream.")] = 200_000,
     ctx: Annotated[int, typer.Option(help="Window length in tokens (BOS included).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
-    top_k: Annotated[int, typer.Option(help="Max-activating windows kept per unit.")] = 20,
+    top_k: Annotated[int, typer.Option(min=1, help="Max-activating windows kept per unit.")] = 20,
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding of corpus files (e.g. latin-1, utf-16); others are refused.")
+    ] = "utf-8",
     seed: int = 0,
     keep_bos: Annotated[
         bool,
@@ -142,21 +185,35 @@ def record(
         )
     if ctx < 2 or tokens < ctx or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
-    with tokens_progress() as bar:
-        task = bar.add_task("recording", total=tokens, rate=0.0)
+    from autointerp.corpus import check_encoding
 
-        def on_progress(done: int, total: int) -> None:
-            elapsed = bar.tasks[0].elapsed or 1e-9
-            bar.update(task, completed=done, total=total, rate=done / elapsed)
+    check_encoding(encoding)
+    unit_list = parse_units(units)
+    # The bar (and its clock) starts at the first report, once the model has loaded: the rate counts
+    # streaming only, and a run that stops before (bad input, already complete) prints no bar.
+    bar = tokens_progress()
+    task = bar.add_task("recording", total=tokens, rate=0.0, start=False)
+    first: list[tuple[float, int]] = []
 
+    def on_progress(done: int, total: int) -> None:
+        if not first:
+            first.append((time.perf_counter(), done))
+            bar.start()
+            bar.start_task(task)
+        t0, done0 = first[0]
+        rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
+        bar.update(task, completed=done, total=total, rate=rate)
+
+    try:
         result = record_units(
             db=db,
             model=model,
             model_path=model_path,
             hooks=hook or [],
             saes=saes,
-            units=parse_units(units),
+            units=unit_list,
             corpus=corpus or ["default"],
+            encoding=encoding,
             max_tokens=tokens,
             ctx=ctx,
             batch_size=batch_size,
@@ -165,6 +222,8 @@ def record(
             include_special=keep_bos,
             progress=on_progress,
         )
+    finally:
+        bar.stop()
     if result.already_complete:
         console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
         return
@@ -182,8 +241,8 @@ def train_sae(
     hook: Annotated[str, typer.Option(help="Hook to train on.")] = "blocks.6.hook_resid_post",
     model: ModelOpt = "gemma-3-270m",
     model_path: ModelPathOpt = None,
-    width: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
-    k: Annotated[int, typer.Option(help="Active latents per token (TopK).")] = 32,
+    width: Annotated[int, typer.Option(min=1, help="Number of latents.")] = 4096,
+    k: Annotated[int, typer.Option(min=1, help="Active latents per token (TopK).")] = 32,
     tokens: Annotated[int, typer.Option(help="Corpus tokens to stream through the model.")] = 1_000_000,
     passes: Annotated[
         float, typer.Option(help="Times each streamed token is trained on (buffer reuse).")
@@ -282,9 +341,11 @@ def show(
     ],
     db: DbOpt,
     kind: Annotated[str, typer.Option(help="Example kind: top, quantile, random, negative, ...")] = "top",
-    n: Annotated[int, typer.Option(help="How many examples.")] = 10,
+    n: Annotated[int, typer.Option(min=1, help="How many examples.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
-    width: Annotated[int, typer.Option(help="Tokens shown around each peak (0: the whole window).")] = 24,
+    width: Annotated[
+        int, typer.Option(min=0, help="Tokens shown around each peak (0: the whole window).")
+    ] = 24,
 ) -> None:
     """Show a unit's statistics, explanations with their scores, and examples (activating tokens
     highlighted)."""
@@ -428,19 +489,23 @@ def label(
     units: Annotated[
         list[str] | None, typer.Option("--unit", help="Unit id (repeatable; default all).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Label at most this many units.")] = None,
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
-    simulator_mode: Annotated[str, typer.Option(help="exact, json or auto.")] = "auto",
+    simulator_mode: Annotated[
+        Literal["auto", "exact", "json"], typer.Option(help="exact, json or auto.")
+    ] = "auto",
     methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
-    best_of: Annotated[int, typer.Option(help="Explanations sampled; the best on validation is kept.")] = 1,
+    best_of: Annotated[
+        int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
+    ] = 1,
     revise: Annotated[
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
-    concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
@@ -459,8 +524,12 @@ def label(
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
+    from autointerp.explain import EXPLAINERS
     from autointerp.pipeline import label as run_label
-    from autointerp.score import ScoreSettings
+    from autointerp.score import SCORERS, ScoreSettings
+
+    method_list = names(methods, "--methods", EXPLAINERS)
+    scorer_list = names(scorers, "--scorers", SCORERS)
 
     progress = Progress(
         TextColumn("[bold]labelling"),
@@ -490,8 +559,8 @@ def label(
             no_cache=no_cache,
             progress=on_result,
             simulator_mode=simulator_mode,
-            methods=[m.strip() for m in methods.split(",") if m.strip()],
-            scorers=[x.strip() for x in scorers.split(",") if x.strip()],
+            methods=method_list,
+            scorers=scorer_list,
             best_of=best_of,
             revise=revise,
             concurrency=concurrency,
@@ -582,17 +651,17 @@ def bench(
     suite: Annotated[
         str, typer.Option(help="synthetic, real, or a .py/.json/.yaml file of units.")
     ] = "synthetic",
-    units: Annotated[int | None, typer.Option("--units", help="Benchmark the first N units.")] = None,
+    units: Annotated[int | None, typer.Option("--units", min=1, help="Benchmark the first N units.")] = None,
     methods: Annotated[str, typer.Option(help="Explainer methods.")] = "top,highlight,contrastive",
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
-    tokens: Annotated[int, typer.Option(help="Corpus tokens to record the units over.")] = 120_000,
-    ctx: Annotated[int, typer.Option(help="Tokens per window.")] = 64,
+    tokens: Annotated[int, typer.Option(min=1, help="Corpus tokens to record the units over.")] = 120_000,
+    ctx: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of recording, sampling and scoring.")] = 0,
-    concurrency: Annotated[int, typer.Option(help="Units in flight at once.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 1,
     no_meta: Annotated[
         bool, typer.Option("--no-meta", help="Skip scoring the truth and distractors.")
     ] = False,
@@ -609,14 +678,19 @@ def bench(
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
+    from autointerp.explain import EXPLAINERS
+    from autointerp.score import SCORERS
+
+    method_list = names(methods, "--methods", EXPLAINERS)
+    scorer_list = names(scorers, "--scorers", SCORERS)
 
     result = run_bench(
         db,
         suite=suite,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        methods=method_list,
         explainer=explainer,
         simulator=simulator,
-        scorers=[x.strip() for x in scorers.split(",") if x.strip()],
+        scorers=scorer_list,
         seed=seed,
         n_units=units,
         tokens=tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from importlib.util import find_spec
 
 # What running a subject model here needs, from the `local` extra (found by name, nothing is imported).
@@ -21,3 +22,29 @@ def require_local(what: str, modules: tuple[str, ...] = LOCAL_STACK) -> None:
             f"{what} runs a model here and needs the local extra ({', '.join(missing)} missing): "
             "pip install 'autointerp[local]'."
         )
+
+
+# An OSError's errno, or an SQLite message fragment, -> the sentence a user can act on.
+_ERRNO_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space and run the same command again",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and run the same command again",
+    errno.EROFS: "the file system is read-only; pass a path on a writable disk",
+    errno.EACCES: "permission denied; pass a path you can write to, or fix its permissions",
+    errno.EPERM: "permission denied; pass a path you can write to, or fix its permissions",
+}
+_SQLITE_HINTS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EACCES,
+    "unable to open database file": errno.EACCES,
+}
+
+
+def environment_error(e: BaseException, path: object = None) -> UserError | None:
+    """A full disk, a read-only or unwritable path, as one UserError; None for any other error."""
+    code = getattr(e, "errno", None)
+    if code not in _ERRNO_HINTS:
+        code = next((c for msg, c in _SQLITE_HINTS.items() if msg in str(e)), None)
+    if code is None:
+        return None
+    where = getattr(e, "filename", None) or path
+    return UserError(f"Cannot write{f' {where}' if where else ''}: {_ERRNO_HINTS[code]}.")

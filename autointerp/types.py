@@ -133,6 +133,7 @@ class RecordSettings(BaseModel):
     sae: dict[str, str] = Field(default_factory=dict)  # hook -> SAE directory (SAE latents)
     sae_sha256: dict[str, str] = Field(default_factory=dict)  # hook -> content hash of that SAE
     corpus: list[str] = Field(default_factory=lambda: ["default"])
+    encoding: str = "utf-8"  # of the corpus files (left out of the run's hash when utf-8)
     max_tokens: int = 200_000
     ctx: int = 64
     batch_size: int = 32

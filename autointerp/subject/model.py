@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import os
 import re
 from functools import cached_property
@@ -28,13 +32,63 @@ def device_and_dtype():  # noqa: ANN201 - (str, torch.dtype)
     return device, torch.bfloat16
 
 
+def hooks_cache(name: str, path: str | None = None) -> Path:
+    """Where a model's hook widths are kept once it has loaded (so later runs check hooks before loading)."""
+    key = (
+        name
+        if path is None
+        else f"{short_name(name)}-{hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]}"
+    )
+    return assets.home() / "hooks" / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', key)}.json"
+
+
+def known_hook_widths(name: str, path: str | None = None) -> dict[str, int] | None:
+    """The hook widths a previous load of this model wrote, or None."""
+    try:
+        widths = json.loads(hooks_cache(name, path).read_text())
+    except (OSError, ValueError):
+        return None
+    return widths if isinstance(widths, dict) and widths else None
+
+
+def check_hook(widths: dict[str, int], hook: str, model: str) -> int:
+    """The hook's width among `widths`, or a UserError listing the valid hooks."""
+    if hook not in widths:
+        layer0 = sorted(h for h in widths if h.startswith("blocks.0."))
+        n_layers = 1 + max((int(m[1]) for h in widths if (m := _LAYER_RE.match(h))), default=0)
+        raise UserError(
+            f"{hook!r} is not a hook of {model} with one vector per token; valid hooks are "
+            f"blocks.L.<name> for L in 0..{n_layers - 1} with <name> one of "
+            f"{', '.join(h.removeprefix('blocks.0.') for h in layer0)}."
+        )
+    return widths[hook]
+
+
+def check_indices(hook: str, width: int, indices: list[int] | None) -> None:
+    """A UserError when a unit index is outside the hook's width."""
+    bad = [i for i in indices or [] if not 0 <= i < width]
+    if bad:
+        raise UserError(
+            f"Unit index {bad[0]} is out of range for {hook}, which has {width} units (0..{width - 1})."
+        )
+
+
+def precheck_hooks(name: str, path: str | None, hooks: list[str], units: list[int] | None) -> None:
+    """Check hooks (and neuron indices of `hooks`) against the widths a previous load wrote, if any."""
+    widths = known_hook_widths(name, path)
+    for hook in hooks if widths else []:
+        check_indices(hook, check_hook(widths, hook, name), units)
+
+
 class SubjectModel:
     """A loaded subject model with what the recorder needs: hooks, their widths, token strings."""
 
-    def __init__(self, name: str, model, tokenizer):  # noqa: ANN001 - HookedTransformer, HF tokenizer
+    def __init__(self, name: str, model, tokenizer, cache: Path | None = None):  # noqa: ANN001 - HookedTransformer, HF tokenizer
+        """`cache`: a file to write the hook widths to once they are known (see `hooks_cache`)."""
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
+        self.cache = cache
         self._tok_str: dict[int, str] = {}
 
     @property
@@ -70,18 +124,15 @@ class SubjectModel:
         toks = torch.tensor([[self.bos_id or 0, 1]], device=self.model.cfg.device)
         with torch.no_grad():
             self.model.run_with_hooks(toks, fwd_hooks=[(lambda n: True, grab)], return_type=None)
+        if self.cache is not None:
+            with contextlib.suppress(OSError):  # only a shortcut for the next run
+                self.cache.parent.mkdir(parents=True, exist_ok=True)
+                self.cache.write_text(json.dumps(widths))
         return widths
 
     def check_hook(self, hook: str) -> int:
         """The hook's width, or a clear error listing valid hooks."""
-        if hook not in self.unit_hooks:
-            layer0 = sorted(h for h in self.unit_hooks if h.startswith("blocks.0."))
-            raise UserError(
-                f"{hook!r} is not a hook of {self.name} with one vector per token; valid hooks are "
-                f"blocks.L.<name> for L in 0..{self.n_layers - 1} with <name> one of "
-                f"{', '.join(h.removeprefix('blocks.0.') for h in layer0)}."
-            )
-        return self.unit_hooks[hook]
+        return check_hook(self.unit_hooks, hook, self.name)
 
     def stop_layer(self, hooks: list[str]) -> int | None:
         """The layer to stop the forward pass at: one past the last block any hook needs."""
@@ -117,6 +168,7 @@ def load_subject(name: str = assets.SUBJECT_DEFAULT, path: str | None = None) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = device_and_dtype()
+    cache = hooks_cache(name, path)
     if name in assets.HF_IDS and path is None:
         path = str(assets.ensure_model(name))
         tl_name = assets.HF_IDS[name]
@@ -140,9 +192,10 @@ def load_subject(name: str = assets.SUBJECT_DEFAULT, path: str | None = None) ->
             f"(`hf download {tl_name}`) into the Hugging Face cache, or pass --model-path DIR."
         ) from e
     assets.strip_quantization(hf)
-    with torch.no_grad():
+    # TransformerLens prints "Loaded pretrained model ..." on stdout, which carries only our output
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         model = HookedTransformer.from_pretrained_no_processing(
             tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
         )
     model.eval()
-    return SubjectModel(name=name, model=model, tokenizer=tok)
+    return SubjectModel(name=name, model=model, tokenizer=tok, cache=cache)

@@ -24,7 +24,7 @@ import torch
 from autointerp import corpus
 from autointerp.errors import UserError
 from autointerp.store import Store
-from autointerp.subject.model import SubjectModel
+from autointerp.subject.model import SubjectModel, check_indices
 from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
 from autointerp.version import code_version
 
@@ -315,7 +315,9 @@ class RecordResult:
 
 def run_id_for(settings: RecordSettings, extra: dict | None = None) -> str:
     """The run's name: a hash of its settings (and of `extra`, e.g. synthetic unit definitions)."""
-    blob = json.dumps(settings.model_dump() | ({"extra": extra} if extra else {}), sort_keys=True).encode()
+    # utf-8 corpus files are the default and were the only choice before `encoding`: old run ids stay
+    dump = settings.model_dump(exclude={"encoding"} if settings.encoding == "utf-8" else None)
+    blob = json.dumps(dump | ({"extra": extra} if extra else {}), sort_keys=True).encode()
     return "rec-" + hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -326,6 +328,23 @@ def special_tokens(settings: RecordSettings) -> str:
 
 def checkpoint_path(db_path: Path, run_id: str) -> Path:
     return db_path.with_name(db_path.name + ".ckpt") / f"{run_id}.pt"
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by this version, or a UserError saying to delete it."""
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise UserError(
+            f"The checkpoint {path} is unreadable ({type(e).__name__}); delete it to record this run "
+            "from the start."
+        ) from e
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"The checkpoint {path} was written by another autointerp version; "
+            "delete it to record this run from the start."
+        )
+    return saved
 
 
 def batches(windows: Iterator[list[int]], size: int, max_windows: int) -> Iterator[torch.Tensor]:
@@ -396,12 +415,7 @@ class Recorder:
         ckpt = checkpoint_path(store.path, run_id)
         done_windows = 0
         if ckpt.exists():
-            saved = torch.load(ckpt, weights_only=False)
-            if saved.get("format") != CHECKPOINT_FORMAT:
-                raise UserError(
-                    f"The checkpoint {ckpt} was written by another autointerp version; "
-                    "delete it to record this run from the start."
-                )
+            saved = load_checkpoint(ckpt)
             done_windows = saved["windows_done"]
             gen.set_state(saved["gen"])
             for key, st in states.items():
@@ -419,9 +433,11 @@ class Recorder:
             )
         )
         max_windows = max(s.max_tokens // s.ctx, 1)
-        windows = corpus.windows(s.corpus, self.subject.tokenizer, s.ctx, self.subject.bos_id)
+        windows = corpus.windows(s.corpus, self.subject.tokenizer, s.ctx, self.subject.bos_id, s.encoding)
         windows = itertools.islice(windows, done_windows, None)
         last_ckpt = time.perf_counter()
+        if progress:  # where streaming starts (after the model load, after a resumed checkpoint)
+            progress(done_windows * s.ctx, max_windows * s.ctx)
         for toks in batches(windows, s.batch_size, max_windows - done_windows):
             hook_acts = self.forward(toks)
             toks32 = toks.to(torch.int32)
@@ -561,11 +577,7 @@ def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | N
     out = []
     for hook in hooks:
         width = subject.check_hook(hook)
+        check_indices(hook, width, units)
         indices = list(range(width)) if units is None else units
-        bad = [i for i in indices if not 0 <= i < width]
-        if bad:
-            raise UserError(
-                f"Unit index {bad[0]} is out of range for {hook}, which has {width} units (0..{width - 1})."
-            )
         out.append(UnitSource(hook=hook, indices=indices))
     return out

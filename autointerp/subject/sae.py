@@ -78,14 +78,50 @@ def embedded_sae_path(name: str = EMBEDDED_SAE) -> Path:
 
 
 def resolve_sae_path(spec: str | Path) -> Path:
-    """`embedded` (or the embedded SAE's name) -> its directory; anything else is a directory path."""
+    """`embedded` (or the embedded SAE's name) -> its directory; `RELEASE/SAE_ID` of SAELens's pretrained
+    registry -> its folder in the local Hugging Face cache; anything else is a directory path."""
     if str(spec) in EMBEDDED_ALIASES:
         return embedded_sae_path()
     path = Path(spec).expanduser()
-    if not path.is_dir():
+    if path.is_dir():
+        return path
+    if (found := pretrained_sae_path(str(spec))) is not None:
+        return found
+    raise UserError(
+        f"SAE directory {path} does not exist; pass a folder with cfg.json + sae_weights.safetensors, "
+        "a SAELens release and id (RELEASE/SAE_ID), or 'embedded'."
+    )
+
+
+def pretrained_sae_path(spec: str) -> Path | None:
+    """The local folder of SAELens registry entry `RELEASE/SAE_ID`, None when `spec` names no entry,
+    or a UserError saying how to fetch weights that are not in the Hugging Face cache."""
+    release, _, sae_id = spec.partition("/")
+    if not sae_id:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    entry = get_pretrained_saes_directory().get(release)
+    if entry is None:
+        return None
+    if sae_id not in entry.saes_map:
+        ids = list(entry.saes_map)
         raise UserError(
-            f"SAE directory {path} does not exist; pass a folder with cfg.json + sae_weights.safetensors, "
-            "or 'embedded'."
+            f"SAELens release {release!r} has no SAE {sae_id!r}; its ids include {', '.join(ids[:3])}"
+            f" ({len(ids)} in all)."
+        )
+    folder = entry.saes_map[sae_id]
+    try:
+        root = snapshot_download(entry.repo_id, allow_patterns=[f"{folder}/*"], local_files_only=True)
+    except LocalEntryNotFoundError:
+        root = None
+    path = Path(root, folder) if root else None
+    if path is None or not path.is_dir():
+        raise UserError(
+            f"The weights of {spec} are not in the local Hugging Face cache; on a machine with network "
+            f"access run `hf download {entry.repo_id} --include '{folder}/*'` and copy the cache here."
         )
     return path
 

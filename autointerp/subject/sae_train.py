@@ -438,13 +438,17 @@ def train_sae_command(
     log: Log = print,
 ) -> SaeTrainResult:
     """What `autointerp train-sae` runs: load the subject, check the output folder, train, save, report."""
-    from autointerp.subject.model import load_subject
+    from autointerp.subject.model import load_subject, precheck_hooks
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; pass a new --out folder for the SAE.")
     if tokens < 4096 or width < 1 or not 1 <= k <= width:
         raise UserError("--tokens must be >= 4096 and --k between 1 and --width; fix the values.")
+    if passes <= 0 or eval_tokens < 1 or (lr is not None and lr <= 0):
+        raise UserError("--passes and --lr must be > 0 and --eval-tokens >= 1; fix the values.")
+    corpus.check_sources(corpus_sources or ["default"])  # before the slow model load
+    precheck_hooks(model, model_path, [hook], None)
     subject = load_subject(model, model_path)
     subject.check_hook(hook)
     return train_sae(

@@ -1,0 +1,252 @@
+"""Input checks before anything slow: one sentence and exit 2, with no model (or LLM) loaded."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autointerp import cli, corpus, logs
+from autointerp.errors import UserError, environment_error
+from autointerp.store import Store
+from autointerp.types import RecordSettings, RunRecord
+from tests.conftest import build_month_store
+
+HOOK = "blocks.0.mlp.hook_post"
+WIDTHS = {HOOK: 2048, "blocks.0.hook_resid_post": 640, "blocks.1.hook_resid_post": 640}
+
+
+def invoke(*args: str):  # noqa: ANN201 - click Result
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+@pytest.fixture
+def no_model(monkeypatch, tmp_path):
+    """Loading the subject model (or labelling) fails the test; hook widths come from a known cache."""
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("autointerp.record.load_subject", boom)
+    monkeypatch.setattr("autointerp.pipeline.label", boom)
+    monkeypatch.setenv("AUTOINTERP_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "hooks" / "gemma-3-270m.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps(WIDTHS))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "-1"], "--concurrency"),
+        (["--limit", "0"], "--limit"),
+        (["--best-of", "0"], "--best-of"),
+        (["--simulator-mode", "bogus"], "'bogus' is not one of"),
+        (["--methods", ","], "names nothing"),
+        (["--scorers", "correlation,bogus"], "Unknown scorer 'bogus'"),
+    ],
+)
+def test_label_rejects_bad_options(tmp_path, no_model, args, says):
+    build_month_store(tmp_path / "m.db")
+    out = invoke("label", "--db", tmp_path / "m.db", *args)
+    assert out.exit_code == 2, out.output
+    assert says in " ".join(out.output.split())
+    assert "Traceback" not in out.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--top-k", "-1"], "--top-k"),
+        (["--top-k", "0"], "--top-k"),
+        (["--units", "3:x"], "is not a list like"),
+        (["--units", "0:99999"], "out of range for blocks.0.mlp.hook_post"),
+        (["--hook", "blocks.0.mlp.hook_bogus"], "is not a hook of gemma-3-270m"),
+        (["--corpus", "/no/such/file.txt"], "neither a file"),
+        (["--encoding", "klingon"], "is not a codec"),
+    ],
+)
+def test_record_checks_input_before_the_model_loads(tmp_path, no_model, args, says):
+    out = invoke("record", "--db", tmp_path / "r.db", "--hook", HOOK, *args)
+    assert out.exit_code == 2, out.output
+    assert says in " ".join(out.output.split())
+
+
+def test_record_of_a_complete_run_loads_no_model(tmp_path, no_model):
+    from autointerp.subject.recorder import run_id_for
+
+    db = tmp_path / "r.db"
+    s = RecordSettings(model="gemma-3-270m", hooks=[HOOK], units=[0, 1], max_tokens=640)
+    store = Store(db)
+    store.start_run(RunRecord(id=run_id_for(s), kind="record", settings={}, code_version="t", started_at="t"))
+    store.finish_run(run_id_for(s), "complete", {})
+    out = invoke("record", "--db", db, "--hook", HOOK, "--units", "0:2", "--tokens", "640")
+    assert out.exit_code == 0, out.output
+    assert "already complete" in out.output
+
+
+def test_encoding_keeps_utf8_run_ids_and_names_others():
+    from autointerp.subject.recorder import run_id_for
+
+    base = RecordSettings(model="m", hooks=[HOOK])
+    assert run_id_for(base) == run_id_for(RecordSettings(model="m", hooks=[HOOK], encoding="utf-8"))
+    assert run_id_for(base) != run_id_for(RecordSettings(model="m", hooks=[HOOK], encoding="latin-1"))
+    dump = base.model_dump(exclude={"encoding"})
+    assert "encoding" not in dump  # what the hash of a utf-8 run covers: the settings before `encoding`
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ("café crème".encode("latin-1"), "undecodable byte"),
+        ("hello world".encode("utf-16"), "undecodable byte"),
+        ("hello world".encode("utf-16-le"), "NUL"),
+        (bytes(range(256)) * 4, "not utf-8 text"),
+    ],
+)
+def test_corpus_files_that_are_not_utf8_text_are_refused(tmp_path, data, says):
+    f = tmp_path / "x.txt"
+    f.write_bytes(data)
+    with pytest.raises(UserError, match=says):
+        corpus.check_sources([str(f)])
+    with pytest.raises(UserError, match=says):
+        list(corpus.texts([str(f)]))
+
+
+def test_corpus_encoding_option_decodes(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes("café crème".encode("latin-1"))
+    (tmp_path / "d" / "b.jsonl").write_bytes(
+        json.dumps({"text": "naïve"}, ensure_ascii=False).encode("utf-16")
+    )
+    corpus.check_sources([str(tmp_path / "d" / "a.txt")], "latin-1")
+    assert list(corpus.texts([str(tmp_path / "d" / "a.txt")], "latin-1")) == ["café crème"]
+    assert list(corpus.texts([str(tmp_path / "d" / "b.jsonl")], "utf-16")) == ["naïve"]
+    with pytest.raises(UserError, match=r"a\.txt is not utf-8 text"):
+        corpus.check_sources([str(tmp_path / "d")])
+    good = tmp_path / "ok.txt"
+    good.write_bytes(("x" + "é" * (corpus.CHECK_BYTES // 2)).encode())  # a 2-byte char cut at the head's end
+    corpus.check_sources([str(good)])
+
+
+def test_record_refuses_a_latin1_corpus_before_the_model_loads(tmp_path, no_model):
+    f = tmp_path / "latin.txt"
+    f.write_bytes("café crème".encode("latin-1"))
+    out = invoke("record", "--db", tmp_path / "r.db", "--hook", HOOK, "--corpus", f)
+    assert out.exit_code == 2
+    assert "is not utf-8 text" in " ".join(out.output.split())
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        sqlite3.OperationalError("database or disk is full"),
+        sqlite3.OperationalError("attempt to write a readonly database"),
+        OSError(errno.EROFS, "Read-only file system", "/x/y.db"),
+    ],
+)
+def test_full_disk_and_read_only_paths_are_one_sentence(tmp_path, no_model, monkeypatch, exc):
+    def fail(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise exc
+
+    monkeypatch.setattr("autointerp.record.record_units", fail)
+    out = invoke("record", "--db", tmp_path / "r.db", "--hook", HOOK)
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert text.startswith("error: Cannot write") and text.count(". ") == 0, text
+
+
+def test_unrelated_os_errors_are_not_disguised():
+    assert environment_error(OSError(errno.ENOENT, "gone")) is None
+    assert environment_error(sqlite3.OperationalError("no such table: x")) is None
+
+
+def test_a_read_only_store_is_not_called_a_bad_file(tmp_path, monkeypatch):
+    def readonly(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr("autointerp.store.sqlite_utils.Database", readonly)
+    with pytest.raises(UserError, match="Cannot write .*r.db: permission denied") as e:
+        Store(tmp_path / "r.db")
+    assert "not an autointerp store" not in str(e.value)
+
+
+def test_garbage_store_and_checkpoint_are_user_errors(tmp_path):
+    from autointerp.subject.recorder import load_checkpoint
+
+    (tmp_path / "g.db").write_bytes(b"garbage" * 100)
+    with pytest.raises(UserError, match="not an autointerp store"):
+        Store(tmp_path / "g.db")
+    (tmp_path / "c.pt").write_bytes(b"garbage" * 100)
+    with pytest.raises(UserError, match=r"c\.pt is unreadable .*delete it"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_version_and_python_m():
+    out = invoke("--version")
+    assert out.exit_code == 0 and out.output.startswith("autointerp 0.")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "autointerp", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("autointerp "), proc.stderr
+
+
+def test_quiet_third_party_sets_library_switches(monkeypatch):
+    for key in logs.QUIET_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")  # a user's own choice is kept
+    logs.quiet_third_party()
+    import os
+
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "info"
+
+
+def test_sae_release_resolves_from_the_hf_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from autointerp.subject.sae import EMBEDDED_SAE, embedded_sae_path, resolve_sae_path
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = "gpt2-small-res-jb/blocks.3.hook_resid_pre"
+    with pytest.raises(UserError, match="not in the local Hugging Face cache.*hf download jbloom/GPT2-Small"):
+        resolve_sae_path(spec)
+    repo = tmp_path / "hub" / "models--jbloom--GPT2-Small-SAEs-Reformatted"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    folder = repo / "snapshots" / "abc123" / "blocks.3.hook_resid_pre"
+    shutil.copytree(embedded_sae_path(), folder)
+    assert resolve_sae_path(spec) == folder
+    with pytest.raises(UserError, match="has no SAE 'nope'"):
+        resolve_sae_path("gpt2-small-res-jb/nope")
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_sae_path("no-such-release/x")
+    assert resolve_sae_path("embedded").name == EMBEDDED_SAE
+
+
+@pytest.mark.slow
+def test_real_record_prints_only_our_lines_on_stdout(tmp_path):
+    """A real `record` (model load included): stdout holds its one summary line, nothing third-party."""
+    root = Path(__file__).resolve().parent.parent
+    args = ["record", "--db", str(tmp_path / "r.db"), "--hook", HOOK, "--units", "0:4"]
+    cmd = [sys.executable, "-m", "autointerp", *args, "--tokens", "640", "--batch-size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert " ".join(proc.stdout.split()).startswith("recorded 4 units over 640 tokens"), proc.stdout
+    assert not any(x in proc.stdout for x in ("Loaded pretrained", "Loading weights", "deprecated")), lines
+    assert "Loading weights" not in proc.stderr and "Loaded pretrained" not in proc.stderr
