@@ -358,8 +358,6 @@ def show(
     kinds = get_args(ExampleKind)
     if kind not in kinds:
         raise UserError(f"--kind {kind!r} is not an example kind; choose from {', '.join(kinds)}.")
-    if n < 1 or width < 0:
-        raise UserError("--n must be at least 1 and --width at least 0; fix the value.")
     store = open_store(db)
     found = store.find_unit_ids(unit_id)
     if len(found) > 1:

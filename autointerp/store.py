@@ -19,7 +19,7 @@ import sqlite_utils
 from filelock import FileLock, Timeout
 from pydantic_core import to_jsonable_python
 
-from autointerp.errors import UserError
+from autointerp.errors import UserError, environment_error
 from autointerp.types import (
     Context,
     Example,
@@ -230,8 +230,10 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except (sqlite3.Error, OSError) as e:
-            raise self._file_error(e) or UserError(
-                f"{self.path} could not be opened as a store ({e})."
+            raise (
+                self._file_error(e)
+                or environment_error(e, self.path)
+                or UserError(f"{self.path} could not be opened as a store ({e}).")
             ) from e
 
     def _file_error(self, e: sqlite3.Error | OSError) -> UserError | None:
