@@ -118,6 +118,7 @@ def get_llm(
     """
     s = parse_spec(spec)
     conn = connection(timeout, retries)
+    api = dict(concurrency=concurrency, timeout=conn.timeout, max_retries=conn.retries)
     if s.backend == "local":
         require_local(spec, ("torch", "transformers"))
         from autointerp.llm.local import LocalLLM, resolve
@@ -138,14 +139,7 @@ def get_llm(
             )
         from autointerp.llm.openai_backend import OpenAILLM
 
-        inner = OpenAILLM(
-            s.model,
-            api_key=key,
-            base_url=base_url,
-            concurrency=concurrency,
-            timeout=conn.timeout,
-            max_retries=conn.retries,
-        )
+        inner = OpenAILLM(s.model, api_key=key, base_url=base_url, **api)
     else:
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
@@ -153,12 +147,5 @@ def get_llm(
         from autointerp.llm.anthropic_backend import AnthropicLLM
 
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-        inner = AnthropicLLM(
-            s.model,
-            api_key=key,
-            base_url=base_url,
-            concurrency=concurrency,
-            timeout=conn.timeout,
-            max_retries=conn.retries,
-        )
+        inner = AnthropicLLM(s.model, api_key=key, base_url=base_url, **api)
     return CachedLLM(inner, store, no_cache=no_cache)
