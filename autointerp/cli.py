@@ -61,6 +61,20 @@ def names(value: str, option: str, registry, extra: tuple[str, ...] = ()) -> lis
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (created if missing).")]
 ModelOpt = Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")]
 ModelPathOpt = Annotated[str | None, typer.Option(help="Local Hugging Face folder with the weights.")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds an API LLM (openai:, anthropic:) may take per request [default: 120].",
+        envvar="AUTOINTERP_LLM_TIMEOUT",
+    ),
+]
+RetriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Retries of a failed API LLM request (rate limits, 5xx, timeouts) [default: 5].",
+        envvar="AUTOINTERP_LLM_RETRIES",
+    ),
+]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -505,6 +519,8 @@ def label(
     ] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
     ] = False,
@@ -520,6 +536,9 @@ def label(
     ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
+    from autointerp.llm import connection
+
+    connection(timeout, retries)  # a bad value fails here, before anything loads
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
@@ -554,6 +573,8 @@ def label(
             explainer=explainer,
             simulator=simulator,
             base_url=base_url,
+            timeout=timeout,
+            retries=retries,
             no_cache=no_cache,
             progress=on_result,
             simulator_mode=simulator_mode,
@@ -660,6 +681,8 @@ def bench(
     ctx: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of recording, sampling and scoring.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 1,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     no_meta: Annotated[
         bool, typer.Option("--no-meta", help="Skip scoring the truth and distractors.")
     ] = False,
@@ -673,6 +696,9 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
+    from autointerp.llm import connection
+
+    connection(timeout, retries)  # a bad value fails here, before anything loads
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
@@ -694,6 +720,8 @@ def bench(
         tokens=tokens,
         ctx=ctx,
         concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
         meta=not no_meta,
         delphi=delphi,
         progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),

@@ -370,6 +370,8 @@ async def alabel(
     explainer: str = "local:qwen2.5-coder-1.5b",
     simulator: str | None = None,
     base_url: str | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
     no_cache: bool = False,
     progress: Callable[[UnitResult], None] | None = None,
     counterfactuals: bool = False,
@@ -379,18 +381,18 @@ async def alabel(
 
     `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
+    `timeout` / `retries`: per API request (see `llm.connection`).
     """
     if not Path(db).exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     s = LabelSettings(explainer=explainer, simulator=simulator or explainer, **settings)
     unit_ids = resolve_units(store, units, limit)
-    exp_llm = get_llm(s.explainer, store, base_url=base_url, concurrency=s.concurrency, no_cache=no_cache)
-    sim_llm = (
-        exp_llm
-        if s.simulator == s.explainer
-        else get_llm(s.simulator, store, base_url=base_url, concurrency=s.concurrency, no_cache=no_cache)
+    llm_options = dict(
+        base_url=base_url, concurrency=s.concurrency, no_cache=no_cache, timeout=timeout, retries=retries
     )
+    exp_llm = get_llm(s.explainer, store, **llm_options)
+    sim_llm = exp_llm if s.simulator == s.explainer else get_llm(s.simulator, store, **llm_options)
     labeller = Labeller(store, s, exp_llm, sim_llm)
     if counterfactuals:
         # The generator is synchronous (it runs its own event loop): a worker thread, with its own

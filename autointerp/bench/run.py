@@ -347,9 +347,14 @@ async def arun_bench(
     n_units: int | None = None,
     progress: Callable[[str], None] | None = None,
     subject=None,  # noqa: ANN001 - a loaded SubjectModel to reuse
+    timeout: float | None = None,
+    retries: int | None = None,
     **settings,
 ) -> BenchResult:
-    """Run the benchmark into the store at `db` and return its result (write the report with report.py)."""
+    """Run the benchmark into the store at `db` and return its result (write the report with report.py).
+
+    `timeout` / `retries`: per API LLM request (see `llm.connection`); not part of the bench's settings.
+    """
     s = BenchSettings(
         suite=suite,
         methods=methods or ["top", "highlight", "contrastive"],
@@ -365,6 +370,10 @@ async def arun_bench(
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     store = Store(db)
+    sim_spec = s.simulator or s.explainer
+    llm_options = dict(concurrency=s.concurrency, timeout=timeout, retries=retries)
+    exp_llm = get_llm(s.explainer, store, **llm_options)  # a bad spec or setting fails before recording
+    sim_llm = exp_llm if sim_spec == s.explainer else get_llm(sim_spec, store, **llm_options)
     truth_units = suite_units(s.suite)
     if truth_units is not None and s.n_units:
         truth_units = truth_units[: s.n_units]
@@ -403,9 +412,6 @@ async def arun_bench(
             started_at=now(),
         )
     )
-    sim_spec = s.simulator or s.explainer
-    exp_llm = get_llm(s.explainer, store, concurrency=s.concurrency)
-    sim_llm = exp_llm if sim_spec == s.explainer else get_llm(sim_spec, store, concurrency=s.concurrency)
 
     def label_settings(methods: list[str]) -> LabelSettings:
         return LabelSettings(

@@ -3,6 +3,8 @@
 Specs: `local:qwen2.5-coder-1.5b`, `local:smollm2-135m`, `local:PATH` (model directory or .gguf),
 `local:HF_ID` (from the Hugging Face cache), `openai:MODEL` (+ base_url / OPENAI_BASE_URL for any
 OpenAI-compatible server), `anthropic:MODEL`; `scripted:NAME` for a registered `ScriptedLLM` (tests).
+API backends wait `timeout` seconds per request and retry `retries` times (AUTOINTERP_LLM_TIMEOUT,
+AUTOINTERP_LLM_RETRIES; default 120 s and 5).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
 from autointerp.errors import UserError, require_local
 from autointerp.llm.base import (
@@ -20,6 +22,7 @@ from autointerp.llm.base import (
     ChatResponse,
     LLMError,
     Message,
+    OutOfCreditError,
     StepwiseRequest,
     StepwiseResponse,
     TokenLogprob,
@@ -41,6 +44,7 @@ __all__ = [
     "LLMError",
     "LLMSpec",
     "Message",
+    "OutOfCreditError",
     "StepwiseRequest",
     "StepwiseResponse",
     "TokenLogprob",
@@ -49,11 +53,37 @@ __all__ = [
     "Tool",
     "ToolCall",
     "Usage",
+    "connection",
     "get_llm",
     "parse_spec",
 ]
 
 BACKENDS = ("local", "openai", "anthropic", "scripted")
+TIMEOUT_ENV, RETRIES_ENV = "AUTOINTERP_LLM_TIMEOUT", "AUTOINTERP_LLM_RETRIES"
+
+
+class Connection(BaseModel):
+    """How an API backend talks to its server: seconds to wait per request, retries after a failure."""
+
+    timeout: float = Field(120.0, gt=0, allow_inf_nan=False)
+    retries: int = Field(5, ge=0)
+
+
+def connection(timeout: float | None = None, retries: int | None = None) -> Connection:
+    """Timeout and retries as given, else from AUTOINTERP_LLM_TIMEOUT / _RETRIES; UserError if invalid."""
+    given = {"timeout": timeout, "retries": retries}
+    for key, env in (("timeout", TIMEOUT_ENV), ("retries", RETRIES_ENV)):
+        if given[key] is None and os.environ.get(env, "").strip():
+            given[key] = os.environ[env].strip()
+    try:
+        return Connection(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        key = e.errors()[0]["loc"][0]
+        want = "a number of seconds above 0" if key == "timeout" else "a whole number, 0 or more"
+        raise UserError(
+            f"The LLM {key} must be {want}, not {given[key]!r} (from --{key} or "
+            f"{TIMEOUT_ENV if key == 'timeout' else RETRIES_ENV})."
+        ) from None
 
 
 class LLMSpec(BaseModel):
@@ -79,9 +109,16 @@ def get_llm(
     base_url: str | None = None,
     concurrency: int = 8,
     no_cache: bool = False,
+    timeout: float | None = None,
+    retries: int | None = None,
 ) -> CachedLLM:
-    """The LLM named by `spec`, served through the store's cache (`no_cache`: always call, still record)."""
+    """The LLM named by `spec`, served through the store's cache (`no_cache`: always call, still record).
+
+    `timeout` (seconds per request) and `retries` apply to the API backends (see `connection`).
+    """
     s = parse_spec(spec)
+    conn = connection(timeout, retries)
+    api = dict(concurrency=concurrency, timeout=conn.timeout, max_retries=conn.retries)
     if s.backend == "local":
         require_local(spec, ("torch", "transformers"))
         from autointerp.llm.local import LocalLLM, resolve
@@ -102,7 +139,7 @@ def get_llm(
             )
         from autointerp.llm.openai_backend import OpenAILLM
 
-        inner = OpenAILLM(s.model, api_key=key, base_url=base_url, concurrency=concurrency)
+        inner = OpenAILLM(s.model, api_key=key, base_url=base_url, **api)
     else:
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
@@ -110,5 +147,5 @@ def get_llm(
         from autointerp.llm.anthropic_backend import AnthropicLLM
 
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-        inner = AnthropicLLM(s.model, api_key=key, base_url=base_url, concurrency=concurrency)
+        inner = AnthropicLLM(s.model, api_key=key, base_url=base_url, **api)
     return CachedLLM(inner, store, no_cache=no_cache)

@@ -1,8 +1,9 @@
 """Anthropic backend (official `anthropic` SDK): chat, tools, JSON answers through a forced tool.
 
 No logprobs: `top_logprobs` requests and `token_probs` raise LLMError. Requests are bounded by a
-semaphore; the SDK retries 408/409/429/5xx/529 and connection errors with exponential backoff
-(honouring retry-after); 400/401/403/404 fail at once with the fix named.
+semaphore; the SDK retries 408/409/429/5xx/529, timeouts and connection errors with exponential
+backoff (honouring retry-after; `max_retries` times, `timeout` seconds per request);
+400/401/402/403/404 fail at once with the fix named, a low credit balance as OutOfCreditError.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from autointerp.llm.base import (
     ChatResponse,
     LLMError,
     Message,
+    OutOfCreditError,
     TokenProbsRequest,
     TokenProbsResponse,
     ToolCall,
@@ -59,6 +61,7 @@ class AnthropicLLM(LLM):
     ):
         self.model = model
         self.spec = f"anthropic:{model}"
+        self.timeout, self.max_retries = timeout, max_retries
         kwargs = dict(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout)
         self._client = PerLoop(lambda: anthropic.AsyncAnthropic(**kwargs, http_client=http_client))
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
@@ -130,31 +133,56 @@ class AnthropicLLM(LLM):
         )
 
     async def _request(self, params: dict):  # noqa: ANN202
+        not_anthropic = (
+            f"{self.spec}: the server did not send an Anthropic API answer ({{}}); check "
+            "ANTHROPIC_BASE_URL / --base-url."
+        )
         async with self._sem.get():
             try:
-                return await (await self._client.aget()).messages.create(**params)
-            except anthropic.AuthenticationError as e:
-                raise LLMError(
-                    f"{self.spec}: the API rejected the key (401: {_detail(e)}); check ANTHROPIC_API_KEY."
-                ) from e
-            except anthropic.PermissionDeniedError as e:
-                raise LLMError(f"{self.spec}: the key may not use this model (403: {_detail(e)}).") from e
-            except anthropic.NotFoundError as e:
-                raise LLMError(f"{self.spec}: unknown model or endpoint (404: {_detail(e)}).") from e
-            except anthropic.BadRequestError as e:
-                raise LLMError(f"{self.spec}: request rejected (400: {_detail(e)}).") from e
-            except anthropic.RateLimitError as e:
-                raise LLMError(
-                    f"{self.spec}: still rate-limited after retries (429); lower --concurrency."
-                ) from e
+                resp = await (await self._client.aget()).messages.create(**params)
+            except anthropic.APIStatusError as e:
+                if _out_of_credit(e):
+                    raise OutOfCreditError(
+                        f"{self.spec}: the API refused the call for lack of credit ({_detail(e)}); "
+                        "add credit under Plans & Billing or use another key."
+                    ) from e
+                raise LLMError(self._status_message(e)) from e
             except anthropic.APITimeoutError as e:
-                raise LLMError(f"{self.spec}: the API timed out after retries; try again later.") from e
+                raise LLMError(
+                    f"{self.spec}: the API did not answer within {self.timeout:g} s "
+                    f"({self.max_retries} retries); raise --timeout or try again later."
+                ) from e
             except anthropic.APIConnectionError as e:
                 raise LLMError(f"{self.spec}: cannot reach the Anthropic API; check the network.") from e
-            except anthropic.APIStatusError as e:
-                raise LLMError(
-                    f"{self.spec}: the API answered {e.status_code} after retries ({_detail(e)})."
-                ) from e
+            except json.JSONDecodeError as e:
+                raise LLMError(not_anthropic.format(f"malformed JSON: {e.msg}")) from e
+        if isinstance(resp, str) or not isinstance(resp, anthropic.BaseModel):
+            raise LLMError(not_anthropic.format(f"not JSON: {str(resp)[:60]!r}"))
+        return resp
+
+    def _status_message(self, e: anthropic.APIStatusError) -> str:
+        """One sentence for an error status, naming the fix."""
+        if isinstance(e, anthropic.AuthenticationError):
+            return f"{self.spec}: the API rejected the key (401: {_detail(e)}); check ANTHROPIC_API_KEY."
+        if isinstance(e, anthropic.PermissionDeniedError):
+            return f"{self.spec}: the key may not use this model (403: {_detail(e)})."
+        if isinstance(e, anthropic.NotFoundError):
+            return f"{self.spec}: unknown model or endpoint (404: {_detail(e)})."
+        if isinstance(e, anthropic.BadRequestError):
+            return f"{self.spec}: request rejected (400: {_detail(e)})."
+        if isinstance(e, anthropic.RateLimitError):
+            return (
+                f"{self.spec}: still rate-limited after {self.max_retries} retries (429); "
+                "lower --concurrency or raise --retries."
+            )
+        return f"{self.spec}: the API answered {e.status_code} after retries ({_detail(e)})."
+
+
+def _out_of_credit(e: anthropic.APIStatusError) -> bool:
+    """A 402 billing error, or the 400 "Your credit balance is too low to access the Anthropic API"."""
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    return e.status_code == 402 or err.get("type") == "billing_error" or "credit balance" in _detail(e)
 
 
 def _detail(e: anthropic.APIStatusError) -> str:

@@ -19,6 +19,10 @@ class LLMError(Exception):
     """An LLM call failed (after retries, where retrying makes sense). The message names the fix."""
 
 
+class OutOfCreditError(LLMError):
+    """The provider refused the call for lack of credit or quota (never retried); carries its message."""
+
+
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str

@@ -3,13 +3,15 @@
 Each call is looked up in the store by the hash of its canonical request; a hit is returned with
 `usage.cached=True`. A miss is performed, timed and written with its token counts, latency and cost.
 Identical requests in flight at the same time are performed once. A failed call raises `LLMError`
-and is never written.
+and is never written; nor is an empty answer (no text, no tool call, no probabilities) or a JSON-schema
+answer that is not JSON: a rerun asks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,6 +30,7 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     TokenProbsResponse,
 )
+from autointerp.llm.util import parse_json_answer
 from autointerp.store import Store
 from autointerp.types import LLMCallRecord
 
@@ -133,6 +136,9 @@ class CachedLLM(LLM):
     ) -> None:
         self.calls += 1
         u = resp.usage
+        if not _cacheable(request, resp):
+            log.debug("llm answer %s %s not cached: empty or not the JSON asked for", self.spec, key[:12])
+            return
         log.debug(
             "llm call %s %s %s: %d+%d tokens, %.2f s",
             self.spec,
@@ -191,3 +197,18 @@ class CachedLLM(LLM):
         finally:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
+
+
+def _cacheable(request: BaseModel, resp: ChatResponse | TokenProbsResponse | StepwiseResponse) -> bool:
+    """Whether an answer may be served again: not empty, finite, and JSON where JSON was asked for."""
+    if isinstance(resp, ChatResponse):
+        if not resp.text.strip() and not resp.tool_calls:
+            return False
+        if isinstance(request, ChatRequest) and request.json_schema is not None and not resp.tool_calls:
+            try:
+                parse_json_answer(resp.text, request.json_schema, resp.backend)
+            except LLMError:
+                return False
+        return True
+    values = [p for dist in resp.probs for p in dist.values()] + list(resp.mass)
+    return bool(resp.probs) and all(math.isfinite(v) for v in values)

@@ -441,6 +441,13 @@ def _load(source: str, dtype: str) -> Engine:
             f"Could not load {source!r}: it is not a local model directory and not in the Hugging Face "
             "cache (no network); use local:qwen2.5-coder-1.5b, local:smollm2-135m or local:PATH."
         ) from e
+    except Exception as e:  # a damaged file of the user's own model (e.g. a safetensors header)
+        if path is None or source in assets.embedded_models():
+            raise
+        raise UserError(
+            f"Could not load the model at {path} ({type(e).__name__}: {e}); its files look damaged: "
+            "copy or download them again."
+        ) from e
     if gguf:
         assets.strip_quantization(model)
     dev = _device()

@@ -3,7 +3,8 @@
 Chat with top logprobs, tool calls and JSON-schema answers. `token_probs` reads prompt logprobs
 from the legacy completions endpoint (`echo=True`, `logprobs=k`): servers such as llama.cpp return
 them, api.openai.com does not (capability off there). Requests are bounded by a semaphore; the SDK
-retries 408/409/429/5xx and connection errors with exponential backoff; 400/401/403/404 fail at once.
+retries 408/409/429/5xx, timeouts and connection errors with exponential backoff (`max_retries`
+times, `timeout` seconds per request); 400/401/403/404 and an exhausted quota fail at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from autointerp.llm.base import (
     ChatResponse,
     LLMError,
     Message,
+    OutOfCreditError,
     TokenLogprob,
     TokenProbsRequest,
     TokenProbsResponse,
@@ -36,6 +38,24 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise UserError(
         "The openai backend needs the openai package; run `pip install autointerp[openai]`."
     ) from e
+
+
+class _Client(openai.AsyncOpenAI):
+    """The SDK's client, except that an exhausted quota (a 429 too) is not retried as rate limiting."""
+
+    def _should_retry(self, response) -> bool:  # noqa: ANN001 - the SDK's httpx response
+        return not _out_of_quota(response) and super()._should_retry(response)
+
+
+def _out_of_quota(response) -> bool:  # noqa: ANN001 - the SDK's httpx response
+    """A 429 whose error says `insufficient_quota` ("You exceeded your current quota")."""
+    if response.status_code != 429:
+        return False
+    try:
+        error = response.json().get("error") or {}
+    except Exception:  # not read, not JSON, not an object: an ordinary rate limit
+        return False
+    return isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type"))
 
 
 class OpenAILLM(LLM):
@@ -58,6 +78,7 @@ class OpenAILLM(LLM):
         self.model = model
         self.spec = f"openai:{model}"
         self.base_url = base_url
+        self.timeout, self.max_retries = timeout, max_retries
         official = base_url is None or urlparse(base_url).hostname == "api.openai.com"
         self.official = official
         self.prompt_logprobs = prompt_logprobs
@@ -68,7 +89,7 @@ class OpenAILLM(LLM):
         kwargs = dict(
             api_key=api_key or "not-needed", base_url=base_url, max_retries=max_retries, timeout=timeout
         )
-        self._client = PerLoop(lambda: openai.AsyncOpenAI(**kwargs, http_client=http_client))
+        self._client = PerLoop(lambda: _Client(**kwargs, http_client=http_client))
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -219,9 +240,13 @@ class OpenAILLM(LLM):
     async def _request(self, create, params: dict):  # noqa: ANN001, ANN202
         """One call under the concurrency bound; SDK errors become LLMError with the fix named."""
         where = self.base_url or "api.openai.com"
+        not_openai = (
+            f"{self.spec}: {where} did not send an OpenAI-compatible answer ({{}}); check that --base-url "
+            "points at an OpenAI-compatible API (it usually ends in /v1)."
+        )
         async with self._sem.get():
             try:
-                return await create(**params)
+                resp = await create(**params)
             except openai.AuthenticationError as e:
                 raise LLMError(
                     f"{self.spec}: {where} rejected the API key (401); check OPENAI_API_KEY."
@@ -233,17 +258,37 @@ class OpenAILLM(LLM):
             except openai.BadRequestError as e:
                 raise LLMError(f"{self.spec}: request rejected (400): {e.message}") from e
             except openai.RateLimitError as e:
+                if "insufficient_quota" in (e.code, e.type):
+                    raise OutOfCreditError(
+                        f"{self.spec}: {where} refused the call for lack of credit ({_message_of(e)}); "
+                        "add credit to the account or use another key."
+                    ) from e
                 raise LLMError(
-                    f"{self.spec}: still rate-limited after retries (429); lower --concurrency."
+                    f"{self.spec}: still rate-limited after {self.max_retries} retries (429); "
+                    "lower --concurrency or raise --retries."
                 ) from e
             except openai.APITimeoutError as e:
-                raise LLMError(f"{self.spec}: {where} timed out after retries; check the server.") from e
+                raise LLMError(
+                    f"{self.spec}: {where} did not answer within {self.timeout:g} s "
+                    f"({self.max_retries} retries); raise --timeout or check the server."
+                ) from e
             except openai.APIConnectionError as e:
                 raise LLMError(f"{self.spec}: cannot reach {where}; check the server and --base-url.") from e
             except openai.APIStatusError as e:
                 raise LLMError(
                     f"{self.spec}: {where} answered {e.status_code} after retries: {e.message}"
                 ) from e
+            except json.JSONDecodeError as e:
+                raise LLMError(not_openai.format(f"malformed JSON: {e.msg}")) from e
+        if isinstance(resp, str) or not isinstance(resp, openai.BaseModel):
+            raise LLMError(not_openai.format(f"not JSON: {str(resp)[:60]!r}"))
+        return resp
+
+
+def _message_of(e: openai.APIStatusError) -> str:
+    """The provider's own error message (the body's error.message), else the SDK's summary."""
+    body = e.body.get("error", e.body) if isinstance(e.body, dict) else None
+    return str(body["message"] if isinstance(body, dict) and body.get("message") else e.message)
 
 
 def _message(m: Message) -> dict:
