@@ -319,6 +319,10 @@ class Store:
         rows = self.db["units"].rows_where(where, args or None, order_by="model, hook, sae, idx")
         return [_unit_from_row(r) for r in rows]
 
+    def hooks(self) -> list[str]:
+        """The hooks that have recorded units, sorted."""
+        return [h for (h,) in self.db.execute("SELECT DISTINCT hook FROM units ORDER BY hook")]
+
     def count_units(self) -> int:
         return self.db["units"].count
 

@@ -167,7 +167,9 @@ class CachedLLM(LLM):
         loop = asyncio.get_running_loop()
         pending = self._inflight.get(key)
         if pending is not None and pending.get_loop() is loop:
-            return (await asyncio.shield(pending)).model_copy(deep=True)
+            shared = (await asyncio.shield(pending)).model_copy(deep=True)
+            shared.usage.cached = True  # performed (and counted) once, by the first caller
+            return shared
         fut: asyncio.Future = loop.create_future()
         self._inflight[key] = fut
         try:

@@ -380,8 +380,20 @@ class Recorder:
         return {h: a.cpu() for h, a in acts.items()}
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
+        """Record (or resume) the run. If it fails or is interrupted after starting, its row ends `failed`
+        with the error, never `running`; the rerun resumes from the checkpoint."""
+        run_id = run_id_for(self.settings, self.run_key)
+        self._started = False
+        try:
+            return self._run(store, run_id, progress)
+        except BaseException as e:
+            if self._started:  # only the row this process started: another may be recording it
+                error = "interrupted" if isinstance(e, KeyboardInterrupt) else repr(e)
+                store.finish_run(run_id, "failed", {"error": error})
+            raise
+
+    def _run(self, store: Store, run_id: str, progress: Callable[[int, int], None] | None) -> RecordResult:
         s = self.settings
-        run_id = run_id_for(s, self.run_key)
         existing = store.get_run(run_id)
         if existing and existing.status == "complete":
             return RecordResult(run_id, 0, 0, 0.0, 0.0, already_complete=True)
@@ -413,6 +425,7 @@ class Recorder:
                 started_at=existing.started_at if existing else now(),
             )
         )
+        self._started = True
         max_windows = max(s.max_tokens // s.ctx, 1)
         windows = corpus.windows(s.corpus, self.subject.tokenizer, s.ctx, self.subject.bos_id)
         windows = itertools.islice(windows, done_windows, None)
@@ -432,7 +445,6 @@ class Recorder:
                 self._checkpoint(ckpt, done_windows, gen, states)
                 last_ckpt = time.perf_counter()
         if done_windows == 0:
-            store.finish_run(run_id, "failed", {"error": "corpus shorter than one window"})
             raise UserError(
                 f"The corpus is shorter than one window of {s.ctx} tokens; add text or lower --ctx."
             )
