@@ -501,6 +501,17 @@ def label(
     units: Annotated[
         list[str] | None, typer.Option("--unit", help="Unit id (repeatable; default all).")
     ] = None,
+    hook: Annotated[
+        list[str] | None, typer.Option("--hook", help="Only units at this hook (repeatable).")
+    ] = None,
+    min_count: Annotated[
+        int,
+        typer.Option(min=0, help="Only units that fired on at least this many tokens (delphi's min_examples)."),
+    ] = 0,
+    order: Annotated[
+        str,
+        typer.Option(help="index (as recorded), selective (rarest-firing first) or random (seeded)."),
+    ] = "index",
     limit: Annotated[int | None, typer.Option(min=1, help="Label at most this many units.")] = None,
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
@@ -535,7 +546,10 @@ def label(
         ),
     ] = False,
 ) -> None:
-    """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary."""
+    """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
+
+    A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
+    score of a unit failed."""
     from autointerp.llm import connection
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
@@ -543,33 +557,34 @@ def label(
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
     from autointerp.pipeline import label as run_label
+    from autointerp.pipeline import select_units
+    from autointerp.progress import CountProgress
     from autointerp.score import SCORERS, ScoreSettings
+    from autointerp.store import Store
 
     method_list = names(methods, "--methods", EXPLAINERS)
     scorer_list = names(scorers, "--scorers", SCORERS)
 
-    progress = Progress(
-        TextColumn("[bold]labelling"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
-    with progress:
-        task = progress.add_task("label", total=None, last="")
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
 
-        def on_result(r) -> None:  # noqa: ANN001
+        def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
             note = (
-                "skipped" if r.skipped else ("[red]failed[/red]" if r.error else (r.explanation or "")[:40])
+                "skipped (done)"
+                if r.skipped
+                else "skipped (never fired)"
+                if r.skip_reason
+                else "[red]failed[/red]"
+                if r.error
+                else escape((r.explanation or "")[:40])
             )
-            progress.update(task, advance=1, last=note)
+            bar.advance(note, failed=bool(r.error or r.scores_failed))
 
         summary = run_label(
             db,
-            units,
-            limit=limit,
+            ids,
             explainer=explainer,
             simulator=simulator,
             base_url=base_url,
@@ -589,10 +604,9 @@ def label(
     print_summary(summary)
     if report:
         from autointerp.report import write_report
-        from autointerp.store import Store
 
         console.print(f"report: {write_report(Store(db), report)}")
-    if summary.failures:
+    if not summary.ok:
         raise typer.Exit(1)
 
 
@@ -605,25 +619,59 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     for sc in scorers:
         table.add_column(sc, justify="right")
     for r in summary.results:
+        if r.skip_reason:
+            continue  # counted below; a store can hold thousands of dead latents
         # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
         cells = [
             f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
             for sc in scorers
         ]
-        text = r.explanation or f"[red]{r.error}[/red]"
+        text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
         table.add_row(r.unit_id, r.method, text, *cells)
     console.print(table)
-    done = [r for r in summary.results if not r.error]
+    done = [r for r in summary.results if not (r.error or r.skip_reason)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
         f"{len(summary.failures)} failed",
     ]
+    if summary.unlabellable:
+        parts.append(f"{len(summary.unlabellable)} skipped: never fired")
     for sc in scorers:
         st = summary.stats(sc)
         if st["n"]:
             parts.append(f"{sc} mean {st['mean']:.3f} median {st['median']:.3f} (n={st['n']})")
-    tokens = f"{summary.prompt_tokens:,} prompt + {summary.completion_tokens:,} completion tokens"
-    console.print(" · ".join(parts) + f" · {tokens} · {summary.seconds:.0f} s")
+    console.print(" · ".join(parts) + f" · {summary.seconds:.0f} s")
+    counts = summary.score_counts()
+    if counts["nan"] or counts["failed"]:
+        console.print(
+            f"scores: {counts['ok']} ok · {counts['nan']} nan (undefined) · {counts['failed']} failed"
+        )
+    console.print(usage_line(summary))
+    if not summary.ok:
+        n_fail, n_scores = len(summary.failures), len(summary.score_failures)
+        err.print(
+            f"[red]run {summary.run_id} failed:[/red] {n_fail} explanation(s) failed, "
+            f"{n_scores} unit(s) with every score failed (reasons: autointerp show UNIT_ID --db DB)."
+        )
+
+
+def usage_line(summary) -> str:  # noqa: ANN001 - pipeline.LabelSummary
+    """Tokens spent by each LLM role (prompt + completion), cache hits apart, and the cost where known."""
+    roles = [
+        f"{role} {u.prompt_tokens:,} + {u.completion_tokens:,}"
+        for role, u in summary.usage.items()
+        if u.calls or u.cached_calls
+    ]
+    line = "tokens spent (prompt + completion): " + (" · ".join(roles) or "none")
+    hits = sum(u.cached_calls for u in summary.usage.values())
+    if hits:
+        saved = sum(u.cached_prompt_tokens + u.cached_completion_tokens for u in summary.usage.values())
+        line += f" · cache hits: {hits:,} calls ({saved:,} tokens not spent)"
+    cost = summary.cost_usd
+    if cost is not None:
+        unpriced = sum(u.unpriced_calls for u in summary.usage.values())
+        line += f" · cost ${cost:.4f}" + (f" (+ {unpriced:,} calls without a price)" if unpriced else "")
+    return line
 
 
 @app.command()
@@ -635,25 +683,37 @@ def demo(
     n_label: Annotated[
         int, typer.Option("--label", help="How many units of each kind to label with the embedded LLM.")
     ] = 3,
+    min_count: Annotated[
+        int, typer.Option(help="Label only units that fired on at least this many tokens.")
+    ] = 20,
+    order: Annotated[
+        str, typer.Option(help="Which units first: selective (rarest-firing), random or index.")
+    ] = "selective",
 ) -> None:
-    """The main job on the embedded default: record Gemma 3 270M neurons and SAE latents, label a few."""
+    """The main job on the embedded default: record Gemma 3 270M neurons and SAE latents, label a few
+    of each kind, chosen as `label --hook H --min-count N --order O --limit N` would."""
     require_local("autointerp demo", SAE_STACK)
     from autointerp import assets
+    from autointerp.pipeline import ORDERS, select_units
     from autointerp.store import Store
 
+    if order not in ORDERS or min_count < 0 or n_label < 1:
+        raise UserError(
+            f"--order is one of {', '.join(ORDERS)}, --min-count >= 0 and --label >= 1; fix the values."
+        )
     with err.status("checking embedded assets"):
         assets.setup(log=lambda m: None)
     hook, sae_hook = "blocks.6.mlp.hook_post", "blocks.6.hook_resid_post"
     record(db=db, hook=[hook], sae=["embedded"], units=units, tokens=tokens)
     store = Store(db)
-    chosen = []
-    for h in (hook, sae_hook):
-        # The most selective units that still fired on at least 20 tokens: the clearest to explain.
-        pool = [u for u in store.units(hook=h) if u.stats.frac_firing * u.stats.n_tokens >= 20]
-        chosen += sorted(pool, key=lambda u: u.stats.frac_firing)[:n_label]
+    chosen = [
+        uid
+        for h in (hook, sae_hook)
+        for uid in select_units(store, hooks=[h], min_count=min_count, order=order, limit=n_label)
+    ]
     label(
         db=db,
-        units=[u.id for u in chosen],
+        units=chosen,
         # Only a score that measures with the embedded models: the 1.5B judge says "1" to nearly every
         # window, so its detection balanced accuracy sits at chance (README, scorer meta-evaluation).
         scorers="correlation",

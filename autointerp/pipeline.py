@@ -12,10 +12,12 @@ import asyncio
 import hashlib
 import json
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,13 +26,13 @@ from autointerp.aio import run_sync
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
 from autointerp.llm import CachedLLM, get_llm
-from autointerp.llm.base import LLM, LLMError
+from autointerp.llm.base import LLM, LLMError, Usage
 from autointerp.render import normalize
-from autointerp.sampling import SampleSettings, UnitSample, digest, sample_unit
+from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
 from autointerp.score import SCORERS, ScoreRecord
 from autointerp.simulate import make_simulator
 from autointerp.store import Store
-from autointerp.types import Explanation, RunRecord, Score, UnitRef, now
+from autointerp.types import Explanation, RunRecord, Score, Unit, UnitRef, now
 from autointerp.version import code_version
 
 
@@ -54,16 +56,62 @@ class UnitResult(BaseModel):
     explanation_id: str | None = None  # its row in `explanations` (None when explaining failed)
     scores: dict[str, float | None] = Field(default_factory=dict)
     status: dict[str, str] = Field(default_factory=dict)  # scorer -> ok / nan / failed
-    skipped: bool = False
+    skipped: bool = False  # already explained and scored in the store
+    skip_reason: str | None = None  # why the unit cannot be labelled (it never fired, ...)
     error: str | None = None
+
+    @property
+    def scores_failed(self) -> bool:
+        """Explained, but every score failed (nothing measured it)."""
+        return bool(self.status) and all(v == "failed" for v in self.status.values())
+
+
+class RoleUsage(BaseModel):
+    """What one LLM role spent: calls made and their tokens and cost; cache hits apart (they cost nothing)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # the summed cost of the calls that reported one
+    unpriced_calls: int = 0  # calls without a known price (local models, unknown API models)
+    cached_calls: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+
+    def add(self, u: Usage) -> None:
+        if u.cached:
+            self.cached_calls += 1
+            self.cached_prompt_tokens += u.prompt_tokens
+            self.cached_completion_tokens += u.completion_tokens
+            return
+        self.calls += 1
+        self.prompt_tokens += u.prompt_tokens
+        self.completion_tokens += u.completion_tokens
+        if u.cost_usd is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd = (self.cost_usd or 0.0) + u.cost_usd
 
 
 class LabelSummary(BaseModel):
     run_id: str
     results: list[UnitResult]
     seconds: float
-    prompt_tokens: int
-    completion_tokens: int
+    usage: dict[str, RoleUsage] = Field(default_factory=dict)  # role (explainer, simulator, ...) -> spent
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of the calls actually made by every role (cache hits excluded)."""
+        return sum(u.prompt_tokens for u in self.usage.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion_tokens for u in self.usage.values())
+
+    @property
+    def cost_usd(self) -> float | None:
+        known = [u.cost_usd for u in self.usage.values() if u.cost_usd is not None]
+        return sum(known) if known else None
 
     def stats(self, scorer: str) -> dict[str, float | int | None]:
         vals = [r.scores[scorer] for r in self.results if r.scores.get(scorer) is not None]
@@ -75,45 +123,85 @@ class LabelSummary(BaseModel):
 
     @property
     def failures(self) -> list[UnitResult]:
+        """Units whose explanation failed (LLM error, unusable answer)."""
         return [r for r in self.results if r.error]
+
+    @property
+    def unlabellable(self) -> list[UnitResult]:
+        """Units skipped because they cannot be labelled (never fired), with their reason."""
+        return [r for r in self.results if r.skip_reason]
+
+    @property
+    def score_failures(self) -> list[UnitResult]:
+        """Explained units every score of which failed."""
+        return [r for r in self.results if r.scores_failed]
+
+    def score_counts(self) -> dict[str, int]:
+        """How many scores ended ok, nan (undefined) and failed."""
+        counts = {"ok": 0, "nan": 0, "failed": 0}
+        for r in self.results:
+            for v in r.status.values():
+                counts[v] = counts.get(v, 0) + 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        """No explanation failed and every explained unit has at least one score that did not fail."""
+        return not self.failures and not self.score_failures
+
+    def record(self) -> dict:
+        """What the run's row keeps as its summary."""
+        return {
+            "units": len(self.results),
+            "labelled": sum(not (r.error or r.skip_reason or r.skipped) for r in self.results),
+            "resumed": sum(r.skipped for r in self.results),
+            "unlabellable": {r.unit_id: r.skip_reason for r in self.unlabellable},
+            "failures": [r.model_dump() for r in self.failures],
+            "score_failures": [r.unit_id for r in self.score_failures],
+            "scores": self.score_counts(),
+            "usage": {k: v.model_dump() for k, v in self.usage.items()},
+            "seconds": self.seconds,
+        }
 
 
 class TokenMeter(LLM):
-    """Wraps an LLM and adds up the tokens of the calls it actually made (cache hits cost nothing)."""
+    """Wraps an LLM and adds up what its calls spent (`RoleUsage`); cache hits are counted apart."""
 
     def __init__(self, llm: LLM):
         self.llm = llm
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
+        self.usage = RoleUsage()
 
     def __getattr__(self, name: str):  # noqa: ANN204 - spec, backend, model, capabilities
         return getattr(self.llm, name)
 
-    def _count(self, usage) -> None:  # noqa: ANN001
-        if not usage.cached:
-            self.prompt_tokens += usage.prompt_tokens
-            self.completion_tokens += usage.completion_tokens
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens
 
     async def chat(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.chat(request)
-        self._count(resp.usage)
+        self.usage.add(resp.usage)
         return resp
 
     async def token_probs(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.token_probs(request)
-        self._count(resp.usage)
+        self.usage.add(resp.usage)
         return resp
 
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.token_probs_many(requests)
         for r in resps:
-            self._count(r.usage)
+            self.usage.add(r.usage)
         return resps
 
     async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.stepwise_many(requests)
         for r in resps:
-            self._count(r.usage)
+            self.usage.add(r.usage)
         return resps
 
 
@@ -137,7 +225,9 @@ class Labeller:
         EXPLAINERS.check(s.methods)
         SCORERS.check(s.scorers)
         self.store, self.s = store, s
+        # One meter per role, also when both roles are served by the same model: nothing is dropped.
         self.explainer, self.sim_llm = TokenMeter(explainer), TokenMeter(simulator)
+        self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
         self.explainers: dict[str, Explainer] = {
             m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods
@@ -258,7 +348,10 @@ class Labeller:
         return out
 
     async def label_one(self, unit_id: str, method: str) -> UnitResult:
-        sample = sample_unit(self.store, unit_id, self.s.sample)
+        try:
+            sample = sample_unit(self.store, unit_id, self.s.sample)
+        except Unlabellable as e:
+            return UnitResult(unit_id=unit_id, method=method, skip_reason=str(e))
         exp_id = self.exp_id(unit_id, method, sample)
         if self.done(exp_id, sample):
             exp = self.store.get_explanation(exp_id)
@@ -307,7 +400,10 @@ class Labeller:
     async def run(
         self, unit_ids: list[str], progress: Callable[[UnitResult], None] | None = None
     ) -> LabelSummary:
+        """Label the units (each once, in order); the run's row ends `complete` or `failed`, whatever
+        happens: an exception or Ctrl-C marks it `failed` with the error, and the rerun resumes."""
         t0 = time.perf_counter()
+        unit_ids = list(dict.fromkeys(unit_ids))  # a unit given twice is labelled and counted once
         self.store.start_run(
             RunRecord(
                 id=self.run_id,
@@ -318,48 +414,105 @@ class Labeller:
             )
         )
         sem = asyncio.Semaphore(self.s.concurrency)
+        finished: list[UnitResult] = []
 
         async def one(uid: str, method: str) -> UnitResult:
             async with sem:
                 result = await self.label_one(uid, method)
+            finished.append(result)
             if progress:
                 progress(result)
             return result
 
-        results = await asyncio.gather(*(one(u, m) for u in unit_ids for m in self.s.methods))
+        tasks = [asyncio.ensure_future(one(u, m)) for u in unit_ids for m in self.s.methods]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException as e:  # an unexpected error, Ctrl-C (cancellation): stop, and say so
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            error = "interrupted" if isinstance(e, KeyboardInterrupt | asyncio.CancelledError) else repr(e)
+            self.store.finish_run(
+                self.run_id,
+                "failed",
+                {"error": error, "finished_units": len(finished), "usage": self.usage_dump()},
+            )
+            raise
         summary = LabelSummary(
             run_id=self.run_id,
             results=list(results),
             seconds=time.perf_counter() - t0,
-            prompt_tokens=self.explainer.prompt_tokens
-            + (self.sim_llm.prompt_tokens if self.sim_llm.llm is not self.explainer.llm else 0),
-            completion_tokens=self.explainer.completion_tokens
-            + (self.sim_llm.completion_tokens if self.sim_llm.llm is not self.explainer.llm else 0),
+            usage={role: m.usage for role, m in self.meters.items()},
         )
-        self.store.finish_run(
-            self.run_id,
-            "complete" if not summary.failures else "failed",
-            {
-                "units": len(results),
-                "failures": [r.model_dump() for r in summary.failures],
-                "seconds": summary.seconds,
-            },
-        )
+        self.store.finish_run(self.run_id, "complete" if summary.ok else "failed", summary.record())
         return summary
 
+    def usage_dump(self) -> dict:
+        return {role: m.usage.model_dump() for role, m in self.meters.items()}
 
-def resolve_units(store: Store, units: list[str] | None, limit: int | None = None) -> list[str]:
-    """Unit ids to label: those given (checked), or every recorded unit."""
+
+Order = Literal["index", "selective", "random"]
+ORDERS: tuple[str, ...] = ("index", "selective", "random")
+
+
+def firing_count(unit: Unit) -> int:
+    """How many recorded tokens the unit fired on (delphi's `min_examples` counts these)."""
+    return round(unit.stats.frac_firing * unit.stats.n_tokens)
+
+
+def select_units(
+    store: Store,
+    units: list[str] | None = None,
+    *,
+    hooks: list[str] | None = None,
+    min_count: int = 0,
+    order: str = "index",
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Unit ids to label: those given (checked) or every recorded unit, at the `hooks`, that fired on at
+    least `min_count` tokens, in `order` (index: as recorded; selective: lowest firing frequency first,
+    among units that fire; random: shuffled by `seed`), at most `limit`. A repeated unit counts once."""
+    if order not in ORDERS:
+        raise UserError(f"--order {order!r} is not one of {', '.join(ORDERS)}; pick one.")
+    if min_count < 0:
+        raise UserError(f"--min-count must be 0 or more, not {min_count}; fix the value.")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be 1 or more, not {limit}; leave it out to label every unit.")
+    recorded_hooks = store.hooks()
+    for h in hooks or []:
+        if h not in recorded_hooks:
+            raise UserError(
+                f"No unit is recorded at hook {h!r} in {store.path}; recorded hooks: "
+                f"{', '.join(recorded_hooks) or 'none'}."
+            )
     if units:
-        ids = [UnitRef.parse(u).id for u in units]
-        missing = [u for u in ids if store.get_unit(u) is None]
-        if missing:
-            raise UserError(f"{missing[0]} is not recorded in {store.path}; record its hook first.")
+        ids = list(dict.fromkeys(UnitRef.parse(u).id for u in units))
+        pool = []
+        for uid in ids:
+            unit = store.get_unit(uid)
+            if unit is None:
+                raise UserError(f"{uid} is not recorded in {store.path}; record its hook first.")
+            pool.append(unit)
     else:
-        ids = [u.id for u in store.units()]
-        if not ids:
+        pool = store.units()
+        if not pool:
             raise UserError(f"{store.path} holds no recorded units; run `autointerp record` first.")
-    return ids[:limit] if limit else ids
+    chosen = [
+        u
+        for u in pool
+        if (not hooks or u.ref.hook in hooks) and (not min_count or firing_count(u) >= min_count)
+    ]
+    if order == "selective":
+        chosen = sorted((u for u in chosen if firing_count(u) > 0), key=lambda u: u.stats.frac_firing)
+    elif order == "random":
+        random.Random(seed).shuffle(chosen)
+    if not chosen:
+        raise UserError(
+            f"No unit of {store.path} matches --hook, --min-count and --order; lower --min-count or "
+            "record more tokens."
+        )
+    return [u.id for u in chosen][:limit]
 
 
 async def alabel(
@@ -367,6 +520,9 @@ async def alabel(
     units: list[str] | None = None,
     *,
     limit: int | None = None,
+    hooks: list[str] | None = None,
+    min_count: int = 0,
+    order: str = "index",
     explainer: str = "local:qwen2.5-coder-1.5b",
     simulator: str | None = None,
     base_url: str | None = None,
@@ -379,7 +535,8 @@ async def alabel(
 ) -> LabelSummary:
     """Explain and score units of a recorded store: the async core of `label` (await it in async code).
 
-    `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
+    Units: those given, or every recorded one, chosen by `select_units` (`hooks`, `min_count`, `order`,
+    `limit`). `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
     `timeout` / `retries`: per API request (see `llm.connection`).
     """
@@ -387,7 +544,7 @@ async def alabel(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     s = LabelSettings(explainer=explainer, simulator=simulator or explainer, **settings)
-    unit_ids = resolve_units(store, units, limit)
+    unit_ids = select_units(store, units, hooks=hooks, min_count=min_count, order=order, limit=limit)
     llm_options = dict(
         base_url=base_url, concurrency=s.concurrency, no_cache=no_cache, timeout=timeout, retries=retries
     )
@@ -397,7 +554,9 @@ async def alabel(
     if counterfactuals:
         # The generator is synchronous (it runs its own event loop): a worker thread, with its own
         # connection to the store (sqlite connections stay in their thread) and the same backend.
-        await asyncio.to_thread(_counterfactuals_in_thread, store.path, unit_ids, exp_llm)
+        live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
+        meter = await asyncio.to_thread(_counterfactuals_in_thread, store.path, live, exp_llm)
+        labeller.meters["counterfactuals"] = meter
     return await labeller.run(unit_ids, progress)
 
 
@@ -409,9 +568,11 @@ def label(db: str | Path, units: list[str] | None = None, **kwargs) -> LabelSumm
     return run_sync(alabel(db, units, **kwargs))
 
 
-def _counterfactuals_in_thread(db: Path, unit_ids: list[str], llm: CachedLLM) -> None:
+def _counterfactuals_in_thread(db: Path, unit_ids: list[str], llm: CachedLLM) -> TokenMeter:
     store = Store(db)
-    add_counterfactuals(store, unit_ids, CachedLLM(llm.inner, store, no_cache=llm.no_cache))
+    meter = TokenMeter(CachedLLM(llm.inner, store, no_cache=llm.no_cache))
+    add_counterfactuals(store, unit_ids, meter)
+    return meter
 
 
 def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:

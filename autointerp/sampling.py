@@ -27,6 +27,10 @@ class SampleSettings(BaseModel):
     low_fraction: float = 0.25  # a random window peaking below this share of the unit's max is a negative
 
 
+class Unlabellable(UserError):
+    """A unit that cannot be labelled (it never fired, or too few windows); a label run skips it."""
+
+
 class UnitSample(BaseModel):
     unit: Unit
     explain: list[Example]  # what the explainer reads
@@ -51,11 +55,11 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
     if not top or top[0].max_act <= unit.stats.fire_threshold:
         run = store.get_run(unit.run_id)
         if run is not None and not run.settings.get("include_special", True):
-            raise UserError(
+            raise Unlabellable(
                 f"{unit_id} has no activating examples in {store.path}; it never fired on the corpus "
                 "outside BOS and other special tokens, which record leaves out unless given --keep-bos."
             )
-        raise UserError(
+        raise Unlabellable(
             f"{unit_id} has no activating examples in {store.path}; it never fired on the corpus."
         )
     random = by_kind.get("random", [])

@@ -489,6 +489,10 @@ class Store:
         )
         return [r[0] for r in cur.fetchall()]
 
+    def hooks(self) -> list[str]:
+        """The hooks that have recorded units, sorted."""
+        return [h for (h,) in self.db.execute("SELECT DISTINCT hook FROM units ORDER BY hook")]
+
     def count_units(self) -> int:
         return self.db["units"].count
 

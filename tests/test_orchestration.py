@@ -72,6 +72,8 @@ def test_resume_after_an_interruption_loses_and_duplicates_nothing(month_store, 
     with pytest.raises(KeyboardInterrupt):
         label(month_store.path, explainer=interrupted.spec, concurrency=1)
     assert rows(month_store) == [(u, "months of the year", "correlation") for u in UNITS[:2]]
+    (run,) = month_store.runs("label")
+    assert (run.status, run.summary["error"], run.summary["finished_units"]) == ("failed", "interrupted", 2)
     interrupted.unregister()
 
     resumed = scripted()  # the same spec, now answering every unit
@@ -108,6 +110,8 @@ def test_a_failing_scorer_is_a_failed_row_not_a_stopped_run(month_store, scripte
     summary = label(month_store.path, explainer=scripted(probs=probs).spec)
     assert [r.status["correlation"] for r in summary.results] == ["ok", "ok", "failed"]
     assert not summary.failures  # explained and stored; only the score failed, with its reason
+    assert [r.unit_id for r in summary.score_failures] == [UNITS[2]] and not summary.ok
+    assert month_store.runs("label")[0].status == "failed"  # not reported as a plain success
     (exp,) = month_store.explanations(UNITS[2])
     (score,) = month_store.scores(exp.id)
     assert score.value is None and "down for July" in score.reason

@@ -77,7 +77,7 @@ def test_killed_run_resumes_to_the_same_result(gemma, recorded, tmp_path, monkey
         record_units(db, [HOOK], units=list(range(16)), subject=gemma, progress=die_after_three, **SETTINGS)
     store = Store(db)
     assert store.count_units() == 0  # nothing half-written is visible
-    assert store.runs("record")[0].status == "running"
+    assert store.runs("record")[0].status == "failed"  # its row says so; the rerun resumes
     result = record_units(db, [HOOK], units=list(range(16)), subject=gemma, **SETTINGS)
     assert result.resumed_from == 2 * 16 * 32  # the checkpoint after the second batch
     straight = Store(db_straight)

@@ -2,9 +2,10 @@
 
 Each call is looked up in the store by the hash of its canonical request; a hit is returned with
 `usage.cached=True`. A miss is performed, timed and written with its token counts, latency and cost.
-Identical requests in flight at the same time are performed once. A failed call raises `LLMError`
-and is never written; nor is an empty answer (no text, no tool call, no probabilities) or a JSON-schema
-answer that is not JSON: a rerun asks again.
+Identical requests in flight at the same time (also within one batch) are performed once; the
+other askers get a copy marked cached. A failed call raises `LLMError` and is never written; nor is
+an empty answer (no text, no tool call, no probabilities) or a JSON-schema answer that is not JSON:
+a rerun asks again.
 """
 
 from __future__ import annotations
@@ -92,28 +93,53 @@ class CachedLLM(LLM):
         perform: Callable[[list], Awaitable[list[R]]],
     ) -> list[R]:
         out: list[R | None] = [None] * len(requests)
-        misses = []
-        for i, req in enumerate(requests):
-            hit = self._lookup(req.cache_key(self.backend, self.model), rtype)
+        keys = [req.cache_key(self.backend, self.model) for req in requests]
+        loop = asyncio.get_running_loop()
+        mine: dict[str, asyncio.Future] = {}  # key -> future of a request this call performs
+        shared: list[tuple[int, asyncio.Future]] = []  # repeats, and requests another call performs
+        todo: list[int] = []  # indices this call performs, each key once
+        for i, key in enumerate(keys):
+            hit = self._lookup(key, rtype)
             if hit is not None:
                 out[i] = hit
-            else:
-                misses.append(i)
-        if misses:
-            reqs = [requests[i] for i in misses]
-            t0 = time.perf_counter()
-            try:
-                results = await perform(reqs)
-            except (LLMError, UserError):
-                raise
-            except Exception as e:  # a backend bug or an unexpected transport error: never a default
-                raise LLMError(f"{self.spec}: {kind} failed: {e}") from e
-            share = (time.perf_counter() - t0) / len(reqs)
-            for i, req, res in zip(misses, reqs, results, strict=True):
-                if not res.usage.latency_s:
-                    res.usage.latency_s = share
-                self._write(req.cache_key(self.backend, self.model), kind, req, res)
-                out[i] = res
+                continue
+            pending = mine.get(key) or self._inflight.get(key)
+            if pending is not None and pending.get_loop() is loop:
+                shared.append((i, pending))
+                continue
+            mine[key] = self._inflight[key] = loop.create_future()
+            todo.append(i)
+        try:
+            if todo:
+                reqs = [requests[i] for i in todo]
+                t0 = time.perf_counter()
+                try:
+                    results = await perform(reqs)
+                except (LLMError, UserError):
+                    raise
+                except Exception as e:  # a backend bug or an unexpected transport error: never a default
+                    raise LLMError(f"{self.spec}: {kind} failed: {e}") from e
+                share = (time.perf_counter() - t0) / len(reqs)
+                for i, req, res in zip(todo, reqs, results, strict=True):
+                    if not res.usage.latency_s:
+                        res.usage.latency_s = share
+                    self._write(keys[i], kind, req, res)
+                    out[i] = res
+                    mine[keys[i]].set_result(res)
+        except BaseException as e:
+            for fut in mine.values():
+                if not fut.done():
+                    fut.set_exception(e)
+                    fut.exception()  # mark retrieved: no "never retrieved" log
+            raise
+        finally:
+            for key, fut in mine.items():
+                if self._inflight.get(key) is fut:
+                    del self._inflight[key]
+        for i, fut in shared:
+            copy = (await asyncio.shield(fut)).model_copy(deep=True)
+            copy.usage.cached = True  # performed (and counted) once, by the first asker
+            out[i] = copy
         return [r for r in out if r is not None]
 
     def _lookup(self, key: str, kind: type[R]) -> R | None:
@@ -173,7 +199,9 @@ class CachedLLM(LLM):
         loop = asyncio.get_running_loop()
         pending = self._inflight.get(key)
         if pending is not None and pending.get_loop() is loop:
-            return (await asyncio.shield(pending)).model_copy(deep=True)
+            shared = (await asyncio.shield(pending)).model_copy(deep=True)
+            shared.usage.cached = True  # performed (and counted) once, by the first caller
+            return shared
         fut: asyncio.Future = loop.create_future()
         self._inflight[key] = fut
         try:

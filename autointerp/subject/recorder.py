@@ -399,10 +399,19 @@ class Recorder:
         return {h: a.cpu() for h, a in acts.items()}
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
-        """Record into `store`; UserError when another process is recording the same run there."""
+        """Record (or resume) the run; UserError when another process is recording it there. If it fails
+        or is interrupted after starting, its row ends `failed` with the error, never `running`; the rerun
+        resumes from the checkpoint."""
         run_id = run_id_for(self.settings, self.run_key)
+        self._started = False
         with store.claim_run(run_id, "recording"):
-            return self._run(store, run_id, progress)
+            try:
+                return self._run(store, run_id, progress)
+            except BaseException as e:
+                if self._started:  # only the row this process started
+                    error = "interrupted" if isinstance(e, KeyboardInterrupt) else repr(e)
+                    store.finish_run(run_id, "failed", {"error": error})
+                raise
 
     def _run(self, store: Store, run_id: str, progress: Callable[[int, int], None] | None) -> RecordResult:
         s = self.settings
@@ -432,6 +441,7 @@ class Recorder:
                 started_at=existing.started_at if existing else now(),
             )
         )
+        self._started = True
         max_windows = max(s.max_tokens // s.ctx, 1)
         windows = corpus.windows(s.corpus, self.subject.tokenizer, s.ctx, self.subject.bos_id, s.encoding)
         windows = itertools.islice(windows, done_windows, None)
@@ -453,7 +463,6 @@ class Recorder:
                 self._checkpoint(ckpt, done_windows, gen, states)
                 last_ckpt = time.perf_counter()
         if done_windows == 0:
-            store.finish_run(run_id, "failed", {"error": "corpus shorter than one window"})
             raise UserError(
                 f"The corpus is shorter than one window of {s.ctx} tokens; add text or lower --ctx."
             )
