@@ -505,14 +505,13 @@ def label(
         list[str] | None, typer.Option("--hook", help="Only units at this hook (repeatable).")
     ] = None,
     min_count: Annotated[
-        int,
-        typer.Option(min=0, help="Only units that fired on at least this many tokens (delphi's min_examples)."),
+        int, typer.Option(help="Only units that fired on at least this many tokens (delphi's min_examples).")
     ] = 0,
     order: Annotated[
         str,
         typer.Option(help="index (as recorded), selective (rarest-firing first) or random (seeded)."),
     ] = "index",
-    limit: Annotated[int | None, typer.Option(min=1, help="Label at most this many units.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
