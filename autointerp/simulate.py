@@ -1,14 +1,16 @@
 """Simulators: predict a unit's per-token activations (0-9) from an explanation.
 
 A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `label`). Built in:
-- `exact`: the explanation, then the example's tokens one per line as `token<TAB>digit`. At every
-  token the distribution over "0".."9" after its TAB gives the expected value, and the listing goes on
-  with the model's own most likely digit (teacher-forced, one forward step per token with the
-  key/value cache). No placeholder follows a TAB, so the model is never taught to copy one: the
-  probability it puts on the scale (`mass`, kept per token) is what the read-out is made of, and a
-  simulation whose median mass is below `MASS_FLOOR` is reported as failed, never as a score. Works
-  with any backend that returns token probabilities (the local backend natively; an
-  OpenAI-compatible server through prompt logprobs, one request per token).
+- `exact`: the explanation, then the example's tokens one per line as `token<TAB>digit`, every digit
+  written as the sparse prior "0"; in one forward pass the distribution over "0".."9" after each TAB
+  gives that token's expected value. The filler is on the scale, so the probability the model puts on
+  the scale (`mass`, kept per token) stays near 1, and a simulation whose median mass is below
+  `MASS_FLOOR` is reported as failed, never as a score. (An off-scale filler such as `unknown` is
+  copied: measured, ~4e-5 of the mass left on the digits.) Works with any backend that returns token
+  probabilities at prompt positions (the local backend; OpenAI-compatible servers via prompt logprobs).
+- `exact-follow`: the same listing, but after each TAB the model continues with its own most likely
+  digit (teacher-forced, one forward step per token with the key/value cache). Measured worse on the
+  synthetic suite: a wrong high digit makes the next ones high too (eval/bench_simulator.py).
 - `json`: the model writes the activations as a JSON list (APIs without logprobs); checked for length
   and range, retried once, and otherwise a SimulationError, never zeros.
 """
@@ -22,7 +24,15 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from autointerp.llm.base import LLM, ChatRequest, LLMError, StepwiseRequest, StepwiseResponse
+from autointerp.llm.base import (
+    LLM,
+    ChatRequest,
+    LLMError,
+    StepwiseRequest,
+    StepwiseResponse,
+    TokenProbsRequest,
+    TokenProbsResponse,
+)
 from autointerp.llm.stepwise import read_stepwise
 from autointerp.prompts import Prompt, prompt
 from autointerp.registry import Registry
@@ -30,6 +40,7 @@ from autointerp.render import crop, show_token
 from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
+PRIOR = "0"  # the digit written after every TAB of the exact listing: most tokens of a unit are 0
 
 
 class SimulationError(LLMError):
@@ -51,7 +62,10 @@ def check_explanation(explanation: str) -> None:
 
 
 class ExactSimulator:
+    """Reads the scale at every token of a window in one pass, each TAB followed by the prior "0"."""
+
     name = "exact"
+    filler = PRIOR  # after every TAB
 
     def __init__(self, llm: LLM):
         if not llm.capabilities.token_probs:
@@ -61,16 +75,19 @@ class ExactSimulator:
         self.llm = llm
         self.prompt = prompt("simulate_exact.j2")
 
-    def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:
-        return StepwiseRequest(
-            prompt=self.prompt.text(explanation=explanation),
-            steps=[show_token(t) + "\t" for t in tokens],
-            candidates=DIGITS,
-        )
+    def request(self, explanation: str, tokens: list[str]) -> TokenProbsRequest:
+        text, positions = self.prompt.text(explanation=explanation), []
+        for tok in tokens:
+            text += show_token(tok) + "\t"
+            positions.append(len(text))
+            text += self.filler + "\n"
+        return TokenProbsRequest(prompt=text, positions=positions, candidates=DIGITS)
 
-    async def read(self, explanation: str, windows: list[list[str]]) -> list[StepwiseResponse]:
+    async def read(
+        self, explanation: str, windows: list[list[str]]
+    ) -> list[TokenProbsResponse] | list[StepwiseResponse]:
         """The scale distribution (and its mass) at every token of every window."""
-        return await read_stepwise(self.llm, [self.request(explanation, toks) for toks in windows])
+        return await self.llm.token_probs_many([self.request(explanation, toks) for toks in windows])
 
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
         check_explanation(explanation)
@@ -87,6 +104,22 @@ class ExactSimulator:
             )
             for e, (_, acts), resp in zip(examples, shown, responses, strict=True)
         ]
+
+
+class FollowingSimulator(ExactSimulator):
+    """The exact listing read stepwise: after each TAB the model's own most likely digit follows."""
+
+    name = "exact-follow"
+
+    def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:  # type: ignore[override]
+        return StepwiseRequest(
+            prompt=self.prompt.text(explanation=explanation),
+            steps=[show_token(t) + "\t" for t in tokens],
+            candidates=DIGITS,
+        )
+
+    async def read(self, explanation: str, windows: list[list[str]]) -> list[StepwiseResponse]:
+        return await read_stepwise(self.llm, [self.request(explanation, toks) for toks in windows])
 
 
 def parse_json_activations(text: str, n: int) -> list[float]:
@@ -157,6 +190,7 @@ class Simulator(Protocol):
 
 SIMULATORS: Registry[Callable[[LLM], Simulator]] = Registry("simulator mode")
 SIMULATORS.register("exact")(ExactSimulator)
+SIMULATORS.register("exact-follow")(FollowingSimulator)
 SIMULATORS.register("json")(JsonSimulator)
 
 

@@ -1,6 +1,7 @@
 """Simulator fidelity on ground-truth units: does the true explanation simulate well, and beat wrong ones?
 
-    python eval/bench_simulator.py [--units N] [--simulator SPEC] [--mode exact|json] [--no-baseline]
+    python eval/bench_simulator.py [--units N] [--simulator SPEC] [--mode exact|exact-follow|json]
+                                   [--baseline follow|placeholder|none]
 
 Records the first N built-in synthetic units (all 12 by default; their activations are known rules over
 Gemma 3 270M's tokens), then for each unit simulates its held-out test windows (top + random, BOS left
@@ -16,8 +17,9 @@ near miss), and scores each with OpenAI's correlation. Prints JSON:
   scale tokens "0".."9" (exact mode; the read-out is made of this mass), `scale_mass_min`, and
   `below_floor_share`, the share of simulations whose median mass is under the floor (stored as failed
   by the scorers);
-- `seconds`, `per_unit`; and in exact mode, `baseline`: the same figures for the previous all-at-once
-  read-out (every TAB followed by a placeholder, one pass), computed in the same run for comparison.
+- `seconds`, `per_unit`; and in exact mode, `baseline`: the same figures for another read-out computed
+  in the same run for comparison: `follow` (the stepwise read-out, `exact-follow`: after each TAB the
+  model's own most likely digit) or `placeholder` (the first read-out: every TAB followed by `unknown`).
 """
 
 from __future__ import annotations
@@ -34,11 +36,9 @@ from autointerp.bench.meta import truth_rank_credit
 from autointerp.bench.run import BenchSettings, distractors, record_suite
 from autointerp.bench.synthetic import BUILTIN
 from autointerp.llm import get_llm
-from autointerp.llm.base import TokenProbsRequest, TokenProbsResponse
 from autointerp.metrics import MASS_FLOOR, correlation
-from autointerp.render import show_token
 from autointerp.sampling import SampleSettings, sample_unit
-from autointerp.simulate import DIGITS, ExactSimulator, JsonSimulator, Simulation, SimulationError
+from autointerp.simulate import SIMULATORS, ExactSimulator, JsonSimulator, Simulation, SimulationError
 from autointerp.store import Store
 from autointerp.types import Example
 
@@ -46,20 +46,10 @@ PLACEHOLDER = "unknown"  # the old all-at-once listing's filler after every TAB 
 
 
 class PlaceholderSimulator(ExactSimulator):
-    """The previous exact read-out, kept here only as the baseline: one pass, a placeholder after each TAB."""
+    """The first exact read-out, kept here only as a baseline: one pass, `unknown` after each TAB."""
 
     name = "placeholder"
-
-    async def read(self, explanation: str, windows: list[list[str]]) -> list[TokenProbsResponse]:
-        reqs = []
-        for tokens in windows:
-            text, positions = self.prompt.text(explanation=explanation), []
-            for tok in tokens:
-                text += show_token(tok) + "\t"
-                positions.append(len(text))
-                text += PLACEHOLDER + "\n"
-            reqs.append(TokenProbsRequest(prompt=text + "<end>\n", positions=positions, candidates=DIGITS))
-        return await self.llm.token_probs_many(reqs)
+    filler = PLACEHOLDER
 
 
 async def simulate(sim, text: str, test: list[Example]) -> tuple[list[Simulation], int]:  # noqa: ANN001
@@ -127,12 +117,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", type=int, default=len(BUILTIN), help="the first N built-in synthetic units")
     ap.add_argument("--simulator", default="local:qwen2.5-coder-1.5b")
-    ap.add_argument("--mode", choices=["exact", "json"], default="exact")
+    ap.add_argument("--mode", choices=["exact", "exact-follow", "json"], default="exact")
     ap.add_argument("--tokens", type=int, default=80_000)
     ap.add_argument("--ctx", type=int, default=32)
     ap.add_argument("--n-test-top", type=int, default=10)
     ap.add_argument("--n-test-random", type=int, default=10)
-    ap.add_argument("--no-baseline", action="store_true", help="skip the placeholder read-out (exact mode)")
+    ap.add_argument("--baseline", choices=["follow", "placeholder", "none"], default="follow")
+    ap.add_argument("--no-baseline", action="store_true", help="the same as --baseline none")
     ap.add_argument("--no-cache", action="store_true")
     args = ap.parse_args()
 
@@ -156,10 +147,12 @@ def main() -> None:
         "ctx": args.ctx,
         "mass_floor": MASS_FLOOR,
     }
-    sim = ExactSimulator(llm) if args.mode == "exact" else JsonSimulator(llm)
+    sim = SIMULATORS[args.mode](llm)
     out.update(asyncio.run(evaluate(sim, cases)))
-    if args.mode == "exact" and not args.no_baseline:
-        out["baseline"] = asyncio.run(evaluate(PlaceholderSimulator(llm), cases))
+    baseline = "none" if args.no_baseline else args.baseline
+    if args.mode == "exact" and baseline != "none":
+        base = SIMULATORS["exact-follow"](llm) if baseline == "follow" else PlaceholderSimulator(llm)
+        out["baseline"] = {"read_out": baseline, **asyncio.run(evaluate(base, cases))}
     print(json.dumps(out))
 
 

@@ -1,4 +1,5 @@
-"""The exact simulator's stepwise read-out and its mass floor, on a scripted LLM (no model)."""
+"""The exact simulators' read-outs (one pass with the prior "0"; stepwise) and the mass floor, on a
+scripted LLM (no model)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from autointerp.llm.stepwise import read_stepwise
 from autointerp.metrics import MASS_FLOOR
 from autointerp.sampling import UnitSample
 from autointerp.score import ScoreSettings, correlation
-from autointerp.simulate import DIGITS, ExactSimulator, SimulationError
+from autointerp.simulate import DIGITS, ExactSimulator, FollowingSimulator, SimulationError
 from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
 
@@ -62,6 +63,25 @@ def test_exact_simulation_leaves_bos_out_and_keeps_the_mass():
     assert s.mass == [0.95] * (len(TOKENS) - 1)
     with pytest.raises(SimulationError, match="empty"):
         asyncio.run(sim.simulate("  ", [example(TOKENS, ACTS)]))
+
+
+def test_exact_listing_is_one_pass_with_the_prior_digit_after_every_tab():
+    llm = scripted_months()
+    sim = ExactSimulator(llm)
+    (s,) = asyncio.run(sim.simulate("names of months", [example(TOKENS, ACTS)]))
+    (req,) = llm.requests  # one request for the whole window
+    body = req.prompt[len(sim.prompt.text(explanation="names of months")) :]
+    assert body == "".join(f"{t}\t0\n" for t in TOKENS[1:])  # the scale's own "0", never a placeholder
+    assert [req.prompt[: p][-7:] for p in req.positions][1] == " March\t"  # read right after each TAB
+    assert [i for i, v in enumerate(s.expected) if v > 5] == [1, 6]
+
+
+def test_following_read_out_continues_with_the_models_own_digit():
+    llm = scripted_months()
+    (s,) = asyncio.run(FollowingSimulator(llm).simulate("names of months", [example(TOKENS, ACTS)]))
+    assert len(llm.requests) == len(TOKENS) - 1  # the fallback: one prompt per token
+    assert "March\t9\n" in llm.requests[-1].prompt  # the model's own digit, not the prior
+    assert [i for i, v in enumerate(s.expected) if v > 5] == [1, 6]
 
 
 def _sample() -> UnitSample:
