@@ -2,6 +2,6 @@
 
 from autointerp.errors import UserError
 from autointerp.pipeline import label
-from autointerp.record import record_units
+from autointerp.subject.recorder import record_units
 
 __all__ = ["UserError", "label", "record_units"]

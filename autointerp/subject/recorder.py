@@ -1,5 +1,6 @@
 """The recorder: stream corpus windows through the subject model once, keep per unit what explainers
 and scorers need (top-k windows, quantile samples, random and non-firing windows, statistics).
+`record_units` (also `autointerp.record_units`) is its Python API, the one behind `autointerp record`.
 
 Memory does not grow with the corpus: every kept set is a fixed-size buffer updated by a keyed top-k
 (the top windows by max activation; uniform reservoirs by random keys). State is checkpointed, so a
@@ -24,7 +25,7 @@ import torch
 from autointerp import corpus
 from autointerp.errors import UserError
 from autointerp.store import Store
-from autointerp.subject.model import SubjectModel
+from autointerp.subject.model import SubjectModel, load_subject
 from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
 from autointerp.version import code_version
 
@@ -350,7 +351,6 @@ class Recorder:
         self.sources = sources
         self.run_key = run_key
         self.hooks = sorted({s.hook for s in sources if s.from_tokens is None})
-        self.stop_at = subject.stop_layer(self.hooks) if self.hooks else None
         ids = [] if settings.include_special else subject.special_ids
         self.special_ids = torch.tensor(ids, dtype=torch.long) if ids else None
 
@@ -362,22 +362,9 @@ class Recorder:
 
     def forward(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward pass, stopped after the last needed layer; returns the hooks' activations."""
-        acts: dict[str, torch.Tensor] = {}
         if not self.hooks:  # every source reads token ids: no forward pass
-            return acts
-
-        def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
-            acts[hook.name] = act.detach()
-
-        model = self.subject.model
-        with torch.no_grad():
-            model.run_with_hooks(
-                toks.to(model.cfg.device),
-                fwd_hooks=[(h, grab) for h in self.hooks],
-                stop_at_layer=self.stop_at,
-                return_type=None,
-            )
-        return {h: a.cpu() for h, a in acts.items()}
+            return {}
+        return self.subject.hook_acts(toks, self.hooks)
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
         s = self.settings
@@ -564,3 +551,43 @@ def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | N
             )
         out.append(UnitSource(hook=hook, indices=indices))
     return out
+
+
+def record_units(
+    db: str | Path,
+    hooks: list[str],
+    units: list[int] | None = None,
+    model: str = "gemma-3-270m",
+    model_path: str | None = None,
+    subject: SubjectModel | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    saes: dict[str, str] | None = None,
+    **settings,
+) -> RecordResult:
+    """Record neurons of `hooks` (all, or the `units` indices) into the store at `db`.
+
+    `saes` maps a hook to an SAE directory (or "embedded"): that hook records the SAE's latents
+    (all, or the `units` latent indices) instead of its neurons; its hook need not be in `hooks`.
+
+    Extra keyword arguments are RecordSettings fields (corpus, max_tokens, ctx, batch_size, top_k,
+    include_special: keep BOS and other special-token positions, ...). The run is named by a hash of the
+    settings, SAE content hashes included, so replaced SAE weights make a new run.
+    A run with the same settings resumes from its checkpoint, or does nothing when already complete.
+    """
+    store = Store(db)  # open (and check) the store before the slow model load
+    subject = subject or load_subject(model, model_path)
+    sae_sources, sae_hashes = [], {}
+    if saes:
+        from autointerp.subject.sae import resolve_sae_path, sae_source
+
+        saes = {h: str(resolve_sae_path(p).resolve()) for h, p in saes.items()}
+        for h, p in saes.items():
+            source, info = sae_source(subject, p, hook=h, latents=units)
+            sae_sources.append(source)
+            sae_hashes[h] = info.sha256
+        hooks = list(dict.fromkeys([*hooks, *saes]))
+    s = RecordSettings(
+        model=subject.name, hooks=hooks, units=units, sae=saes or {}, sae_sha256=sae_hashes, **settings
+    )
+    sources = neuron_sources(subject, [h for h in hooks if h not in s.sae], units) + sae_sources
+    return Recorder(subject, s, sources).run(store, progress=progress)
