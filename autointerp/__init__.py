@@ -13,10 +13,14 @@ from autointerp.errors import UserError
 if TYPE_CHECKING:
     from autointerp.listing import results
     from autointerp.pipeline import label
-    from autointerp.record import record_units
+    from autointerp.subject.recorder import record_units
 
 __all__ = ["UserError", "label", "record_units", "results"]
-_LAZY = {"label": "autointerp.pipeline", "record_units": "autointerp.record", "results": "autointerp.listing"}
+_LAZY = {
+    "label": "autointerp.pipeline",
+    "record_units": "autointerp.subject.recorder",
+    "results": "autointerp.listing",
+}
 
 
 def __getattr__(name: str) -> object:

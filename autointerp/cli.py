@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
+from autointerp.units import parse_units, resolve_unit_ids
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
@@ -99,25 +100,6 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def parse_units(spec: str | None) -> list[int] | None:
-    """`0:512`, `3,17,42` or `0:8,100` -> indices; None -> all."""
-    if not spec:
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            if ":" in part:
-                a, b = part.split(":")
-                out.extend(range(int(a), int(b)))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UserError(f"--units {spec!r} is not a list like 0:512 or 3,17,42; fix the value.") from None
-    if not out:
-        raise UserError(f"--units {spec!r} selects no unit; give a non-empty range such as 0:512.")
-    return sorted(set(out))
-
-
 def tokens_progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -189,7 +171,7 @@ def record(
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
     require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
-    from autointerp.record import record_units
+    from autointerp.subject.recorder import record_units
     from autointerp.subject.sae import parse_sae_specs
 
     saes = parse_sae_specs(sae or [])
@@ -297,18 +279,95 @@ def train_sae(
     console.print(f"record its latents with: autointerp record --db DB --sae {r.path}")
 
 
-def _register_counterfactuals() -> None:
-    from autointerp.counterfactual import counterfactuals_command  # torch/transformers are imported lazily
+@app.command("counterfactuals")
+@user_errors
+def counterfactuals(
+    db: Annotated[Path, typer.Option("--db", help="SQLite store file with recorded units.")],
+    unit: Annotated[list[str] | None, typer.Option("--unit", help="Unit id (repeatable).")] = None,
+    hook: Annotated[str | None, typer.Option("--hook", help="Only units of this hook.")] = None,
+    units: Annotated[
+        str | None, typer.Option("--units", help="Unit indices, e.g. 0:8 or 3,17 (with --hook).")
+    ] = None,
+    llm: Annotated[
+        str, typer.Option("--llm", help="LLM spec that writes edits.")
+    ] = "local:qwen2.5-coder-1.5b",
+    no_llm: Annotated[
+        bool, typer.Option("--no-llm", help="Only attributions, minimal examples, hard negatives.")
+    ] = False,
+    model: Annotated[str, typer.Option("--model", help="Subject model.")] = "gemma-3-270m",
+    model_path: Annotated[
+        str | None, typer.Option("--model-path", help="Local weights of the subject model.")
+    ] = None,
+    n_examples: Annotated[int, typer.Option("--n-examples", min=1, help="Top examples per unit.")] = 4,
+    n_on: Annotated[
+        int, typer.Option("--n-on", min=0, help="Non-firing examples to switch on per unit.")
+    ] = 2,
+    keep_frac: Annotated[float, typer.Option("--keep-frac", help="Minimal example keeps this share.")] = 0.8,
+    off_frac: Annotated[
+        float, typer.Option("--off-frac", help="`off` edit verifies below this share.")
+    ] = 0.3,
+    on_frac: Annotated[
+        float, typer.Option("--on-frac", help="`on` edit verifies above this share of max.")
+    ] = 0.5,
+    n_hard: Annotated[int, typer.Option("--n-hard", min=0, help="Hard negatives per unit.")] = 5,
+    corpus_windows: Annotated[
+        int, typer.Option("--corpus-windows", min=0, help="Extra hard-negative candidates.")
+    ] = 0,
+) -> None:
+    """Minimal examples, token attributions, LLM-written counterfactuals checked on the subject model,
+    and hard negatives, for recorded units (resumable)."""
+    require_local("autointerp counterfactuals")
+    from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
+    from autointerp.store import Store
+    from autointerp.subject.model import load_subject
 
-    @functools.wraps(counterfactuals_command)
-    def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        require_local("autointerp counterfactuals")
-        return counterfactuals_command(*args, **kwargs)
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    store = Store(db)
+    ids = resolve_unit_ids(store, unit, hook, units)
+    s = CounterfactualSettings(
+        n_examples=n_examples,
+        n_on=n_on,
+        keep_frac=keep_frac,
+        off_frac=off_frac,
+        on_frac=on_frac,
+        n_hard=n_hard,
+        corpus_windows=corpus_windows,
+    )
+    client = None
+    if not no_llm:
+        from autointerp.llm import get_llm
 
-    app.command(name="counterfactuals")(user_errors(command))
+        client = get_llm(llm, store)
+    subject = load_subject(model, model_path)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} units"),
+        TextColumn("{task.fields[stage]}"),
+        TextColumn("verified {task.fields[verified]}/{task.fields[cands]}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("counterfactuals", total=len(ids), stage="", verified=0, cands=0)
 
+        def on_progress(ev: ProgressEvent) -> None:
+            done = ev.unit_index + (ev.stage in ("done", "skipped"))
+            bar.update(
+                task,
+                completed=done,
+                stage=f"{ev.unit_id} {ev.stage}",
+                verified=ev.verified,
+                cands=ev.candidates,
+            )
 
-_register_counterfactuals()
+        summary = generate_counterfactuals(store, subject, ids, client, s, on_progress)
+    t = summary.totals()
+    console.print(
+        f"{t['units']} units ({t['skipped']} already done): {t['minimal']} minimal examples "
+        f"({t['minimal_shortened']} shortened), {t['verified']}/{t['candidates']} counterfactuals verified, "
+        f"{t['hard_negatives']} hard negatives -> {db}"
+    )
 
 
 def highlight(tokens: list[str], acts: list[float], top: float) -> Text:

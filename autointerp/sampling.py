@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from autointerp.errors import UserError
 from autointerp.store import Store
-from autointerp.types import Example, Unit
+from autointerp.types import Example, SourceRef, Unit
 
 
 class SampleSettings(BaseModel):
@@ -72,16 +72,14 @@ def sample_unit(store: Store, unit_id: str, s: SampleSettings) -> UnitSample:
     validation = held[s.n_test_top :] + random[s.n_test_random :] + by_kind.get("quantile", [])[::2]
     # Counterfactuals of examples the explainer reads are shown to it (contrastive); those of held-out
     # examples score it (counterfactual scorer), so no explanation is scored on edits it has seen.
-    seen = {(e.kind, e.rank) for e in explain}
-    index = {(e.kind, e.rank): e for es in by_kind.values() for e in es if e.kind != "counterfactual"}
-
-    def source(e: Example) -> tuple:
-        return (e.provenance.get("source_kind"), e.provenance.get("source_rank"))
-
+    # The typed link (kind, rank and window of the source) decides: an edit of a window the explainer
+    # read is never paired for scoring.
+    seen = {SourceRef.of(e) for e in explain}
+    index = {SourceRef.of(e): e for es in by_kind.values() for e in es if e.kind != "counterfactual"}
     cfs = by_kind.get("counterfactual", [])
-    off = [e for e in cfs if e.provenance.get("direction") == "off" and source(e) in seen]
+    off = [e for e in cfs if e.provenance.get("direction") == "off" and e.source in seen]
     contrast = off + by_kind.get("hard_negative", []) + negatives
-    pairs = [(index[source(e)], e) for e in cfs if source(e) in index and source(e) not in seen]
+    pairs = [(index[e.source], e) for e in cfs if e.source in index and e.source not in seen]
     return UnitSample(
         unit=unit,
         explain=explain,

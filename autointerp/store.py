@@ -28,13 +28,14 @@ from autointerp.types import (
     LLMCallRecord,
     RunRecord,
     Score,
+    SourceRef,
     Unit,
     UnitRef,
     UnitStats,
     now,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -194,6 +195,27 @@ def _unit_labels_view_v5(db: sqlite_utils.Database) -> None:
 FROM explanations e JOIN units u ON u.id = e.unit_id""")
 
 
+_SOURCE_KEYS = ("source_kind", "source_rank", "source_context")
+
+
+def _add_example_source_v6(db: sqlite_utils.Database) -> None:
+    """The link from a derived example to its source becomes columns (it was provenance keys)."""
+    for col, typ in zip(_SOURCE_KEYS, (str, int, str), strict=True):
+        db["examples"].add_column(col, typ)
+    # SET expressions see the row before the update; a missing source context is the source's own.
+    db.execute(
+        """UPDATE examples SET
+            source_kind = json_extract(provenance, '$.source_kind'),
+            source_rank = json_extract(provenance, '$.source_rank'),
+            source_context = COALESCE(json_extract(provenance, '$.source_context'), (
+                SELECT s.context_id FROM examples s WHERE s.unit_id = examples.unit_id
+                AND s.kind = json_extract(examples.provenance, '$.source_kind')
+                AND s.rank = json_extract(examples.provenance, '$.source_rank'))),
+            provenance = json_remove(provenance, '$.source_kind', '$.source_rank', '$.source_context')
+        WHERE json_extract(provenance, '$.source_kind') IS NOT NULL"""
+    )
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -201,6 +223,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     2: _drop_context_index_v3,
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
+    5: _add_example_source_v6,
 }
 
 
@@ -223,7 +246,10 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
-            conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            # usable from another thread (a sync wrapper beside a running event loop), never from two at once
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA cache_size=-131072")  # 128 MiB: bulk unit writes stay in memory
@@ -351,12 +377,13 @@ class Store:
     def write_units(self, units: Iterable[Unit], examples: Iterable[Example] | ExampleRows) -> None:
         """Replace these units and their examples in one transaction (all or nothing)."""
         units = list(units)
-        if isinstance(examples, ExampleRows):
+        cols = _EXAMPLE_COLS
+        if isinstance(examples, ExampleRows):  # recorded examples: no source columns
             contexts, rows = examples.contexts, _example_rows(examples)
         else:
             examples = list(examples)
             contexts = {e.context.id: e.context for e in examples}
-            rows = (tuple(_example_row(e).values()) for e in examples)
+            cols, rows = _ALL_EXAMPLE_COLS, (tuple(_example_row(e).values()) for e in examples)
         conn = self.db.conn
         with self._write():
             for chunk in _chunks([u.id for u in units], 500):
@@ -367,10 +394,7 @@ class Store:
                 ((c.id, json.dumps(c.token_ids), json.dumps(c.tokens)) for c in contexts.values()),
             )
             self.db["units"].upsert_all((_unit_row(u) for u in units), pk="id", batch_size=500)
-            cols = ", ".join(_EXAMPLE_COLS)
-            conn.executemany(
-                f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})", rows
-            )
+            conn.executemany(_insert_examples("INSERT", cols), rows)
 
     def add_examples(self, examples: Iterable[Example]) -> None:
         """Add (or replace, by unit, kind and rank) examples of recorded units, in one transaction."""
@@ -385,9 +409,8 @@ class Store:
                 "INSERT OR IGNORE INTO contexts (id, token_ids, tokens) VALUES (?, ?, ?)",
                 ((c.id, json.dumps(c.token_ids), json.dumps(c.tokens)) for c in contexts.values()),
             )
-            cols = ", ".join(_EXAMPLE_COLS)
             conn.executemany(
-                f"INSERT OR REPLACE INTO examples ({cols}) VALUES ({', '.join('?' * len(_EXAMPLE_COLS))})",
+                _insert_examples("INSERT OR REPLACE", _ALL_EXAMPLE_COLS),
                 (tuple(_example_row(e).values()) for e in examples),
             )
 
@@ -592,6 +615,11 @@ _EXAMPLE_COLS = (
     "quantile",
     "provenance",
 )
+_ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
+
+
+def _insert_examples(verb: str, cols: tuple[str, ...]) -> str:
+    return f"{verb} INTO examples ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
 def _example_rows(x: ExampleRows) -> Iterable[tuple]:
@@ -625,6 +653,9 @@ def _example_row(e: Example) -> dict:
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
+        "source_kind": e.source.kind if e.source else None,
+        "source_rank": e.source.rank if e.source else None,
+        "source_context": e.source.context_id if e.source else None,
     }
 
 
@@ -640,4 +671,7 @@ def _example_from_row(row: dict) -> Example:
         acts=np.frombuffer(row["acts"], dtype=np.float32).tolist(),
         quantile=row["quantile"],
         provenance=json.loads(row["provenance"] or "{}"),
+        source=SourceRef(kind=row["source_kind"], rank=row["source_rank"], context_id=row["source_context"])
+        if row["source_kind"] is not None
+        else None,
     )

@@ -58,6 +58,21 @@ class Context(BaseModel):
     tokens: list[str]
 
 
+class SourceRef(BaseModel):
+    """The example a derived one (minimal, counterfactual, hard negative) was made from. Sampling keys on
+    it so that no explanation is scored on edits of examples its explainer read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ExampleKind | Literal["corpus"]  # corpus: a streamed window that is no stored example
+    rank: int | None = None  # None for a corpus window
+    context_id: str
+
+    @classmethod
+    def of(cls, example: Example) -> SourceRef:
+        return cls(kind=example.kind, rank=example.rank, context_id=example.context.id)
+
+
 class Example(BaseModel):
     """A unit's activations over one context window."""
 
@@ -68,6 +83,7 @@ class Example(BaseModel):
     acts: list[float]
     quantile: int | None = None  # which activation quantile a `quantile` example was drawn from
     provenance: dict[str, str | float | int | None] = Field(default_factory=dict)
+    source: SourceRef | None = None  # what a derived example was made from (None: recorded)
 
     @property
     def max_act(self) -> float:

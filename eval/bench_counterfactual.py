@@ -23,12 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from autointerp import record_units
-from autointerp.counterfactual import (
-    CounterfactualSettings,
-    UnitProbe,
-    _body_start,
-    generate_counterfactuals,
-)
+from autointerp.counterfactual import CounterfactualSettings, UnitProbe, generate_counterfactuals
+from autointerp.counterfactual.probe import body_start
 from autointerp.llm import get_llm
 from autointerp.store import Store
 from autointerp.subject.model import load_subject
@@ -77,7 +73,7 @@ def main() -> None:
         for c, ids, acts in zip(
             offs, [probe.encode(e) for e in edits], probe.acts([probe.encode(e) for e in edits]), strict=True
         ):
-            new = float(acts[_body_start(ids, subject.bos_id) :].max())
+            new = float(acts[body_start(ids, subject.bos_id) :].max())
             base_n += 1
             base_ok += new < settings.off_frac * c.original_act
 

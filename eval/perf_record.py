@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from autointerp import corpus
-from autointerp.cli import parse_units
 from autointerp.store import Store
 from autointerp.subject.model import load_subject
 from autointerp.subject.recorder import Recorder, neuron_sources
 from autointerp.types import RecordSettings
+from autointerp.units import parse_units
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
                 "tokens": tokens,
                 "ctx": args.ctx,
                 "batch_size": args.batch_size,
-                "stop_at_layer": rec.stop_at,
+                "stop_at_layer": subject.stop_layer([args.hook]),
                 "record_tok_s": round(tokens / record_s, 1),
                 "forward_tok_s": round(tokens / forward_s, 1),
                 "forward_tok_s_before_after": [round(tokens / fwd_before, 1), round(tokens / fwd_after, 1)],

@@ -7,8 +7,8 @@ from autointerp import record_units
 from autointerp.counterfactual import (
     KINDS,
     CounterfactualSettings,
+    EditJob,
     UnitProbe,
-    _Job,
     attribute,
     attribution_of,
     generate_counterfactuals,
@@ -20,6 +20,7 @@ from autointerp.counterfactual import (
 )
 from autointerp.llm import LLMError
 from autointerp.store import Store
+from autointerp.types import SourceRef
 
 pytestmark = pytest.mark.slow
 HOOK = "blocks.6.mlp.hook_post"
@@ -83,7 +84,7 @@ def _job(probe, unit, ex, direction="off"):
     p = ex.max_pos
     plain, marked = marked_snippet(ex.context.tokens, 1, p, p + 1)
     orig = float(probe.acts([probe.encode(plain)])[0][1:].max())
-    return _Job(
+    return EditJob(
         direction=direction,
         source=ex,
         text=plain,
@@ -132,8 +133,11 @@ def test_generate_with_smollm_stores_only_verified_edits_and_resumes(gemma, db):
     probe = UnitProbe.for_unit(gemma, store, unit)
     cfs = store.examples(UNIT, "counterfactual")
     assert len(cfs) == len(res.verified)
+    stored = {SourceRef.of(e): e for e in store.examples(UNIT) if e.kind in ("top", "negative", "random")}
     for ex in cfs:  # recompute on the model: the stored edit really moved the unit
         pv = ex.provenance
+        source = stored[ex.source]  # the typed link names a stored example of this unit
+        assert pv["direction"] == "on" or source.kind == "top"
         assert pv["generator"] == "local:smollm2-135m" and pv["prompt"].startswith("counterfactual-")
         again = probe.acts([ex.context.token_ids])[0][1:].max()
         if pv["direction"] == "off":
@@ -142,6 +146,8 @@ def test_generate_with_smollm_stores_only_verified_edits_and_resumes(gemma, db):
             assert again > s.on_frac * unit.stats.max * 0.95
     mins = store.examples(UNIT, "minimal")
     assert len(mins) == 2 and all(m.provenance["kept_fraction"] >= 0.8 for m in mins)
+    tops = {t.rank: t for t in store.examples(UNIT, "top")}
+    assert all(m.source == SourceRef.of(tops[m.rank]) for m in mins)
     assert attribution_of(store.examples(UNIT, "top")[0]).peak_pos == store.examples(UNIT, "top")[0].max_pos
     hard = store.examples(UNIT, "hard_negative")
     assert 1 <= len(hard) <= 3 and all(h.max_act <= quiet_threshold(unit, s) for h in hard)

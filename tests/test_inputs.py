@@ -34,7 +34,7 @@ def no_model(monkeypatch, tmp_path):
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr("autointerp.record.load_subject", boom)
+    monkeypatch.setattr("autointerp.subject.recorder.load_subject", boom)
     monkeypatch.setattr("autointerp.pipeline.label", boom)
     monkeypatch.setenv("AUTOINTERP_HOME", str(tmp_path / "home"))
     cache = tmp_path / "home" / "hooks" / "gemma-3-270m.json"
@@ -158,7 +158,7 @@ def test_full_disk_and_read_only_paths_are_one_sentence(tmp_path, no_model, monk
     def fail(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise exc
 
-    monkeypatch.setattr("autointerp.record.record_units", fail)
+    monkeypatch.setattr("autointerp.subject.recorder.record_units", fail)
     out = invoke("record", "--db", tmp_path / "r.db", "--hook", HOOK)
     assert out.exit_code == 2, out.output
     text = " ".join(out.output.split())

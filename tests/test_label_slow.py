@@ -10,6 +10,7 @@ from autointerp.cli import app
 from autointerp.errors import UserError
 from autointerp.metrics import MASS_FLOOR
 from autointerp.store import Store
+from autointerp.types import SourceRef
 
 pytestmark = pytest.mark.slow
 HOOK = "blocks.6.mlp.hook_post"
@@ -83,7 +84,8 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
             update={
                 "kind": "counterfactual",
                 "rank": r,
-                "provenance": {"direction": "off", "source_kind": "top", "source_rank": r},
+                "provenance": {"direction": "off"},
+                "source": SourceRef.of(tops[r]),
             }
         )
         for r in (0, 1)
@@ -109,7 +111,8 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
         update={
             "kind": "counterfactual",
             "rank": 3,
-            "provenance": {"direction": "off", "source_kind": "top", "source_rank": 3},
+            "provenance": {"direction": "off"},
+            "source": SourceRef.of(tops[3]),
         }
     )
     store.add_examples([extra])
@@ -119,7 +122,7 @@ def test_contrastive_explainer_and_counterfactual_scorer(db):
     assert exp_after.id == exp.id
     (score,) = store.scores(exp.id)
     assert len(score.details["pairs"]) == 2
-    shown = extra.model_copy(update={"rank": 2, "provenance": {**extra.provenance, "source_rank": 2}})
+    shown = extra.model_copy(update={"rank": 2, "source": SourceRef.of(tops[2])})
     store.add_examples([shown])
     label(db, [uid], explainer=LLM, methods=["contrastive"], scorers=["counterfactual"])
     assert len(store.explanations(uid, method="contrastive")) == 2  # a new explanation for new inputs

@@ -90,10 +90,11 @@ class _NoLLM:
         token_probs = True
 
 
-def test_exact_simulation_steps_end_each_token_with_a_tab_and_no_placeholder():
+def test_exact_listing_ends_each_token_with_a_tab_and_the_scales_own_zero():
     sim = ExactSimulator(_NoLLM())
     req = sim.request("month names", ["The", " March", "\n"])
-    assert req.steps == ["The\t", " March\t", "\\n\t"]
-    assert req.prompt.endswith("Explanation: month names\n<start>\n")
-    assert req.prefix(["0", "9"]) == req.prompt + "The\t0\n March\t9\n\\n\t"
+    head = sim.prompt.text(explanation="month names")
+    assert head.endswith("Explanation: month names\n<start>\n")
+    assert req.prompt == head + "The\t0\n March\t0\n\\n\t0\n"  # newline escaped, no placeholder
+    assert [req.prompt[:p][-2:] for p in req.positions] == ["e\t", "h\t", "n\t"]
     assert req.candidates == [str(i) for i in range(10)]

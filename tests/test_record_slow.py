@@ -142,7 +142,7 @@ def test_bos_is_left_out_unless_keep_bos(gemma, recorded, monkeypatch):
         for e in store.examples(unit.id):
             assert e.acts[0] <= max(e.acts[1:]) and e.acts[0] in (0.0, min(e.acts[1:]))
             assert e.provenance["special_tokens"] == "excluded"
-    monkeypatch.setattr("autointerp.record.load_subject", lambda *a, **k: gemma)
+    monkeypatch.setattr("autointerp.subject.recorder.load_subject", lambda *a, **k: gemma)
     args = ["record", "--db", str(db), "--hook", HOOK, "--units", "0:16", "--tokens", "3072", "--ctx", "32"]
     args += ["--batch-size", "16", "--top-k", "5", "--keep-bos"]
     out = CliRunner().invoke(app, args)

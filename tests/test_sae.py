@@ -269,3 +269,32 @@ def test_sae_is_identified_by_its_content(tmp_path: Path, tiny_subject: SubjectM
     assert len(Store(db).units(hook=HOOK)) == 6
     copy = write_sae(tmp_path / "c" / "res", "standard", seed=2)  # the same SAE elsewhere: the same name
     assert sae_unit_name(copy) == sae_unit_name(other)
+
+
+def test_one_hooked_forward_pass_serves_recorder_probe_and_training(tiny_subject: SubjectModel) -> None:
+    """`SubjectModel.hook_acts` returns what a full cached run sees, stops after the last layer needed,
+    and is the pass behind the recorder and the counterfactual probe."""
+    from autointerp.counterfactual import UnitProbe
+    from autointerp.subject.recorder import Recorder, UnitSource
+    from autointerp.types import RecordSettings
+
+    toks = torch.tensor([[1, 5, 9, 12, 3], [1, 7, 7, 8, 20]])
+    hooks = ["blocks.0.mlp.hook_post", HOOK]
+    _, cache = tiny_subject.model.run_with_cache(toks)
+    got = tiny_subject.hook_acts(toks, hooks)
+    assert set(got) == set(hooks) and all(torch.equal(got[h], cache[h]) for h in hooks)
+    seen: list[str] = []
+    tiny_subject.model.blocks[1].hook_resid_pre.add_hook(lambda act, hook: seen.append(hook.name))
+    try:
+        tiny_subject.hook_acts(toks, ["blocks.0.mlp.hook_post"])  # stopped after block 0
+        assert seen == []
+        tiny_subject.hook_acts(toks, hooks)
+        assert seen == ["blocks.1.hook_resid_pre"]
+    finally:
+        tiny_subject.model.reset_hooks()
+    assert tiny_subject.unit_hooks["blocks.0.mlp.hook_post"] == 32 and tiny_subject.unit_hooks[HOOK] == D_IN
+
+    rec = Recorder(tiny_subject, RecordSettings(model="tiny", hooks=hooks), [UnitSource(HOOK, [0, 1])])
+    assert torch.equal(rec.forward(toks)[HOOK], cache[HOOK])
+    probe = UnitProbe(tiny_subject, UnitSource(HOOK, [3]), include_special=True)
+    assert np.allclose(probe.acts(toks.tolist())[1], cache[HOOK][1, :, 3].float().numpy())

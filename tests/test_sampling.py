@@ -4,16 +4,20 @@ from test_store import make_example, make_unit  # tests/ is on sys.path (pytest 
 
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.store import Store
-from autointerp.types import Context, Example, RunRecord
+from autointerp.types import Context, Example, RunRecord, SourceRef
 
 
 def edit_of(source: Example, rank: int, direction: str) -> Example:
     ctx = Context(id=f"edit{rank}", token_ids=[1, 2, 4], tokens=["a", " b", " d"])
-    provenance = {"direction": direction, "source_kind": source.kind, "source_rank": source.rank}
     acts = [0.0, 0.1, 0.0] if direction == "off" else [0.0, 2.0, 0.0]
-    kind = "counterfactual"
     return Example(
-        unit_id=source.unit_id, kind=kind, rank=rank, context=ctx, acts=acts, provenance=provenance
+        unit_id=source.unit_id,
+        kind="counterfactual",
+        rank=rank,
+        context=ctx,
+        acts=acts,
+        provenance={"direction": direction},
+        source=SourceRef.of(source),
     )
 
 

@@ -157,3 +157,90 @@ def test_add_examples_needs_a_recorded_unit(store):
     ghost = make_unit(9)
     with pytest.raises(UserError, match="not recorded"):
         store.add_examples([make_example(ghost, 0, kind="minimal")])
+
+
+def _v3_store(path, examples: list[tuple[str, int, str, dict]]) -> None:
+    """A store as schema v3 wrote it: one unit, (kind, rank, context id, provenance) examples."""
+    import json
+
+    import numpy as np
+    import sqlite_utils
+
+    from autointerp import store as store_mod
+
+    db = sqlite_utils.Database(path)
+    for v in range(3):
+        store_mod.MIGRATIONS[v](db)
+    db["meta"].insert({"key": "schema_version", "value": "3"}, pk="key")
+    db["records"].insert({"id": "r1", "kind": "record", "settings": "{}", "code_version": "old"})
+    u = make_unit(0)
+    db["units"].insert({**store_mod._unit_row(u)})
+    for kind, rank, cid, prov in examples:
+        db["contexts"].upsert({"id": cid, "token_ids": "[1, 2, 3]", "tokens": '["a", " b", " c"]'}, pk="id")
+        acts = np.array([0.0, 2.0 - rank if kind == "top" else 0.1, 0.5], dtype=np.float32)
+        db["examples"].insert(
+            {
+                "unit_id": u.id,
+                "kind": kind,
+                "rank": rank,
+                "context_id": cid,
+                "acts": acts.tobytes(),
+                "max_act": float(acts.max()),
+                "max_pos": int(acts.argmax()),
+                "provenance": json.dumps(prov, sort_keys=True),
+            }
+        )
+    db.conn.commit()
+
+
+def test_v3_source_links_become_typed_columns(tmp_path):
+    from autointerp.sampling import SampleSettings, sample_unit
+    from autointerp.types import SourceRef
+
+    off = {"direction": "off", "edited_text": "a c", "settings": "k"}
+    _v3_store(
+        tmp_path / "old.db",
+        [
+            *[("top", r, f"c{r}", {"run_id": "r1"}) for r in range(4)],
+            (
+                "counterfactual",
+                0,
+                "e0",
+                {**off, "source_kind": "top", "source_rank": 0, "source_context": "c0"},
+            ),
+            (
+                "counterfactual",
+                1,
+                "e1",
+                {**off, "source_kind": "top", "source_rank": 1, "source_context": "c1"},
+            ),
+            ("counterfactual", 2, "e3", {**off, "source_kind": "top", "source_rank": 3}),  # no context
+            ("hard_negative", 0, "h0", {"source_kind": "corpus", "source_context": "h0", "similarity": 0.5}),
+        ],
+    )
+    s = Store(tmp_path / "old.db")
+    assert s.schema_version() == SCHEMA_VERSION
+    uid = make_unit(0).id
+    cfs = s.examples(uid, "counterfactual")
+    assert [e.source for e in cfs] == [
+        SourceRef(kind="top", rank=0, context_id="c0"),
+        SourceRef(kind="top", rank=1, context_id="c1"),
+        SourceRef(kind="top", rank=3, context_id="c3"),  # filled in from the source example itself
+    ]
+    assert all(e.provenance == off for e in cfs)  # the string keys are gone; the rest is kept
+    (hard,) = s.examples(uid, "hard_negative")
+    assert hard.source == SourceRef(kind="corpus", context_id="h0") and hard.provenance == {"similarity": 0.5}
+    assert all(e.source is None for e in s.examples(uid, "top"))
+
+    # The guarantee reads the typed link: tops 0 and 2 are read, so only edits of 1 and 3 score.
+    sample = sample_unit(s, uid, SampleSettings(n_explain=2, n_test_top=1))
+    assert [e.rank for e in sample.explain] == [0, 2]
+    assert [(src.rank, edit.rank) for src, edit in sample.counterfactual_pairs] == [(1, 1), (3, 2)]
+    assert [e.rank for e in sample.contrast if e.kind == "counterfactual"] == [0]
+
+    # A round trip of a new derived example keeps its link; a link to another window is no match.
+    moved = cfs[1].model_copy(update={"rank": 5, "source": SourceRef(kind="top", rank=1, context_id="zz")})
+    s.add_examples([moved])
+    assert s.examples(uid, "counterfactual")[-1].source == moved.source
+    pairs = sample_unit(s, uid, SampleSettings(n_explain=2, n_test_top=1)).counterfactual_pairs
+    assert [edit.rank for _, edit in pairs] == [1, 2]

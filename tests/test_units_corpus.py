@@ -5,9 +5,9 @@ import json
 import pytest
 
 from autointerp import corpus
-from autointerp.cli import parse_units
 from autointerp.errors import UserError
 from autointerp.types import UnitRef
+from autointerp.units import parse_units
 
 
 def test_unit_ids_round_trip():
@@ -76,3 +76,34 @@ def test_default_corpus_mixes_prose_and_code():
     first = list(__import__("itertools").islice(corpus.default_texts(), 8))
     assert len(first) == 8
     assert sum("def " in t or "import " in t for t in first) >= 1
+
+
+def test_resolve_unit_ids(tmp_path):
+    from test_store import make_unit  # tests/ is on sys.path
+
+    from autointerp.store import Store
+    from autointerp.types import RunRecord
+    from autointerp.units import resolve_unit_ids
+
+    store = Store(tmp_path / "x.db")
+    store.start_run(RunRecord(id="r1", kind="record", settings={}, code_version="t", started_at="now"))
+    units = [make_unit(i) for i in range(4)]
+    store.write_units(units, [])
+    hook = units[0].ref.hook
+    assert resolve_unit_ids(store) == [u.id for u in units]
+    assert resolve_unit_ids(store, hook=hook, units="1:3,9") == [units[1].id, units[2].id]
+    assert resolve_unit_ids(store, unit=[f" {units[3].id}"]) == [units[3].id]  # given ids are parsed
+    with pytest.raises(UserError, match="not recorded"):
+        resolve_unit_ids(store, unit=["m/blocks.0.mlp.hook_post/7"])
+    with pytest.raises(UserError, match="No recorded units match"):
+        resolve_unit_ids(store, hook="blocks.1.x")
+
+
+def test_counterfactual_does_not_import_the_cli():
+    """No cycle: the counterfactual package and units.py stand without cli.py."""
+    import subprocess
+    import sys
+
+    code = "import sys, autointerp.counterfactual, autointerp.units; print('autointerp.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -10,9 +10,13 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autointerp import assets
 from autointerp.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # Never hang on a hub call: a user with network access who wants downloads sets HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,7 +85,8 @@ def precheck_hooks(name: str, path: str | None, hooks: list[str], units: list[in
 
 
 class SubjectModel:
-    """A loaded subject model with what the recorder needs: hooks, their widths, token strings."""
+    """A loaded subject model with what the recorder needs: hooks, their widths, token strings, and the
+    one hooked forward pass (`hook_acts`) the recorder, the counterfactual probe and SAE training use."""
 
     def __init__(self, name: str, model, tokenizer, cache: Path | None = None):  # noqa: ANN001 - HookedTransformer, HF tokenizer
         """`cache`: a file to write the hook widths to once they are known (see `hooks_cache`)."""
@@ -110,20 +115,33 @@ class SubjectModel:
     def n_layers(self) -> int:
         return self.model.cfg.n_layers
 
+    def hook_acts(self, toks: torch.Tensor, hooks: list[str], to_cpu: bool = True) -> dict[str, torch.Tensor]:
+        """One forward pass over token ids (B, T), stopped after the last layer the hooks need: each
+        hook's activations (B, T, ...), detached, in the model's dtype, on the CPU unless `to_cpu=False`."""
+        import torch
+
+        acts: dict[str, torch.Tensor] = {}
+
+        def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
+            acts[hook.name] = act.detach()
+
+        with torch.no_grad():
+            self.model.run_with_hooks(
+                toks.to(self.model.cfg.device),
+                fwd_hooks=[(h, grab) for h in hooks],
+                stop_at_layer=self.stop_layer(hooks),
+                return_type=None,
+            )
+        return {h: a.cpu() for h, a in acts.items()} if to_cpu else acts
+
     @cached_property
     def unit_hooks(self) -> dict[str, int]:
         """Hooks whose activation is one vector per token, with the vector's width."""
         import torch
 
-        widths: dict[str, int] = {}
-
-        def grab(act, hook):  # noqa: ANN001
-            if act.ndim == 3:
-                widths[hook.name] = act.shape[-1]
-
         toks = torch.tensor([[self.bos_id or 0, 1]], device=self.model.cfg.device)
-        with torch.no_grad():
-            self.model.run_with_hooks(toks, fwd_hooks=[(lambda n: True, grab)], return_type=None)
+        acts = self.hook_acts(toks, list(self.model.hook_dict), to_cpu=False)
+        widths = {h: a.shape[-1] for h, a in acts.items() if a.ndim == 3}
         if self.cache is not None:
             with contextlib.suppress(OSError):  # only a shortcut for the next run
                 self.cache.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """The recorder: stream corpus windows through the subject model once, keep per unit what explainers
 and scorers need (top-k windows, quantile samples, random and non-firing windows, statistics).
+`record_units` (also `autointerp.record_units`) is its Python API, the one behind `autointerp record`.
 
 Memory does not grow with the corpus: every kept set is a fixed-size buffer updated by a keyed top-k
 (the top windows by max activation; uniform reservoirs by random keys). State is checkpointed, so a
@@ -24,7 +25,7 @@ import torch
 from autointerp import corpus
 from autointerp.errors import UserError
 from autointerp.store import Store
-from autointerp.subject.model import SubjectModel, check_indices
+from autointerp.subject.model import SubjectModel, check_indices, load_subject, precheck_hooks
 from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
 from autointerp.version import code_version
 
@@ -369,7 +370,6 @@ class Recorder:
         self.sources = sources
         self.run_key = run_key
         self.hooks = sorted({s.hook for s in sources if s.from_tokens is None})
-        self.stop_at = subject.stop_layer(self.hooks) if self.hooks else None
         ids = [] if settings.include_special else subject.special_ids
         self.special_ids = torch.tensor(ids, dtype=torch.long) if ids else None
 
@@ -381,22 +381,9 @@ class Recorder:
 
     def forward(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward pass, stopped after the last needed layer; returns the hooks' activations."""
-        acts: dict[str, torch.Tensor] = {}
         if not self.hooks:  # every source reads token ids: no forward pass
-            return acts
-
-        def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
-            acts[hook.name] = act.detach()
-
-        model = self.subject.model
-        with torch.no_grad():
-            model.run_with_hooks(
-                toks.to(model.cfg.device),
-                fwd_hooks=[(h, grab) for h in self.hooks],
-                stop_at_layer=self.stop_at,
-                return_type=None,
-            )
-        return {h: a.cpu() for h, a in acts.items()}
+            return {}
+        return self.subject.hook_acts(toks, self.hooks)
 
     def run(self, store: Store, progress: Callable[[int, int], None] | None = None) -> RecordResult:
         """Record (or resume) the run; UserError when another process is recording it there. If it fails
@@ -590,3 +577,54 @@ def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | N
         indices = list(range(width)) if units is None else units
         out.append(UnitSource(hook=hook, indices=indices))
     return out
+
+
+def record_units(
+    db: str | Path,
+    hooks: list[str],
+    units: list[int] | None = None,
+    model: str = "gemma-3-270m",
+    model_path: str | None = None,
+    subject: SubjectModel | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    saes: dict[str, str] | None = None,
+    **settings,
+) -> RecordResult:
+    """Record neurons of `hooks` (all, or the `units` indices) into the store at `db`.
+
+    `saes` maps a hook to an SAE directory (or "embedded"): that hook records the SAE's latents
+    (all, or the `units` latent indices) instead of its neurons; its hook need not be in `hooks`.
+
+    Extra keyword arguments are RecordSettings fields (corpus, encoding, max_tokens, ctx, batch_size, top_k,
+    include_special: keep BOS and other special-token positions, ...). Settings, store, corpus and
+    (once the model has loaded before) hooks and indices are checked before the model loads. The run is
+    named by a hash of the settings, SAE content hashes included, so replaced SAE weights make a new run.
+    A run with the same settings resumes from its checkpoint, or does nothing when already complete.
+    """
+    store = Store(db)  # open (and check) the store before the slow model load
+    name = subject.name if subject else model
+    sae_paths, sae_hashes = {}, {}
+    if saes:
+        from autointerp.subject.sae import resolve_sae_path, sae_sha256
+
+        sae_paths = {h: str(resolve_sae_path(p).resolve()) for h, p in saes.items()}
+        sae_hashes = {h: sae_sha256(p) for h, p in sae_paths.items()}
+    all_hooks = list(dict.fromkeys([*hooks, *sae_paths]))
+    s = RecordSettings(
+        model=name, hooks=all_hooks, units=units, sae=sae_paths, sae_sha256=sae_hashes, **settings
+    )
+    # Everything that can fail without the model fails here, before the ~30 s load.
+    existing = store.get_run(run_id_for(s))
+    if existing and existing.status == "complete":
+        return RecordResult(existing.id, 0, 0, 0.0, 0.0, already_complete=True)
+    corpus.check_sources(s.corpus, s.encoding)
+    precheck_hooks(name, model_path, [h for h in all_hooks if h not in sae_paths], units)
+    precheck_hooks(name, model_path, list(sae_paths), None)
+    subject = subject or load_subject(model, model_path)
+    sae_sources = []
+    if sae_paths:
+        from autointerp.subject.sae import sae_source
+
+        sae_sources = [sae_source(subject, p, hook=h, latents=units)[0] for h, p in sae_paths.items()]
+    sources = neuron_sources(subject, [h for h in all_hooks if h not in s.sae], units) + sae_sources
+    return Recorder(subject, s, sources).run(store, progress=progress)

@@ -63,24 +63,6 @@ def _batches(
         yield torch.tensor(chunk, dtype=torch.long)
 
 
-def hook_acts(subject: SubjectModel, hook: str, toks: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) activations of one hook (model dtype), the forward pass stopped after its layer."""
-    out: dict[str, torch.Tensor] = {}
-
-    def grab(act: torch.Tensor, hook) -> None:  # noqa: ANN001
-        out["a"] = act.detach()
-
-    model = subject.model
-    with torch.no_grad():
-        model.run_with_hooks(
-            toks.to(model.cfg.device),
-            fwd_hooks=[(hook, grab)],
-            stop_at_layer=subject.stop_layer([hook]),
-            return_type=None,
-        )
-    return out["a"].cpu()
-
-
 def _first(subject: SubjectModel) -> int:
     return 1 if subject.bos_id is not None else 0
 
@@ -305,7 +287,7 @@ def train_sae(
     def fill(n: int) -> torch.Tensor:
         parts, got = [], 0
         for toks in stream:
-            a = hook_acts(subject, hook, toks)[:, first:].reshape(-1, width_in)
+            a = subject.hook_acts(toks, [hook])[hook][:, first:].reshape(-1, width_in)
             parts.append(a)
             got += a.shape[0]
             if got >= n:

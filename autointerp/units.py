@@ -1,0 +1,51 @@
+"""Unit specs on the command line and in the API: index lists (`0:512`, `3,17,42`) and recorded unit ids."""
+
+from __future__ import annotations
+
+from autointerp.errors import UserError
+from autointerp.store import Store
+from autointerp.types import UnitRef
+
+
+def parse_units(spec: str | None) -> list[int] | None:
+    """`0:512`, `3,17,42` or `0:8,100` -> sorted unique indices; None or "" -> None (all)."""
+    if not spec:
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                out.extend(range(int(a), int(b)))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--units {spec!r} is not a list like 0:512 or 3,17,42; fix the value.") from None
+    if not out:
+        raise UserError(f"--units {spec!r} selects no unit; give a non-empty range such as 0:512.")
+    return sorted(set(out))
+
+
+def resolve_unit_ids(
+    store: Store, unit: list[str] | None = None, hook: str | None = None, units: str | None = None
+) -> list[str]:
+    """Recorded unit ids: `unit` ids (each checked), or those of `hook` (all hooks if None) whose index
+    is in the `units` spec (all if None)."""
+    if unit:
+        ids = [UnitRef.parse(u).id for u in unit]
+        missing = [u for u in ids if store.get_unit(u) is None]
+        if missing:
+            raise UserError(
+                f"{missing[0]} is not recorded in {store.path}; run `autointerp record` for it first."
+            )
+        return ids
+    recorded = store.units(hook=hook)
+    wanted = parse_units(units)
+    if wanted is not None:
+        keep = set(wanted)
+        recorded = [u for u in recorded if u.ref.index in keep]
+    if not recorded:
+        raise UserError(
+            f"No recorded units match in {store.path}; check --hook/--units or run `autointerp record`."
+        )
+    return [u.id for u in recorded]
