@@ -773,7 +773,7 @@ def demo(
         db=db,
         units=chosen,
         # Only a score that measures with the embedded models: the 1.5B judge says "1" to nearly every
-        # window, so its detection balanced accuracy sits at chance (README, scorer meta-evaluation).
+        # window, so its detection balanced accuracy sits at chance (docs/benchmarks.md, meta-evaluation).
         scorers="correlation",
         concurrency=2,
         report=db.with_suffix(".html"),
