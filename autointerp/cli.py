@@ -60,6 +60,7 @@ def names(value: str, option: str, registry, extra: tuple[str, ...] = ()) -> lis
 
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (created if missing).")]
+StoreOpt = Annotated[Path, typer.Option("--db", help="SQLite store file (an existing one).")]
 ModelOpt = Annotated[str, typer.Option(help="Embedded name or a TransformerLens model name.")]
 ModelPathOpt = Annotated[str | None, typer.Option(help="Local Hugging Face folder with the weights.")]
 TimeoutOpt = Annotated[
@@ -412,7 +413,7 @@ def show(
             "blocks.6.mlp.hook_post/1234."
         ),
     ],
-    db: DbOpt,
+    db: StoreOpt,
     kind: Annotated[str, typer.Option(help="Example kind: top, quantile, random, negative, ...")] = "top",
     n: Annotated[int, typer.Option(min=1, help="How many examples.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
@@ -490,7 +491,7 @@ def show(
 @app.command("units")
 @user_errors
 def units_command(
-    db: DbOpt,
+    db: StoreOpt,
     sort: Annotated[
         str,
         typer.Option(help="index, freq (firing frequency), max (activation) or score (best explanation)."),
@@ -576,7 +577,8 @@ def label(
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
     simulator_mode: Annotated[
-        Literal["auto", "exact", "json"], typer.Option(help="exact, json or auto.")
+        Literal["auto", "exact", "exact-follow", "json"],
+        typer.Option(help="exact (one pass), exact-follow (stepwise), json or auto."),
     ] = "auto",
     methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",

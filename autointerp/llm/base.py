@@ -1,4 +1,4 @@
-"""The one LLM protocol every explainer, simulator, scorer and the agent talk to.
+"""The one LLM protocol every explainer, simulator and scorer talks to.
 
 Backends (local, openai, anthropic) implement `LLM`. Every call is cached in the store by the hash of
 its canonical request and logged with token counts and latency. A failed call raises `LLMError`; it is

@@ -494,7 +494,7 @@ class LocalLLM(LLM):
     async def chat(self, request: ChatRequest) -> ChatResponse:
         if request.tools:
             raise LLMError(
-                f"{self.spec} cannot call tools; use an openai: or anthropic: model for the agent."
+                f"{self.spec} cannot call tools; use an openai: or anthropic: model for tool calls."
             )
         t0 = time.perf_counter()
         engine = await asyncio.to_thread(lambda: self.engine)
