@@ -228,3 +228,8 @@ def test_distractors_and_keyword_overlap():
     assert keyword_overlap("months of the year", "names of months") == 0.5
     assert keyword_overlap("the def keyword", "the def keyword in Python code") == 1.0
     assert keyword_overlap("historical events", "names of months") == 0.0
+
+
+def test_builtin_months_are_month_names_not_the_verbs_may_and_march():
+    months = next(u for u in BUILTIN if u.name == "months")
+    assert months.acts([" In", " May", " it", " may", " march", " March"]) == [0, 1, 0, 0, 0, 1]
