@@ -68,9 +68,9 @@ def test_killed_run_resumes_to_the_same_result(gemma, recorded, tmp_path, monkey
     db = tmp_path / "killed.db"
     calls = []
 
-    def die_after_three(done, total):
+    def die_after_three(done, total):  # a call at the start, then one per batch
         calls.append(done)
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -96,9 +96,9 @@ def test_checkpoint_of_another_format_is_refused_and_kept(gemma, tmp_path, monke
 
     calls = []
 
-    def die(done, total):  # the progress call comes before that batch's checkpoint
+    def die(done, total):  # called once at the start, then before each batch's checkpoint
         calls.append(done)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
