@@ -25,7 +25,7 @@ from autointerp import score as scoring
 from autointerp.aio import run_sync
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
-from autointerp.llm import CachedLLM, get_llm
+from autointerp.llm import get_llm
 from autointerp.llm.base import LLM, LLMError, Usage
 from autointerp.render import normalize
 from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
@@ -552,10 +552,9 @@ async def alabel(
     sim_llm = exp_llm if s.simulator == s.explainer else get_llm(s.simulator, store, **llm_options)
     labeller = Labeller(store, s, exp_llm, sim_llm)
     if counterfactuals:
-        # The generator is synchronous (it runs its own event loop): a worker thread, with its own
-        # connection to the store (sqlite connections stay in their thread) and the same backend.
         live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
-        meter = await asyncio.to_thread(_counterfactuals_in_thread, store.path, live, exp_llm)
+        meter = TokenMeter(exp_llm)
+        await add_counterfactuals(store, live, meter)
         labeller.meters["counterfactuals"] = meter
     return await labeller.run(unit_ids, progress)
 
@@ -568,16 +567,9 @@ def label(db: str | Path, units: list[str] | None = None, **kwargs) -> LabelSumm
     return run_sync(alabel(db, units, **kwargs))
 
 
-def _counterfactuals_in_thread(db: Path, unit_ids: list[str], llm: CachedLLM) -> TokenMeter:
-    store = Store(db)
-    meter = TokenMeter(CachedLLM(llm.inner, store, no_cache=llm.no_cache))
-    add_counterfactuals(store, unit_ids, meter)
-    return meter
-
-
-def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:
+async def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:
     """Run the counterfactual generator over the units, grouped by the subject model that recorded them."""
-    from autointerp.counterfactual import generate_counterfactuals
+    from autointerp.counterfactual import agenerate_counterfactuals
     from autointerp.subject.model import load_subject
 
     by_model: dict[str, list[str]] = {}
@@ -585,4 +577,4 @@ def add_counterfactuals(store: Store, unit_ids: list[str], llm: LLM) -> None:
         run = store.get_run(store.get_unit(uid).run_id)
         by_model.setdefault(run.settings["model"] if run else UnitRef.parse(uid).model, []).append(uid)
     for model, ids in by_model.items():
-        generate_counterfactuals(store, load_subject(model), ids, llm)
+        await agenerate_counterfactuals(store, load_subject(model), ids, llm)
