@@ -427,19 +427,15 @@ def show(
 
     from autointerp.listing import unit_explanations
     from autointerp.render import peak_slice
-    from autointerp.types import ExampleKind, UnitRef
+    from autointerp.types import ExampleKind
 
     kinds = get_args(ExampleKind)
     if kind not in kinds:
         raise UserError(f"--kind {kind!r} is not an example kind; choose from {', '.join(kinds)}.")
+    from autointerp.units import find_unit
+
     store = open_store(db)
-    found = store.find_unit_ids(unit_id)
-    if len(found) > 1:
-        raise UserError(f"{unit_id!r} matches {len(found)} units ({found[0]}, ...); give more of its id.")
-    if not found:
-        ref = UnitRef.parse(unit_id)  # a malformed id says how to write one
-        raise UserError(f"{ref.id} is not recorded in {db}; record its hook first (`autointerp record`).")
-    unit = store.get_unit(found[0])
+    unit = store.get_unit(find_unit(store, unit_id))
     s = unit.stats
     fired = s.frac_firing > 0
     explained = unit_explanations(store, unit.id)

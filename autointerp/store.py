@@ -24,7 +24,9 @@ from autointerp.types import (
     Context,
     Example,
     ExampleRows,
+    Experiment,
     Explanation,
+    Investigation,
     LLMCallRecord,
     RunRecord,
     Score,
@@ -35,7 +37,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -216,6 +218,65 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _reserved(db: sqlite_utils.Database) -> None:
+    """Versions 7 to 9 belong to parallel branches' migrations; on its own this branch changes nothing."""
+
+
+def _add_investigations_v10(db: sqlite_utils.Database) -> None:
+    """The agent's investigations and their experiments (one row per step)."""
+    db["investigations"].create(
+        {
+            "id": str,
+            "unit_id": str,
+            "agent": str,
+            "prompt": str,
+            "mode": str,
+            "status": str,
+            "reason": str,
+            "explanation": str,
+            "explanation_id": str,
+            "evidence": str,
+            "steps": int,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "seconds": float,
+            "settings": str,
+            "messages": str,
+            "code_version": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db["investigations"].create_index(["unit_id"], if_not_exists=True)
+    db["experiments"].create(
+        {
+            "investigation_id": str,
+            "id": str,
+            "step": int,
+            "tool": str,
+            "arguments": str,
+            "result": str,
+            "error": str,
+            "action": str,
+            "thought": str,
+            "source": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "seconds": float,
+            "created_at": str,
+        },
+        pk=("investigation_id", "id"),
+        foreign_keys=[("investigation_id", "investigations", "id")],
+        if_not_exists=True,
+    )
+
+
+_INVESTIGATION_JSON = ("evidence", "settings", "messages")
+_EXPERIMENT_JSON = ("arguments", "result")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -224,6 +285,10 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
+    6: _reserved,
+    7: _reserved,
+    8: _reserved,
+    9: _add_investigations_v10,
 }
 
 
@@ -528,6 +593,44 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
+    # -- investigations -------------------------------------------------------------------------
+    def put_investigation(
+        self,
+        inv: Investigation,
+        experiments: Iterable[Experiment] = (),
+        explanation: Explanation | None = None,
+        scores: Iterable[Score] = (),
+    ) -> None:
+        """Write an investigation's row with new experiments (and its final explanation with its scores)
+        in one transaction: a step, or the end, is all or nothing."""
+        row = inv.model_dump()
+        for key in _INVESTIGATION_JSON:
+            row[key] = dumps(row[key])
+        with self._write():
+            if explanation is not None:
+                self.put_explanation(explanation, scores)
+            self.db["investigations"].upsert(row, pk="id")
+            for exp in experiments:
+                erow = exp.model_dump()
+                for key in _EXPERIMENT_JSON:
+                    erow[key] = dumps(erow[key])
+                self.db["experiments"].upsert(erow, pk=("investigation_id", "id"))
+
+    def get_investigation(self, investigation_id: str) -> Investigation | None:
+        rows = list(self.db["investigations"].rows_where("id = ?", [investigation_id]))
+        return _investigation_from_row(rows[0]) if rows else None
+
+    def investigations(self, unit_id: str | None = None) -> list[Investigation]:
+        where, args = ("unit_id = ?", [unit_id]) if unit_id else (None, None)
+        rows = self.db["investigations"].rows_where(where, args, order_by="created_at, rowid")
+        return [_investigation_from_row(r) for r in rows]
+
+    def experiments(self, investigation_id: str) -> list[Experiment]:
+        rows = self.db["experiments"].rows_where(
+            "investigation_id = ?", [investigation_id], order_by="step, rowid"
+        )
+        return [Experiment(**{**r, **{k: json.loads(r[k]) for k in _EXPERIMENT_JSON}}) for r in rows]
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -562,6 +665,10 @@ def _run_from_row(row: dict) -> RunRecord:
     return RunRecord(
         **{**row, "settings": json.loads(row["settings"]), "summary": json.loads(row["summary"] or "{}")}
     )
+
+
+def _investigation_from_row(row: dict) -> Investigation:
+    return Investigation(**{**row, **{k: json.loads(row[k]) for k in _INVESTIGATION_JSON}})
 
 
 def _unit_row(u: Unit) -> dict:

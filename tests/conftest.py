@@ -49,8 +49,8 @@ def gemma():
     return load_subject("gemma-3-270m")
 
 
-def build_month_store(path: Path, n_units: int = 3) -> Store:
-    """Units m/blocks.0.mlp.hook_post/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
+def build_month_store(path: Path, n_units: int = 3, hook: str = "blocks.0.mlp.hook_post") -> Store:
+    """Units m/HOOK/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
     store = Store(path)
     store.start_run(
         RunRecord(id="r1", kind="record", settings={"model": "m"}, code_version="t", started_at="now")
@@ -61,7 +61,7 @@ def build_month_store(path: Path, n_units: int = 3) -> Store:
     )  # fmt: skip
     units, examples = [], []
     for u, hot in enumerate(HOT[:n_units]):
-        unit = Unit(ref=UnitRef(model="m", hook="blocks.0.mlp.hook_post", index=u), run_id="r1", stats=stats)
+        unit = Unit(ref=UnitRef(model="m", hook=hook, index=u), run_id="r1", stats=stats)
         units.append(unit)
         for kind, n in (("top", 12), ("random", 12), ("quantile", 10), ("negative", 6)):
             for r in range(n):
