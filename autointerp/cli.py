@@ -77,6 +77,12 @@ RetriesOpt = Annotated[
         envvar="AUTOINTERP_LLM_RETRIES",
     ),
 ]
+SimulatorModeOpt = Annotated[
+    Literal["auto", "exact", "exact-follow", "json"],
+    typer.Option(help="exact (one pass), exact-follow (stepwise), json or auto."),
+]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -572,10 +578,7 @@ def label(
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
-    simulator_mode: Annotated[
-        Literal["auto", "exact", "exact-follow", "json"],
-        typer.Option(help="exact (one pass), exact-follow (stepwise), json or auto."),
-    ] = "auto",
+    simulator_mode: SimulatorModeOpt = "auto",
     methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[
@@ -585,12 +588,10 @@ def label(
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    base_url: BaseUrlOpt = None,
     timeout: TimeoutOpt = None,
     retries: RetriesOpt = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
-    ] = False,
+    no_cache: NoCacheOpt = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
     counterfactuals: Annotated[
         bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
@@ -663,6 +664,83 @@ def label(
 
         console.print(f"report: {write_report(Store(db), report)}")
     if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def investigate(
+    db: StoreOpt,
+    unit_id: Annotated[
+        str | None, typer.Argument(help="The unit, e.g. gemma-3-270m/synthetic.months/0 (or its unique end).")
+    ] = None,
+    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator that scores (default: the agent).")
+    ] = None,
+    simulator_mode: SimulatorModeOpt = "auto",
+    scorers: Annotated[str, typer.Option(help="Scorers of the final explanation.")] = "correlation",
+    max_steps: Annotated[int, typer.Option(min=1, help="Agent turns at most.")] = 20,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Agent prompt + completion tokens at most.")
+    ] = None,
+    max_seconds: Annotated[float | None, typer.Option(min=0.001, help="Seconds at most.")] = None,
+    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 5,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this investigation (its id) from its last stored step.")
+    ] = None,
+    synthetic: Annotated[
+        Path | None, typer.Option(help="File defining the synthetic unit (default: the built-in suite).")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Investigate a unit with an agent: it reads examples, tests hypotheses on texts it writes, and ends
+    with an explanation (method `agent`) and its evidence, scored on the held-out test set.
+
+    Exit 1 when the investigation did not finish (budget, invalid actions, LLM failure: resume it)."""
+    from autointerp.agent.loop import AgentSettings, prepare
+    from autointerp.agent.view import end_view, step_view
+    from autointerp.aio import run_sync
+    from autointerp.llm import connection, parse_spec
+    from autointerp.score import SCORERS
+
+    connection(timeout, retries)  # bad values fail here, before anything loads
+    if unit_id is None and resume is None:
+        raise UserError("Name the unit to investigate (UNIT_ID), or pass --resume ID.")
+    for spec in (agent, simulator):
+        if spec is not None:
+            parse_spec(spec)
+    if synthetic is not None and not synthetic.is_file():
+        raise UserError(f"No synthetic unit file at {synthetic}; pass a .py, .json or .yaml file.")
+    s = AgentSettings(
+        agent=agent,
+        simulator=simulator,
+        simulator_mode=simulator_mode,
+        scorers=names(scorers, "--scorers", SCORERS),
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_seconds=max_seconds,
+        max_scores=max_scores,
+    )
+    investigator = prepare(
+        db,
+        unit_id or "",
+        s,
+        resume=resume,
+        units_file=str(synthetic) if synthetic else None,
+        on_step=lambda exp: console.print(step_view(exp)),
+        base_url=base_url,
+        timeout=timeout,
+        retries=retries,
+        no_cache=no_cache,
+    )
+    console.print(f"[bold]investigating {escape(investigator.inv.unit_id)}[/bold] ({investigator.inv.id})")
+    out = run_sync(investigator.run())
+    console.print(end_view(out.investigation, out.scores))
+    if out.investigation.status != "finished":
         raise typer.Exit(1)
 
 

@@ -105,6 +105,9 @@ def test_scripted_investigation_runs_tools_finishes_and_is_scored_like_any_metho
     acts = {r["text"]: r["max_act"] for r in out.experiments[1].result["results"]}
     assert acts == {"We met in March.": 1.0, "We met at noon.": 0.0}
     assert out.experiments[2].result["change"] == -1.0
+    shown = out.experiments[0].result["examples"]
+    assert [e["rank"] for e in shown] == [0, 2, 4] and shown[0]["max_act"] == 4.0  # BOS (9.0) left out
+    assert "[[ March]]" in shown[0]["text"] and shown[0]["active"] == [{"token": " March", "act": 4.0}]
     assert out.experiments[3].result["correlation"] > 0.9
     assert inv.evidence == {"supporting": ["e2", "e3", "e4"], "refuting": []}
     # the stored explanation: method agent, with its provenance, scored on the held-out test set
@@ -246,3 +249,68 @@ def test_a_v6_store_migrates_to_v10_with_investigation_tables(tmp_path):
     assert store.schema_version() == SCHEMA_VERSION == 10
     assert {"investigations", "experiments"} <= set(store.db.table_names())
     assert store.investigations() == [] and store.experiments("inv-x") == []
+
+
+# -- the command line ------------------------------------------------------------------------------
+def invoke(*args):  # noqa: ANN002, ANN201 - click Result
+    from typer.testing import CliRunner
+
+    from autointerp import cli
+
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a subject model or tokenizer fails the test."""
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", boom)
+    monkeypatch.setattr("autointerp.subject.model.load_subject", boom)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["m/synthetic.months/0", "--db", "{tmp}/none.db"], "No store at"),
+        (["m/synthetic.days/0", "--db", "{db}"], "is not recorded"),
+        (["not a unit", "--db", "{db}"], "is not a unit id"),
+        (["--db", "{db}"], "Name the unit"),
+        (["m/synthetic.months/0", "--db", "{db}", "--agent", "gpt4"], "is not an LLM spec"),
+        (["m/synthetic.months/0", "--db", "{db}", "--scorers", "vibes"], "Unknown scorer 'vibes'"),
+        (["m/synthetic.months/0", "--db", "{db}", "--resume", "inv-nope"], "No investigation inv-nope"),
+        (["m/synthetic.months/0", "--db", "{db}", "--synthetic", "{tmp}/u.py"], "No synthetic unit file"),
+    ],
+)
+def test_investigate_bad_input_is_one_sentence_and_exit_2_before_any_load(
+    synth_store, tmp_path, no_model, args, says
+):
+    res = invoke("investigate", *[a.format(tmp=tmp_path, db=synth_store.path) for a in args])
+    assert res.exit_code == 2, res.output
+    assert says in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_investigate_max_steps_below_one_is_refused(synth_store):
+    res = invoke("investigate", UNIT, "--db", synth_store.path, "--max-steps", 0)
+    assert res.exit_code == 2 and "max-steps" in res.output
+
+
+def test_investigate_command_runs_shows_steps_and_stores_the_explanation(synth_store, scripted, monkeypatch):
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", lambda model: WordTokenizer())
+    llm = scripted("agent")
+    llm.enqueue(
+        act("activations", "Months?", texts=["Born in July.", "Born at home."]),
+        act("finish", explanation="names of months", supporting=["e1"]),
+    )
+    res = invoke("investigate", "synthetic.months/0", "--db", synth_store.path, "--agent", llm.spec)
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "e1 activations" in out and "' July' 1.00" in out and "finished" in out
+    assert "correlation on the held-out test set" in out
+    (exp,) = Store(synth_store.path).explanations(UNIT, method="agent")
+    assert exp.text == "names of months"
+    llm.enqueue(act("examples"), act("examples", n=2))
+    res = invoke("investigate", UNIT, "--db", synth_store.path, "--agent", llm.spec, "--max-steps", 2)
+    assert res.exit_code == 1 and "exhausted" in res.output

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autointerp.agent.reader import ActReader
 from autointerp.llm.base import Tool
-from autointerp.render import MARK_AT, marked, show_token
+from autointerp.render import MARK_AT, body, marked, show_token
 from autointerp.sampling import UnitSample
 from autointerp.score import sim_correlation
 from autointerp.simulate import Simulator
@@ -302,16 +302,17 @@ class Toolbox:
             raise ToolError(f"no {args.kind} examples in the explain split; kinds there: {kinds or 'none'}")
         shown = []
         for e in pool[: args.n]:
+            b = body(e)  # BOS is no activation of interest
             active = [
                 TokenAct(token=t, act=round(a, 3))
-                for t, a in zip(e.context.tokens, e.acts, strict=True)
+                for t, a in zip(b.context.tokens, b.acts, strict=True)
                 if self.unit_max > 0 and a >= MARK_AT * self.unit_max
             ]
             shown.append(
                 ShownExample(
                     kind=e.kind,
                     rank=e.rank,
-                    max_act=round(e.max_act, 3),
+                    max_act=round(b.max_act, 3),
                     text=show_token(marked(e, self.unit_max, self.window)),
                     active=active,
                 )
