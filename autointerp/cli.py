@@ -744,6 +744,63 @@ def investigate(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def chat(
+    db: StoreOpt,
+    unit_id: Annotated[str | None, typer.Argument(help="The unit (or its unique end).")] = None,
+    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator of /score and /save (default: the agent).")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(min=1, help="Agent turns per question at most.")] = 8,
+    resume: Annotated[str | None, typer.Option(help="Continue this conversation (its id).")] = None,
+    synthetic: Annotated[
+        Path | None, typer.Option(help="File defining the synthetic unit (default: the built-in suite).")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Talk with an agent about a unit: plain questions go to it; /act "text", /compare "a" "b",
+    /examples top 5, /score "explanation" run tools; /save stores the hypothesis; /quit ends."""
+    from autointerp.agent.chat import HELP, ChatSession
+    from autointerp.agent.loop import AgentSettings, prepare
+    from autointerp.agent.view import step_view
+    from autointerp.aio import run_sync
+    from autointerp.llm import parse_spec
+
+    if unit_id is None and resume is None:
+        raise UserError("Name the unit to talk about (UNIT_ID), or pass --resume ID.")
+    for spec in (agent, simulator):
+        if spec is not None:
+            parse_spec(spec)
+    if synthetic is not None and not synthetic.is_file():
+        raise UserError(f"No synthetic unit file at {synthetic}; pass a .py, .json or .yaml file.")
+    s = AgentSettings(agent=agent, simulator=simulator, max_steps=max_steps)
+    investigator = prepare(
+        db,
+        unit_id or "",
+        s,
+        mode="chat",
+        resume=resume,
+        units_file=str(synthetic) if synthetic else None,
+        on_step=lambda exp: console.print(step_view(exp)),
+        base_url=base_url,
+    )
+    console.print(f"[bold]{escape(investigator.inv.unit_id)}[/bold] (conversation {investigator.inv.id})")
+    console.print(HELP, style="dim", markup=False)
+
+    def read() -> str | None:
+        try:
+            return console.input("[bold]> [/bold]")
+        except EOFError:
+            return None
+
+    run_sync(ChatSession(investigator, console.print).run(read))
+    console.print(
+        f"conversation {investigator.inv.id} stored; `--resume {investigator.inv.id}` continues it."
+    )
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     table = Table(title="explanations", show_header=True, header_style="bold")
     table.add_column("unit")

@@ -252,12 +252,12 @@ def test_a_v6_store_migrates_to_v10_with_investigation_tables(tmp_path):
 
 
 # -- the command line ------------------------------------------------------------------------------
-def invoke(*args):  # noqa: ANN002, ANN201 - click Result
+def invoke(*args, input: str | None = None):  # noqa: A002, ANN002, ANN201 - click Result
     from typer.testing import CliRunner
 
     from autointerp import cli
 
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
+    return CliRunner().invoke(cli.app, [str(a) for a in args], input=input)
 
 
 @pytest.fixture
@@ -314,3 +314,67 @@ def test_investigate_command_runs_shows_steps_and_stores_the_explanation(synth_s
     llm.enqueue(act("examples"), act("examples", n=2))
     res = invoke("investigate", UNIT, "--db", synth_store.path, "--agent", llm.spec, "--max-steps", 2)
     assert res.exit_code == 1 and "exhausted" in res.output
+
+
+# -- chat --------------------------------------------------------------------------------------------
+def test_chat_driven_by_piped_stdin(synth_store, scripted, monkeypatch):
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", lambda model: WordTokenizer())
+    llm = scripted("agent")
+    llm.enqueue(
+        act("activations", "Test French months.", texts=["Il est né en juillet.", "Born in July."]),
+        act("answer", text="It fires on English month names only.", hypothesis="English month names"),
+    )
+    lines = [
+        "does it fire on French month names?",
+        '/act "We met in May." "We met at noon."',
+        "/examples top 2",
+        "/examples sideways",
+        "/dance",
+        '/score "names of months"',
+        "/save",
+        "/quit",
+    ]
+    res = invoke("chat", UNIT, "--db", synth_store.path, "--agent", llm.spec, input="\n".join(lines) + "\n")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "e1 activations" in out and "English month names only" in out
+    assert "e3 activations (you)" in out and "' May' 1.00" in out
+    assert "e4 examples (you)" in out and "input should be 'top'" in out.lower()
+    assert "/dance is not a command" in out
+    assert "correlation on the held-out test set" in out
+    store = Store(synth_store.path)
+    (inv,) = store.investigations(UNIT)
+    assert inv.mode == "chat" and inv.status == "finished"
+    exps = store.experiments(inv.id)
+    assert [(e.tool, e.source) for e in exps] == [
+        ("activations", "agent"),
+        ("answer", "agent"),
+        ("activations", "person"),
+        ("examples", "person"),
+        ("examples", "person"),
+        ("score", "person"),
+    ]
+    assert exps[4].error  # the bad kind, recorded
+    (exp,) = store.explanations(UNIT, method="agent")
+    assert exp.text == "names of months"  # /save keeps the latest hypothesis: the one just scored
+    # the agent saw the person's experiments; --resume continues the conversation
+    llm.enqueue(act("answer", text="Yes, May fires."))
+    again = ["chat", "--db", synth_store.path, "--resume", inv.id, "--agent", llm.spec]
+    res = invoke(*again, input="and May?\n")
+    assert res.exit_code == 0 and "Yes, May fires." in res.output
+    last = [r for r in llm.requests if isinstance(r, ChatRequest)][-1]
+    assert any("The person ran e3 activations" in m.content for m in last.messages)
+    assert [e.id for e in store.experiments(inv.id)][-1] == "e7"
+
+
+def test_chat_commands_parse_or_say_why():
+    from autointerp.agent.chat import CommandError, parse_command
+
+    assert parse_command('/act "a b" c') == ("activations", {"texts": ["a b", "c"]})
+    assert parse_command("/examples random 3") == ("examples", {"kind": "random", "n": 3})
+    assert parse_command('/compare "x" "y"') == ("compare", {"text": "x", "edited_text": "y"})
+    assert parse_command("/save") == ("save", None)
+    bad_lines = [('/act "open', "quote"), ("/compare x", "two quoted"), ("/examples top many", "number")]
+    for bad, says in bad_lines:
+        with pytest.raises(CommandError, match=says):
+            parse_command(bad)

@@ -380,6 +380,10 @@ def prepare(
         inv = store.get_investigation(resume)
         if inv is None:
             raise UserError(f"No investigation {resume} in {db}; `autointerp show UNIT` lists a unit's.")
+        if inv.mode != mode:
+            raise UserError(
+                f"Investigation {resume} is an {inv.mode!r} one; resume it with `autointerp {inv.mode}`."
+            )
         if inv.status == "finished" and mode == "investigate":
             raise UserError(f"Investigation {resume} has finished; start a new one without --resume.")
         s = AgentSettings.model_validate(inv.settings)

@@ -27,8 +27,9 @@ def step_view(exp: Experiment) -> Group:
 
 def end_view(inv: Investigation, scores: list[Score]) -> Group:
     """Status, explanation, evidence, held-out scores and what the investigation spent."""
-    colour = {"finished": "green", "exhausted": "yellow"}.get(inv.status, "red")
-    parts = [f"[{colour}]{inv.status}[/{colour}]" + (f": {escape(inv.reason)}" if inv.reason else "")]
+    status = "saved" if inv.status == "running" else inv.status  # a chat's /save
+    colour = {"finished": "green", "saved": "green", "exhausted": "yellow"}.get(status, "red")
+    parts = [f"[{colour}]{status}[/{colour}]" + (f": {escape(inv.reason)}" if inv.reason else "")]
     if inv.explanation:
         parts.append(f"explanation: [bold]{escape(inv.explanation)}[/bold]")
     for side in ("supporting", "refuting"):
