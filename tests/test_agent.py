@@ -143,6 +143,7 @@ def test_a_malformed_action_is_retried_once_then_recorded_as_the_failure(synth_s
     assert not Store(synth_store.path).explanations(UNIT, method="agent")
     # the error went back to the agent as its next message
     assert "error: there is no tool 'dance'" in llm.requests[3].messages[-1].content
+    assert llm.requests[0].stop == ['\n{"thought"']  # generation stops before a second action
 
 
 def test_a_repeated_identical_call_is_refused(synth_store, reader, scripted):
@@ -210,7 +211,7 @@ def test_native_tool_calls_get_schemas_and_tool_messages(synth_store, reader, sc
     assert out.investigation.status == "finished"
     first = llm.requests[0]
     assert [t.name for t in first.tools] == ["examples", "activations", "compare", "score", "finish"]
-    assert "JSON object" not in first.messages[0].content  # no JSON action instructions
+    assert "JSON object" not in first.messages[0].content and first.stop is None  # no JSON actions
     tool_msg = llm.requests[1].messages[-1]
     assert tool_msg.role == "tool" and tool_msg.tool_call_id == "c1" and "e1 activations" in tool_msg.content
 

@@ -49,6 +49,7 @@ PROMPT = "agent_investigate.j2"
 INVESTIGATE_TOOLS = ["examples", "activations", "compare", "score", "finish"]
 CHAT_TOOLS = ["examples", "activations", "compare", "score", "answer"]
 MAX_INVALID = 2  # invalid actions in a row that end an investigation
+NEXT_ACTION = '\n{"thought"'  # a small model writes more actions after its first: stop there
 
 
 class AgentSettings(BaseModel):
@@ -60,7 +61,7 @@ class AgentSettings(BaseModel):
     max_tokens: int | None = Field(None, ge=1)  # the agent's prompt + completion tokens
     max_seconds: float | None = Field(None, gt=0)
     max_scores: int = Field(5, ge=0)  # calls of the score tool
-    action_tokens: int = Field(256, ge=16)  # the longest answer per turn
+    action_tokens: int = Field(200, ge=16)  # the longest answer per turn
     sample: SampleSettings = Field(default_factory=SampleSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
 
@@ -184,6 +185,7 @@ class Investigator:
             messages=self.messages,
             tools=self.toolbox.specs(self.tools) if self.native else None,
             max_tokens=self.s.action_tokens,
+            stop=None if self.native else [NEXT_ACTION],
         )
         resp = await self.llm.chat(req)
         inv = self.inv
