@@ -445,12 +445,14 @@ def show(
     s = unit.stats
     fired = s.frac_firing > 0
     explained = unit_explanations(store, unit.id)
+    investigations = store.investigations(unit.id)
     # a unit that never fired has no activating examples: its "top" windows would all read max 0
     examples = store.examples(unit.id, kind)[:n] if fired or kind not in ("top", "quantile") else []
     if as_json:
         from pydantic_core import to_json  # strict JSON: infinite histogram edges become null
 
         out = {"unit": unit, "fired": fired, "explanations": explained, "examples": examples}
+        out["investigations"] = [i.model_dump(exclude={"messages"}) for i in investigations]
         print(to_json(out, inf_nan_mode="null").decode())
         return
     firing = (
@@ -475,6 +477,14 @@ def show(
         console.print(table)
     else:
         console.print(f"(no explanations yet: `autointerp label --db {db} --unit {unit.id}`)")
+    if investigations:
+        table = Table(title="investigations", show_header=True, header_style="bold")
+        for col in ("id", "mode", "status", "steps", "explanation"):
+            table.add_column(col)
+        for inv in investigations:
+            text = inv.explanation or inv.reason
+            table.add_row(inv.id, inv.mode, inv.status, str(inv.steps), escape(text or ""))
+        console.print(table)
     if not fired and kind in ("top", "quantile"):
         console.print(f"(no {kind} examples: the unit never fired on the corpus)")
         return

@@ -315,6 +315,10 @@ def test_investigate_command_runs_shows_steps_and_stores_the_explanation(synth_s
     llm.enqueue(act("examples"), act("examples", n=2))
     res = invoke("investigate", UNIT, "--db", synth_store.path, "--agent", llm.spec, "--max-steps", 2)
     assert res.exit_code == 1 and "exhausted" in res.output
+    res = invoke("show", UNIT, "--db", synth_store.path)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "investigations" in out and "finished" in out and "exhausted" in out
+    assert "names of months" in out and "step budget (2)" in out
 
 
 # -- chat --------------------------------------------------------------------------------------------
