@@ -137,7 +137,7 @@ def test_a_malformed_action_is_retried_once_then_recorded_as_the_failure(synth_s
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
     inv, exps = out.investigation, out.experiments
     assert inv.status == "failed" and "invalid actions in a row" in inv.reason and "texts" in inv.reason
-    assert [bool(e.error) for e in exps] == [True, False, True, True]
+    assert [e.error.startswith("invalid action: ") for e in exps] == [True, False, True, True]
     assert "no JSON object" in exps[0].error and "no tool 'dance'" in exps[2].error
     assert Store(synth_store.path).get_investigation(inv.id).status == "failed"
     assert not Store(synth_store.path).explanations(UNIT, method="agent")

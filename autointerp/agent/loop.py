@@ -49,6 +49,7 @@ PROMPT = "agent_investigate.j2"
 INVESTIGATE_TOOLS = ["examples", "activations", "compare", "score", "finish"]
 CHAT_TOOLS = ["examples", "activations", "compare", "score", "answer"]
 MAX_INVALID = 2  # invalid actions in a row that end an investigation
+INVALID = "invalid action: "  # how an experiment's error marks an action that could not be taken
 NEXT_ACTION = '\n{"thought"'  # a small model writes more actions after its first: stop there
 
 
@@ -223,7 +224,7 @@ class Investigator:
             feedback = f"{exp.id} {name}: {result.brief()}"
         except ActionError as e:
             self.invalid += 1
-            exp.error = str(e)
+            exp.error = f"{INVALID}{e}"
             feedback = f"error: {e}."
         except ToolError as e:
             self.invalid = 0
@@ -326,7 +327,8 @@ class Investigator:
                 self.end("failed", f"the LLM failed ({e}); run again with --resume {self.inv.id}")
                 return self.outcome()
             if self.invalid >= MAX_INVALID:
-                self.end("failed", f"{MAX_INVALID} invalid actions in a row (last: {exp.error})")
+                last = exp.error.removeprefix(INVALID)
+                self.end("failed", f"{MAX_INVALID} invalid actions in a row (last: {last})")
                 return self.outcome()
             if exp.tool == "finish" and not exp.error:
                 args = FinishArgs.model_validate(exp.arguments)
