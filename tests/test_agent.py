@@ -162,6 +162,10 @@ def test_budgets_end_the_investigation_with_a_recorded_state_and_reason(synth_st
     assert inv.status == "exhausted" and "step budget (3)" in inv.reason and inv.steps == 3
     assert len(Store(synth_store.path).experiments(inv.id)) == 3 and inv.explanation is None
     assert "next step is the last one" in llm.requests[-1].messages[-1].content
+    # resumed with a larger budget, it goes on from its last step (steps count from the start)
+    llm.enqueue(act("finish", explanation="months"))
+    out = investigate(synth_store.path, "", settings(llm, max_steps=4), resume=inv.id, reader=reader)
+    assert out.investigation.status == "finished" and out.investigation.steps == 4
     out = investigate(synth_store.path, UNIT, settings(llm, max_tokens=10), reader=reader)
     assert out.investigation.status == "exhausted" and "token budget (10)" in out.investigation.reason
     assert out.investigation.steps == 1

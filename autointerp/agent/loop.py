@@ -67,6 +67,9 @@ class AgentSettings(BaseModel):
     score: ScoreSettings = Field(default_factory=ScoreSettings)
 
 
+BUDGET = ("max_steps", "max_tokens", "max_seconds")  # what a resumed investigation takes anew
+
+
 class Action(BaseModel):
     """One JSON action of an agent without native tool calls."""
 
@@ -390,7 +393,9 @@ def prepare(
             )
         if inv.status == "finished" and mode == "investigate":
             raise UserError(f"Investigation {resume} has finished; start a new one without --resume.")
-        s = AgentSettings.model_validate(inv.settings)
+        budget = {k: getattr(s, k) for k in BUDGET}  # the budget given now; the rest as stored
+        s = AgentSettings.model_validate(inv.settings).model_copy(update=budget)
+        inv.settings = s.model_dump()
         uid = inv.unit_id
     else:
         uid = find_unit(store, unit_id)
