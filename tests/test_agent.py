@@ -143,7 +143,7 @@ def test_a_malformed_action_is_retried_once_then_recorded_as_the_failure(synth_s
     assert not Store(synth_store.path).explanations(UNIT, method="agent")
     # the error went back to the agent as its next message
     assert "error: there is no tool 'dance'" in llm.requests[3].messages[-1].content
-    assert llm.requests[0].stop == ['\n{"thought"']  # generation stops before a second action
+    assert llm.requests[0].stop == ["}\n{"]  # generation stops before a second action
 
 
 def test_a_repeated_identical_call_is_refused(synth_store, reader, scripted):
@@ -223,6 +223,12 @@ def test_native_tool_calls_get_schemas_and_tool_messages(synth_store, reader, sc
 def test_parse_action_reads_fenced_json_and_refuses_other_shapes():
     a = parse_action('Sure:\n```json\n{"thought": "t", "tool": "examples", "args": {"n": 2}}\n```')
     assert (a.tool, a.args) == ("examples", {"n": 2})
+    cut = parse_action(
+        '{"thought": "t", "tool": "activations", "args": {"texts": ["in May"]}'
+    )  # stop cut "}"
+    assert cut.args == {"texts": ["in May"]}
+    with pytest.raises(ActionError, match="malformed"):
+        parse_action('{"thought": "t", "tool": "activations", "args": {"texts": ["in')
     with pytest.raises(ActionError, match="no JSON object"):
         parse_action("months")
     with pytest.raises(ActionError, match="tool"):

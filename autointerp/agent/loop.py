@@ -50,7 +50,7 @@ INVESTIGATE_TOOLS = ["examples", "activations", "compare", "score", "finish"]
 CHAT_TOOLS = ["examples", "activations", "compare", "score", "answer"]
 MAX_INVALID = 2  # invalid actions in a row that end an investigation
 INVALID = "invalid action: "  # how an experiment's error marks an action that could not be taken
-NEXT_ACTION = '\n{"thought"'  # a small model writes more actions after its first: stop there
+NEXT_ACTION = "}\n{"  # a small model writes more actions after its first: stop there (its "}" is cut)
 
 
 class AgentSettings(BaseModel):
@@ -90,7 +90,10 @@ def parse_action(text: str) -> Action:
     if start < 0:
         raise ActionError('no JSON object; answer with {"thought": ..., "tool": ..., "args": {...}}')
     try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        except json.JSONDecodeError:  # the stop at the next action cuts the closing brace
+            obj, _ = json.JSONDecoder().raw_decode(text[start:] + "}")
         return Action.model_validate(obj)
     except json.JSONDecodeError as e:
         raise ActionError(f"the JSON action is malformed ({e.msg}); answer with one JSON object") from None
