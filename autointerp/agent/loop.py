@@ -217,7 +217,7 @@ class Investigator:
             args = Toolbox.parse(name, raw, self.tools)
             exp.arguments = args.model_dump()
             key = self._key(name, exp.arguments)
-            if key in self.seen:
+            if key in self.seen and name != "answer":  # a chat may answer two questions alike
                 raise ActionError(f"you already ran exactly this as {self.seen[key]}; try something new")
             if isinstance(args, FinishArgs):
                 args = self.checked_evidence(args)
