@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +12,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -80,7 +79,8 @@ RetriesOpt = Annotated[
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn a UserError into one red sentence on stderr and exit code 2."""
+    """Turn a UserError (or an LLM provider's out-of-credit refusal) into one red sentence on stderr and
+    exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -97,21 +97,16 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if "autointerp.llm.base" in sys.modules:  # imported lazily: only a run that used an LLM
+                from autointerp.llm.base import OutOfCreditError
+
+                if isinstance(e, OutOfCreditError):  # the provider's own message; no call can succeed
+                    err.print(f"[red]error:[/red] {escape(str(e))}")
+                    raise typer.Exit(2) from None
+            raise
 
     return wrapper
-
-
-def tokens_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} tokens"),
-        TextColumn("{task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 @app.command()
@@ -186,22 +181,12 @@ def record(
 
     check_encoding(encoding)
     unit_list = parse_units(units)
+    from autointerp.progress import RateProgress
+
     # The bar (and its clock) starts at the first report, once the model has loaded: the rate counts
-    # streaming only, and a run that stops before (bad input, already complete) prints no bar.
-    bar = tokens_progress()
-    task = bar.add_task("recording", total=tokens, rate=0.0, start=False)
-    first: list[tuple[float, int]] = []
-
-    def on_progress(done: int, total: int) -> None:
-        if not first:
-            first.append((time.perf_counter(), done))
-            bar.start()
-            bar.start_task(task)
-        t0, done0 = first[0]
-        rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, completed=done, total=total, rate=rate)
-
-    try:
+    # streaming only, and a run that stops before (bad input, already complete) prints no bar. Piped or
+    # logged, one plain line every ~10 s instead.
+    with RateProgress(err, "recording", total=tokens) as bar:
         result = record_units(
             db=db,
             model=model,
@@ -217,10 +202,8 @@ def record(
             top_k=top_k,
             seed=seed,
             include_special=keep_bos,
-            progress=on_progress,
+            progress=bar.update,
         )
-    finally:
-        bar.stop()
     if result.already_complete:
         console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
         return
@@ -393,7 +376,7 @@ def open_store(db: Path):  # noqa: ANN201 - autointerp.store.Store
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    return Store(db)
+    return Store(db, read_only=True)
 
 
 def score_cell(score) -> str:  # noqa: ANN001 - autointerp.types.Score | None

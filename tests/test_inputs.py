@@ -80,6 +80,117 @@ def test_record_checks_input_before_the_model_loads(tmp_path, no_model, args, sa
     assert says in " ".join(out.output.split())
 
 
+@pytest.fixture
+def fresh_home(monkeypatch, tmp_path):
+    """A fresh machine: no hook widths cached; loading the subject model fails the test."""
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("autointerp.subject.recorder.load_subject", boom)
+    monkeypatch.setenv("AUTOINTERP_HOME", str(tmp_path / "fresh"))
+    return tmp_path / "fresh"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--hook", "blocks.99.mlp.hook_post"],
+            "names layer 99, but gemma-3-270m has 18 layers (blocks.0 .. blocks.17)",
+        ),
+        (["--hook", "blocks.6.mlp.hook_psot"], "'blocks.6.mlp.hook_psot' is not a hook of gemma-3-270m"),
+        (["--hook", "blocks.6.attn.hook_z"], "has one vector per head, not one per token"),
+        (
+            ["--hook", "resid_post"],
+            "'resid_post' is not a hook of gemma-3-270m; valid hooks are blocks.L.<name>",
+        ),
+        (["--hook", "blocks.6.mlp.hook_post", "--units", "0:5000"], "has 2048 units (0..2047)"),
+        (["--hook", "blocks.6.hook_resid_post", "--units", "640"], "has 640 units (0..639)"),
+    ],
+)
+def test_bad_hooks_are_refused_from_the_config_on_a_fresh_machine(tmp_path, fresh_home, args, says):
+    out = invoke("record", "--db", tmp_path / "r.db", *args)
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert says in text and "Traceback" not in text
+    assert not (fresh_home / "hooks").exists()  # nothing loaded, nothing cached
+
+
+def test_valid_hooks_pass_the_config_check():
+    from autointerp.subject.model import EMBEDDED_SHAPES, check_hook_by_shape
+
+    shape = EMBEDDED_SHAPES["gemma-3-270m"]
+    assert check_hook_by_shape(shape, "blocks.17.mlp.hook_post", "g") == 2048
+    assert check_hook_by_shape(shape, "blocks.0.hook_resid_pre", "g") == 640
+    assert check_hook_by_shape(shape, "blocks.3.ln1.hook_scale", "g") == 1
+    assert check_hook_by_shape(shape, "ln_final.hook_normalized", "g") == 640
+
+
+def gpt2_folder(root: Path, **cfg) -> Path:
+    """A Hugging Face folder with a GPT-2 config.json of 2 layers, d_model 8 (d_mlp 4 x 8) and no weights."""
+    root.mkdir()
+    config = {"model_type": "gpt2", "n_layer": 2, "n_embd": 8, "n_head": 2, "n_inner": None, **cfg}
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--hook", "blocks.2.hook_resid_post"],
+            "'blocks.2.hook_resid_post' names layer 2, but gpt2 has 2 layers",
+        ),
+        (["--hook", "blocks.1.mlp.hook_post", "--units", "0:40"], "which has 32 units (0..31)"),
+        (["--hook", "blocks.1.hook_resid_post", "--units", "8"], "which has 8 units (0..7)"),
+    ],
+)
+def test_a_model_path_config_decides_the_hooks_before_loading(tmp_path, fresh_home, args, says):
+    folder = gpt2_folder(tmp_path / "gpt2")
+    out = invoke("record", "--db", tmp_path / "r.db", "--model", "gpt2", "--model-path", folder, *args)
+    assert out.exit_code == 2, out.output
+    assert says in " ".join(out.output.split())
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda d: d.write_text("not a folder"), "is not a directory"),
+        (lambda d: d.mkdir(), "has no config.json"),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"n_layer": 2,')),
+            "has a damaged config.json",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_bytes(b"\xff\xfe\x00garbage")),
+            "damaged config.json",
+        ),
+    ],
+)
+def test_a_damaged_or_wrong_model_path_is_one_sentence(tmp_path, fresh_home, make, says):
+    folder = tmp_path / "model"
+    make(folder)
+    out = invoke(
+        "record", "--db", tmp_path / "r.db", "--model", "gpt2", "--model-path", folder, "--hook", HOOK
+    )
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert text.startswith("error: --model-path") and says in text and "Traceback" not in text
+
+
+def test_damaged_weights_in_a_model_path_are_one_sentence(tmp_path):
+    pytest.importorskip("transformer_lens")
+    from autointerp.subject.model import load_subject
+
+    folder = gpt2_folder(tmp_path / "gpt2", vocab_size=50, n_positions=16, architectures=["GPT2LMHeadModel"])
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage" + bytes(64))
+    with pytest.raises(
+        UserError, match=r"The model files of 'gpt2' in .*gpt2 do not load \(.*restore or re-download"
+    ):
+        load_subject("gpt2", str(folder))
+
+
 def test_record_of_a_complete_run_loads_no_model(tmp_path, no_model):
     from autointerp.subject.recorder import run_id_for
 

@@ -30,8 +30,8 @@ from autointerp.bench.meta import MetaEval
 from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synthetic_sources
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS
-from autointerp.llm import get_llm
-from autointerp.pipeline import Labeller, LabelSettings
+from autointerp.llm import LLM, get_llm
+from autointerp.pipeline import Labeller, LabelSettings, RoleUsage
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.score import SCORERS, ScoreSettings
 from autointerp.store import Store
@@ -133,8 +133,10 @@ class MethodRow(BaseModel):
     n_units: int
     failures: int  # explanations that failed (never stored as results)
     stats: dict[str, ScorerStat]
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # tokens of the LLM calls this invocation made (explaining and scoring)
     completion_tokens: int = 0
+    cached_calls: int = 0  # LLM calls served from the store's cache: they cost nothing
+    cached_tokens: int = 0  # prompt + completion tokens of those calls
     seconds: float = 0.0  # compute time recorded with the stored rows (explaining + scoring), summed
     resumed: int = 0  # units whose stored results were reused: their tokens are not counted again
     match_share: float | None = None  # generated explanations matching the truth
@@ -266,6 +268,19 @@ async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, s
     await asyncio.gather(*(one(*it) for it in items))
 
 
+async def score_given_by_kind(
+    store: Store, s: LabelSettings, explainer: LLM, simulator: LLM, items: list[tuple[str, str, str]]
+) -> dict[str, dict[str, RoleUsage]]:
+    """`score_given` one kind (`true`, `distractor:KIND`, `random`) after the other, each by a labeller
+    with its own token meters: what each kind spent, by LLM role."""
+    spent: dict[str, dict[str, RoleUsage]] = {}
+    for kind in dict.fromkeys(m for _, m, _ in items):
+        metered = Labeller(store, s, explainer, simulator)
+        await score_given(metered, store, [it for it in items if it[1] == kind])
+        spent[kind] = {role: m.usage for role, m in metered.meters.items()}
+    return spent
+
+
 # -- matching generated explanations to the truth --------------------------------------------------
 def keywords(text: str) -> set[str]:
     words = re.findall(r"[a-z0-9']+", text.lower())
@@ -315,6 +330,16 @@ def _collect(row: UnitRow, key: str, scores: dict[str, Score], spent: dict[str, 
     row.scores[key] = {sc: _fnum(x.value) for sc, x in scores.items()}
     row.status[key] = {sc: x.status for sc, x in scores.items()}
     spent[key] = spent.get(key, 0.0) + sum(float(x.details.get("seconds", 0.0)) for x in scores.values())
+
+
+def usage_fields(usage: dict[str, RoleUsage]) -> dict[str, int]:
+    """A MethodRow's token fields from what each LLM role spent (cache hits apart)."""
+    return {
+        "prompt_tokens": sum(u.prompt_tokens for u in usage.values()),
+        "completion_tokens": sum(u.completion_tokens for u in usage.values()),
+        "cached_calls": sum(u.cached_calls for u in usage.values()),
+        "cached_tokens": sum(u.cached_prompt_tokens + u.cached_completion_tokens for u in usage.values()),
+    }
 
 
 def _stat(values: list[float | None], statuses: list[str], seed: int) -> ScorerStat:
@@ -459,9 +484,8 @@ async def arun_bench(
                 n_units=len(usable),
                 failures=len(summary.failures),
                 stats={},
-                prompt_tokens=summary.prompt_tokens,
-                completion_tokens=summary.completion_tokens,
                 resumed=sum(r.skipped for r in summary.results),
+                **usage_fields(summary.usage),
             )
         )
 
@@ -476,7 +500,7 @@ async def arun_bench(
     if given:
         say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
         labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
-        await score_given(labeller, store, given)
+        given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given)
         for uid, method, text in given:
             rows[uid].explanations[candidate_key(method)] = text
             exp_id = given_id(uid, method, text, labeller.s)
@@ -489,6 +513,7 @@ async def arun_bench(
                         n_units=sum(1 for _, m, _ in given if m == kind),
                         failures=0,
                         stats={},
+                        **usage_fields(given_usage.get(kind, {})),
                     )
                 )
 
