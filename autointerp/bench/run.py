@@ -438,134 +438,142 @@ async def arun_bench(
         )
     )
 
-    def label_settings(methods: list[str]) -> LabelSettings:
-        return LabelSettings(
-            explainer=s.explainer,
-            simulator=sim_spec,
-            methods=methods,
-            scorers=s.scorers,
-            concurrency=s.concurrency,
-            sample=sample_s,
-            score=(ScoreSettings.delphi if s.delphi else ScoreSettings)(
-                seed=s.seed, n_per_quantile=s.n_per_quantile
-            ),
-        )
+    try:  # whatever happens from here (an error, Ctrl-C, out of credit), the run's row ends
 
-    rows = {
-        uid: UnitRow(
-            unit_id=uid,
-            name=names[uid],
-            truth=truth[uid].explanation if uid in truth else None,
-            explanations={},
-            scores={},
-        )
-        for uid in usable
-    }
-    method_rows: list[MethodRow] = []
-    spent: dict[str, float] = {}  # candidate key -> recorded seconds
-    for method in s.methods:
-        say(f"explaining and scoring with method {method}")
-        labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
-        summary = await labeller.run(usable)
-        for r in summary.results:
-            row = rows[r.unit_id]
-            key = f"gen:{method}"
-            row.explanations[key] = r.explanation
-            if r.error:
-                row.errors[method] = r.error
-            else:
-                exp_id = r.explanation_id
-                _collect(row, key, stored_scores(store, labeller, exp_id), spent)
-                exp = store.get_explanation(exp_id)
-                spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
-        method_rows.append(
-            MethodRow(
-                method=method,
-                n_units=len(usable),
-                failures=len(summary.failures),
-                stats={},
-                resumed=sum(r.skipped for r in summary.results),
-                **usage_fields(summary.usage),
+        def label_settings(methods: list[str]) -> LabelSettings:
+            return LabelSettings(
+                explainer=s.explainer,
+                simulator=sim_spec,
+                methods=methods,
+                scorers=s.scorers,
+                concurrency=s.concurrency,
+                sample=sample_s,
+                score=(ScoreSettings.delphi if s.delphi else ScoreSettings)(
+                    seed=s.seed, n_per_quantile=s.n_per_quantile
+                ),
             )
-        )
 
-    given: list[tuple[str, str, str]] = []
-    if truth and s.meta:
-        ordered = [truth[u] for u in usable]
-        for i, uid in enumerate(usable):
-            given.append((uid, "true", truth[uid].explanation))
-            given += [(uid, f"distractor:{k}", text) for k, text in distractors(ordered, i).items()]
-    first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
-    given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
-    if given:
-        say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
-        labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
-        given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given)
-        for uid, method, text in given:
-            rows[uid].explanations[candidate_key(method)] = text
-            exp_id = given_id(uid, method, text, labeller.s)
-            _collect(rows[uid], candidate_key(method), stored_scores(store, labeller, exp_id), spent)
-        for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS), RANDOM]:
-            if any(m == kind for _, m, _ in given):
-                method_rows.append(
-                    MethodRow(
-                        method=kind,
-                        n_units=sum(1 for _, m, _ in given if m == kind),
-                        failures=0,
-                        stats={},
-                        **usage_fields(given_usage.get(kind, {})),
-                    )
-                )
-
-    # Per-method statistics from the stored rows (statuses include nan and failed).
-    for mr in method_rows:
-        key = candidate_key(mr.method)
-        mr.seconds = round(spent.get(key, 0.0), 1)
-        for sc in s.scorers:
-            have = [u for u in usable if key in rows[u].scores]
-            vals = [rows[u].scores[key].get(sc) for u in have]
-            statuses = [rows[u].status[key].get(sc, "failed") for u in have]
-            mr.stats[sc] = _stat(vals, statuses, s.seed)
-
-    match_measure = ""
-    near_miss_match_rate = None
-    if truth:
-        pairs = [
-            (uid, m, rows[uid].explanations.get(f"gen:{m}"), rows[uid].truth)
+        rows = {
+            uid: UnitRow(
+                unit_id=uid,
+                name=names[uid],
+                truth=truth[uid].explanation if uid in truth else None,
+                explanations={},
+                scores={},
+            )
             for uid in usable
-            for m in s.methods
-            if rows[uid].explanations.get(f"gen:{m}")
-        ]
-        # The near misses calibrate the measure: a wrong phrase that still "matches" is a false match.
-        near = [(truth[u].near_miss, truth[u].explanation) for u in usable if truth[u].near_miss]
-        all_pairs = [(g, t) for _, _, g, t in pairs] + near
-        sims, threshold, match_measure = similarities(all_pairs, s)  # type: ignore[arg-type]
-        for (uid, m, _, _), sim in zip(pairs, sims[: len(pairs)], strict=True):
-            rows[uid].match[m] = Match(similarity=round(sim, 4), matched=sim >= threshold)
-        near_sims = sims[len(pairs) :]
-        if near_sims:
-            near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
+        }
+        method_rows: list[MethodRow] = []
+        spent: dict[str, float] = {}  # candidate key -> recorded seconds
+        for method in s.methods:
+            say(f"explaining and scoring with method {method}")
+            labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
+            summary = await labeller.run(usable)
+            for r in summary.results:
+                row = rows[r.unit_id]
+                key = f"gen:{method}"
+                row.explanations[key] = r.explanation
+                if r.error:
+                    row.errors[method] = r.error
+                else:
+                    exp_id = r.explanation_id
+                    _collect(row, key, stored_scores(store, labeller, exp_id), spent)
+                    exp = store.get_explanation(exp_id)
+                    spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
+            method_rows.append(
+                MethodRow(
+                    method=method,
+                    n_units=len(usable),
+                    failures=len(summary.failures),
+                    stats={},
+                    resumed=sum(r.skipped for r in summary.results),
+                    **usage_fields(summary.usage),
+                )
+            )
+
+        given: list[tuple[str, str, str]] = []
+        if truth and s.meta:
+            ordered = [truth[u] for u in usable]
+            for i, uid in enumerate(usable):
+                given.append((uid, "true", truth[uid].explanation))
+                given += [(uid, f"distractor:{k}", text) for k, text in distractors(ordered, i).items()]
+        first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
+        given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
+        if given:
+            say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
+            labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
+            given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given)
+            for uid, method, text in given:
+                rows[uid].explanations[candidate_key(method)] = text
+                exp_id = given_id(uid, method, text, labeller.s)
+                _collect(rows[uid], candidate_key(method), stored_scores(store, labeller, exp_id), spent)
+            for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS), RANDOM]:
+                if any(m == kind for _, m, _ in given):
+                    method_rows.append(
+                        MethodRow(
+                            method=kind,
+                            n_units=sum(1 for _, m, _ in given if m == kind),
+                            failures=0,
+                            stats={},
+                            **usage_fields(given_usage.get(kind, {})),
+                        )
+                    )
+
+        # Per-method statistics from the stored rows (statuses include nan and failed).
         for mr in method_rows:
-            if mr.method in EXPLAINERS:
-                got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
-                mr.match_share = sum(got) / len(usable) if usable else None
+            key = candidate_key(mr.method)
+            mr.seconds = round(spent.get(key, 0.0), 1)
+            for sc in s.scorers:
+                have = [u for u in usable if key in rows[u].scores]
+                vals = [rows[u].scores[key].get(sc) for u in have]
+                statuses = [rows[u].status[key].get(sc, "failed") for u in have]
+                mr.stats[sc] = _stat(vals, statuses, s.seed)
 
-    meta_eval = None
-    if truth and s.meta:
-        meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+        match_measure = ""
+        near_miss_match_rate = None
+        if truth:
+            pairs = [
+                (uid, m, rows[uid].explanations.get(f"gen:{m}"), rows[uid].truth)
+                for uid in usable
+                for m in s.methods
+                if rows[uid].explanations.get(f"gen:{m}")
+            ]
+            # The near misses calibrate the measure: a wrong phrase that still "matches" is a false match.
+            near = [(truth[u].near_miss, truth[u].explanation) for u in usable if truth[u].near_miss]
+            all_pairs = [(g, t) for _, _, g, t in pairs] + near
+            sims, threshold, match_measure = similarities(all_pairs, s)  # type: ignore[arg-type]
+            for (uid, m, _, _), sim in zip(pairs, sims[: len(pairs)], strict=True):
+                rows[uid].match[m] = Match(similarity=round(sim, 4), matched=sim >= threshold)
+            near_sims = sims[len(pairs) :]
+            if near_sims:
+                near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
+            for mr in method_rows:
+                if mr.method in EXPLAINERS:
+                    got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
+                    mr.match_share = sum(got) / len(usable) if usable else None
 
-    result = BenchResult(
-        settings=s,
-        db=str(store.path),
-        run_id=run_id,
-        units=[rows[u] for u in usable],
-        skipped_units=skipped,
-        methods=method_rows,
-        meta=meta_eval,
-        match_measure=match_measure,
-        near_miss_match_rate=near_miss_match_rate,
-        seconds=round(time.perf_counter() - t0, 2),
-        code_version=code_version(),
-    )
-    store.finish_run(run_id, "complete", json.loads(result.model_dump_json(exclude={"units", "settings"})))
-    return result
+        meta_eval = None
+        if truth and s.meta:
+            meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+
+        result = BenchResult(
+            settings=s,
+            db=str(store.path),
+            run_id=run_id,
+            units=[rows[u] for u in usable],
+            skipped_units=skipped,
+            methods=method_rows,
+            meta=meta_eval,
+            match_measure=match_measure,
+            near_miss_match_rate=near_miss_match_rate,
+            seconds=round(time.perf_counter() - t0, 2),
+            code_version=code_version(),
+        )
+        store.finish_run(
+            run_id, "complete", json.loads(result.model_dump_json(exclude={"units", "settings"}))
+        )
+        return result
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt | asyncio.CancelledError)
+        store.finish_run(run_id, "failed", {"error": "interrupted" if interrupted else repr(e)})
+        raise
