@@ -506,10 +506,7 @@ def units_command(
     if not rows:
         console.print(f"{db} holds no recorded units; run `autointerp record --db {db} ...` first.")
         return
-    groups: dict[str, list] = {}  # one table per source (model/hook[/sae:NAME]): ids shown as the index
-    for r in rows:
-        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
-    for source, members in groups.items():
+    for source, members in by_source(rows).items():
         n = f"{len(members)} unit{'s' * (len(members) != 1)}"
         console.print(f"[bold]{escape(source)}/[/bold]INDEX  ({n} in {escape(str(db))})")
         console.print(units_table(members))
@@ -653,25 +650,34 @@ def label(
         raise typer.Exit(1)
 
 
+def by_source(rows: list) -> dict[str, list]:
+    """Rows with a `unit_id`, grouped by source (model/hook[/sae:NAME]): one table each, the unit shown by
+    its index, so ids stay whole at 80 columns."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
+    return groups
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
-    table = Table(title="explanations", show_header=True, header_style="bold")
-    table.add_column("unit")
-    table.add_column("method")
-    table.add_column("explanation")
     scorers = sorted({k for r in summary.results for k in r.scores})
-    for sc in scorers:
-        table.add_column(sc, justify="right")
-    for r in summary.results:
-        if r.skip_reason:
-            continue  # counted below; a store can hold thousands of dead latents
-        # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
-        cells = [
-            f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
-            for sc in scorers
-        ]
-        text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
-        table.add_row(r.unit_id, r.method, text, *cells)
-    console.print(table)
+    shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
+    for source, members in by_source(shown).items():
+        table = Table(title=f"explanations of {escape(source)}/INDEX", show_header=True, header_style="bold")
+        table.add_column("index", justify="right", no_wrap=True)
+        table.add_column("method")
+        table.add_column("explanation", ratio=1)
+        for sc in scorers:
+            table.add_column(sc, justify="right")
+        for r in members:
+            # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
+            cells = [
+                f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
+                for sc in scorers
+            ]
+            text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
+        console.print(table)
     done = [r for r in summary.results if not (r.error or r.skip_reason)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
