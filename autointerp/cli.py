@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -302,6 +301,7 @@ def counterfactuals(
     and hard negatives, for recorded units (resumable)."""
     require_local("autointerp counterfactuals")
     from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
+    from autointerp.progress import CountProgress
     from autointerp.store import Store
     from autointerp.subject.model import load_subject
 
@@ -324,26 +324,11 @@ def counterfactuals(
 
         client = get_llm(llm, store)
     subject = load_subject(model, model_path)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TextColumn("{task.fields[stage]}"),
-        TextColumn("verified {task.fields[verified]}/{task.fields[cands]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task("counterfactuals", total=len(ids), stage="", verified=0, cands=0)
+    with CountProgress(err, "counterfactuals", total=len(ids)) as bar:
 
         def on_progress(ev: ProgressEvent) -> None:
-            done = ev.unit_index + (ev.stage in ("done", "skipped"))
-            bar.update(
-                task,
-                completed=done,
-                stage=f"{ev.unit_id} {ev.stage}",
-                verified=ev.verified,
-                cands=ev.candidates,
-            )
+            if ev.stage in ("done", "skipped"):
+                bar.advance(f"{escape(ev.unit_id)} {ev.stage} · verified {ev.verified}/{ev.candidates}")
 
         summary = generate_counterfactuals(store, subject, ids, client, s, on_progress)
     t = summary.totals()

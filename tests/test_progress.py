@@ -77,3 +77,35 @@ def test_record_in_a_pipe_prints_plain_progress_lines_without_the_model_load(tmp
     assert lines[-1].startswith("recording: 640/640 tokens (100%) · ")
     rate = int(re.search(r"· ([\d,]+) tok/s", lines[-1])[1].replace(",", ""))
     assert rate > 1500  # 640 tokens in ~0.1 s of streaming; with the 1 s load counted it would be < 640
+
+
+def test_counterfactuals_in_a_pipe_print_plain_progress_lines(month_store, monkeypatch):
+    from types import SimpleNamespace
+
+    from autointerp.counterfactual import ProgressEvent
+
+    ids = [u.id for u in month_store.units()]
+
+    def fake_generate(store, subject, unit_ids, client, s, progress):  # noqa: ANN001, ANN202
+        for i, uid in enumerate(unit_ids):
+            progress(ProgressEvent(unit_id=uid, stage="llm", unit_index=i, n_units=len(unit_ids)))
+            time.sleep(0.05)
+            progress(
+                ProgressEvent(unit_id=uid, stage="done", unit_index=i, n_units=len(unit_ids), verified=i)
+            )
+        totals = dict(
+            units=3, skipped=0, minimal=3, minimal_shortened=0, verified=2, candidates=4, hard_negatives=0
+        )
+        return SimpleNamespace(totals=lambda: totals)
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.03)
+    monkeypatch.setattr("autointerp.subject.model.load_subject", lambda *a: "a loaded model")
+    monkeypatch.setattr("autointerp.counterfactual.generate_counterfactuals", fake_generate)
+    out = CliRunner().invoke(app, ["counterfactuals", "--db", str(month_store.path), "--no-llm"])
+    assert out.exit_code == 0, out.output
+    lines = [x for x in out.output.splitlines() if x.startswith("counterfactuals: ")]
+    assert len(lines) >= 3 and "\x1b" not in out.output
+    assert lines[0].startswith("counterfactuals: ") and lines[-1].startswith(
+        "counterfactuals: 3/3 units (100%)"
+    )
+    assert len(ids) == 3 and "2/4 counterfactuals verified" in " ".join(out.output.split())
