@@ -575,9 +575,11 @@ def label(
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
@@ -790,9 +792,11 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench

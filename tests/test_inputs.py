@@ -52,6 +52,8 @@ def no_model(monkeypatch, tmp_path):
         (["--simulator-mode", "bogus"], "'bogus' is not one of"),
         (["--methods", ","], "names nothing"),
         (["--scorers", "correlation,bogus"], "Unknown scorer 'bogus'"),
+        (["--explainer", "bogus:x"], "'bogus:x' is not an LLM spec"),
+        (["--simulator", "gpt-4o"], "'gpt-4o' is not an LLM spec"),
     ],
 )
 def test_label_rejects_bad_options(tmp_path, no_model, args, says):
@@ -59,7 +61,7 @@ def test_label_rejects_bad_options(tmp_path, no_model, args, says):
     out = invoke("label", "--db", tmp_path / "m.db", *args)
     assert out.exit_code == 2, out.output
     assert says in " ".join(out.output.split())
-    assert "Traceback" not in out.output
+    assert "Traceback" not in out.output and "labelling:" not in out.output  # refused before the run
 
 
 @pytest.mark.parametrize(
