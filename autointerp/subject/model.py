@@ -118,6 +118,7 @@ _BLOCK_HEAD_HOOKS = {
     "hook_k_input",
     "hook_v_input",
     *(f"attn.hook_{n}" for n in ("q", "k", "v", "z", "attn_scores", "pattern", "result", "rot_q", "rot_k")),
+    *(f"attn.{n}_norm.hook_{h}" for n in ("q", "k") for h in ("scale", "normalized")),  # Gemma 3's QK norms
 }
 _TOP_HOOKS = {"hook_embed": "d_model", "hook_pos_embed": "d_model", "ln_final.hook_normalized": "d_model"}
 _TOP_HOOKS.update({"ln_final.hook_scale": "one", "unembed.hook_in": "d_model", "unembed.hook_out": "unknown"})
