@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -75,6 +76,20 @@ RetriesOpt = Annotated[
         envvar="AUTOINTERP_LLM_RETRIES",
     ),
 ]
+
+
+@contextlib.contextmanager
+def option_errors() -> Iterator[None]:
+    """Settings built from options: a value pydantic refuses is one sentence naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        msg = first["msg"][:1].lower() + first["msg"][1:]
+        raise UserError(f"{option}: {msg} (got {first.get('input')!r}); fix the value.") from None
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -309,15 +324,16 @@ def counterfactuals(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     ids = resolve_unit_ids(store, unit, hook, units)
-    s = CounterfactualSettings(
-        n_examples=n_examples,
-        n_on=n_on,
-        keep_frac=keep_frac,
-        off_frac=off_frac,
-        on_frac=on_frac,
-        n_hard=n_hard,
-        corpus_windows=corpus_windows,
-    )
+    with option_errors():
+        s = CounterfactualSettings(
+            n_examples=n_examples,
+            n_on=n_on,
+            keep_frac=keep_frac,
+            off_frac=off_frac,
+            on_frac=on_frac,
+            n_hard=n_hard,
+            corpus_windows=corpus_windows,
+        )
     client = None
     if not no_llm:
         from autointerp.llm import get_llm

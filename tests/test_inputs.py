@@ -193,6 +193,23 @@ def test_damaged_weights_in_a_model_path_are_one_sentence(tmp_path):
         load_subject("gpt2", str(folder))
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--keep-frac", "5"],
+            "--keep-frac: input should be less than or equal to 1 (got 5.0); fix the value.",
+        ),
+        (["--off-frac", "-1"], "--off-frac: input should be greater than 0 (got -1.0); fix the value."),
+    ],
+)
+def test_counterfactuals_settings_are_one_sentence_before_the_model_loads(tmp_path, no_model, args, says):
+    build_month_store(tmp_path / "m.db")
+    out = invoke("counterfactuals", "--db", tmp_path / "m.db", "--no-llm", *args)
+    assert out.exit_code == 2, out.output
+    assert " ".join(out.output.split()) == f"error: {says}"
+
+
 def test_record_of_a_complete_run_loads_no_model(tmp_path, no_model):
     from autointerp.subject.recorder import run_id_for
 
