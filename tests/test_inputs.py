@@ -380,3 +380,41 @@ def test_real_record_prints_only_our_lines_on_stdout(tmp_path):
     assert " ".join(proc.stdout.split()).startswith("recorded 4 units over 640 tokens"), proc.stdout
     assert not any(x in proc.stdout for x in ("Loaded pretrained", "Loading weights", "deprecated")), lines
     assert "Loading weights" not in proc.stderr and "Loaded pretrained" not in proc.stderr
+
+
+def tiny_gpt2(folder: Path) -> Path:
+    """A random 2-layer GPT-2 with a word-level tokenizer, saved as a Hugging Face folder (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(50)} | {"[UNK]": 50}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", bos_token="w0", eos_token="w1")
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=51, n_positions=32)
+    ).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # no real model, but TransformerLens' import and conversion take ~20 s here
+def test_a_model_path_of_another_model_or_without_its_hub_config_is_one_sentence(tmp_path, monkeypatch):
+    pytest.importorskip("transformer_lens")
+    from huggingface_hub import try_to_load_from_cache
+
+    from autointerp.subject.model import load_subject
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no retries against the network
+    folder = tiny_gpt2(tmp_path / "tiny")
+    # Gemma's config is built into TransformerLens: GPT-2 weights do not fit it
+    wrong = r"does not hold 'google/gemma-3-270m' weights TransformerLens can convert"
+    with pytest.raises(UserError, match=wrong):
+        load_subject("google/gemma-3-270m", str(folder))
+    if isinstance(try_to_load_from_cache("gpt2", "config.json"), str):
+        return  # this machine has gpt2's hub config: nothing is missing
+    # offline, TransformerLens needs gpt2's config.json from the hub cache
+    with pytest.raises(
+        UserError, match=r"configuration of gpt2 from the Hugging Face cache, which does not hold"
+    ):
+        load_subject("gpt2", str(folder))

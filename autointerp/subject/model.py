@@ -386,6 +386,12 @@ def load_subject(name: str = assets.SUBJECT_DEFAULT, path: str | None = None) ->
             model = HookedTransformer.from_pretrained_no_processing(
                 tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
             )
+    except OSError as e:  # TransformerLens reads the hub configuration of models it has no table for
+        raise UserError(
+            f"TransformerLens converts {name!r} with the configuration of {tl_name} from the Hugging Face "
+            f"cache, which does not hold it; fetch it where there is network access (`hf download {tl_name} "
+            "config.json`) into the cache here."
+        ) from e
     except Exception as e:  # weights of another architecture than `name` (shapes, missing keys)
         if user_path is None:
             raise
