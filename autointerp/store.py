@@ -10,6 +10,7 @@ import contextlib
 import errno
 import itertools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -238,11 +239,20 @@ ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
 class Store:
     """A project's SQLite file."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S):
-        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock."""
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False):
+        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock.
+
+        A store file this process may not write is refused at once (UserError) unless `read_only`: a
+        command that only reads it (units, show, results) may. SQLite itself would only fail at the
+        first write, after a model load or an LLM call."""
         self.path, self.busy_timeout = Path(path), busy_timeout
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
+        if not read_only and self.path.exists() and not os.access(self.path, os.W_OK):
+            raise UserError(
+                f"{self.path} cannot be written: the file is read-only (its mode or attributes); make it "
+                "writable (chmod u+w) or pass another --db."
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
