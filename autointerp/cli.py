@@ -98,9 +98,15 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        db = kwargs.get("db")
+        new_db = db if isinstance(db, Path) and not db.exists() else None  # created by this command?
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            if new_db is not None:  # a command refused on its input leaves no empty store behind
+                from autointerp.store import discard_if_blank
+
+                discard_if_blank(new_db)
             err.print(f"[red]error:[/red] {escape(str(e))}")  # a message is text, not markup
             raise typer.Exit(2) from None
         except (OSError, sqlite3.DatabaseError) as e:  # a full disk, a read-only store or folder
@@ -817,29 +823,32 @@ def bench(
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
     from autointerp.explain import EXPLAINERS
+    from autointerp.progress import PhaseProgress
     from autointerp.score import SCORERS
 
     method_list = names(methods, "--methods", EXPLAINERS)
     scorer_list = names(scorers, "--scorers", SCORERS)
 
-    result = run_bench(
-        db,
-        suite=suite,
-        methods=method_list,
-        explainer=explainer,
-        simulator=simulator,
-        scorers=scorer_list,
-        seed=seed,
-        n_units=units,
-        tokens=tokens,
-        ctx=ctx,
-        concurrency=concurrency,
-        timeout=timeout,
-        retries=retries,
-        meta=not no_meta,
-        delphi=delphi,
-        progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-    )
+    with PhaseProgress(err) as bars:
+        result = run_bench(
+            db,
+            suite=suite,
+            methods=method_list,
+            explainer=explainer,
+            simulator=simulator,
+            scorers=scorer_list,
+            seed=seed,
+            n_units=units,
+            tokens=tokens,
+            ctx=ctx,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            meta=not no_meta,
+            delphi=delphi,
+            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+            phases=bars.start,
+        )
     paths = write_report(result, out or db.with_name(db.stem + "-bench"))
     if as_json:
         print(result.model_dump_json(indent=1))

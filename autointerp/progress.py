@@ -185,3 +185,31 @@ class RateProgress(_Progress):
 
     def __enter__(self) -> RateProgress:
         return self
+
+
+class PhaseProgress:
+    """A run made of phases, each with its own count (bench: each method's units, then the given
+    explanations): `start(label, total)` ends the previous phase's progress and returns the new one's
+    `advance`."""
+
+    def __init__(self, console: Console, every: float | None = None):
+        self.console, self.every = console, every
+        self.current: CountProgress | None = None
+
+    def start(self, label: str, total: int, noun: str = "units") -> Callable[[], None]:
+        self.close()
+        self.current = CountProgress(self.console, label, total, noun, every=self.every).__enter__()
+        return self.current.advance
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+            self.current = None
+
+    def __enter__(self) -> PhaseProgress:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

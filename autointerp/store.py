@@ -556,6 +556,29 @@ class Store:
             self.db["llm_calls"].upsert(row, pk="hash")
 
 
+def discard_if_blank(path: str | Path) -> bool:
+    """Remove the store at `path` (and its WAL files) when it holds nothing: no run, unit, explanation or
+    LLM call. What a command that failed on its input leaves behind when it created the file. True when
+    removed; a store with anything in it, or that cannot be read, is kept."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            held = [t for t in ("records", "units", "explanations", "llm_calls") if t in tables]
+            if any(conn.execute(f"SELECT 1 FROM [{t}] LIMIT 1").fetchone() for t in held):
+                return False
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+    return True
+
+
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]

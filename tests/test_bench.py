@@ -240,7 +240,7 @@ def letter(c: str) -> dict:
 
 
 # -- a whole bench on a tokenizer-only subject and a scripted LLM ----------------------------------------
-def tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm_spec: str):  # noqa: ANN001, ANN201 - BenchResult
+def tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm_spec: str, **kw):  # noqa: ANN001, ANN003, ANN201
     """Two letter units over a small text file; a subject without a forward pass (the rules read tokens)."""
     from types import SimpleNamespace
 
@@ -262,7 +262,7 @@ def tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm_spec: str):  # noqa: A
     (tmp_path / "suite.json").write_text(json.dumps(suite))
     return run_bench(
         tmp_path / "b.db", suite=str(tmp_path / "suite.json"), methods=["top"], explainer=llm_spec,
-        tokens=3000, ctx=16, subject=subject, corpus=[str(tmp_path / "c.txt")],
+        tokens=3000, ctx=16, subject=subject, corpus=[str(tmp_path / "c.txt")], **kw,
     )  # fmt: skip
 
 
@@ -290,6 +290,23 @@ def test_bench_rows_of_the_truth_distractors_and_floor_show_their_tokens(
     assert shown["true"] == f"{rows['true'].prompt_tokens:,}" and "cached tok (calls)" in header
     again = tiny_bench(tmp_path, char_tokenizer, monkeypatch, scripted().spec)  # all stored: nothing spent
     assert all(m.prompt_tokens == 0 for m in again.methods)
+
+
+def test_bench_phases_count_every_unit_and_given_explanation(tmp_path, char_tokenizer, monkeypatch, scripted):
+    """What a piped `bench` shows: each phase with its total, ticked once per item (also when resumed)."""
+    for _ in range(2):  # the second run finds everything stored: the phases still count to their totals
+        seen: dict[str, list[int]] = {}
+
+        def phases(label: str, total: int, seen=seen):  # noqa: ANN202
+            seen[label] = [total, 0]
+            return lambda: seen[label].__setitem__(1, seen[label][1] + 1)
+
+        r = tiny_bench(tmp_path, char_tokenizer, monkeypatch, scripted().spec, phases=phases)
+        given = sum(m.n_units for m in r.methods if m.method != "top")
+        assert seen == {
+            "method top": [2, 2],
+            "given explanations (truth, distractors, the random floor)": [given] * 2,
+        }
 
 
 def test_out_of_credit_stops_a_bench_and_its_run_row_ends_failed(

@@ -418,3 +418,28 @@ def test_a_model_path_of_another_model_or_without_its_hub_config_is_one_sentence
         UserError, match=r"configuration of gpt2 from the Hugging Face cache, which does not hold"
     ):
         load_subject("gpt2", str(folder))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["record", "--model", "gpt-17", "--hook", HOOK],
+        ["bench", "--suite", "nope.json", "--no-meta"],
+    ],
+)
+def test_a_refused_command_leaves_no_empty_store_behind(no_model, tmp_path, args):
+    db = tmp_path / "new.db"
+    result = invoke(*args, "--db", db)
+    assert result.exit_code == 2, result.output
+    assert not db.exists() and not Path(f"{db}-wal").exists()
+
+
+def test_a_refused_command_keeps_a_store_that_holds_something(no_model, tmp_path):
+    from autointerp.store import discard_if_blank
+
+    db = tmp_path / "x.db"
+    build_month_store(db)
+    assert invoke("record", "--model", "gpt-17", "--hook", HOOK, "--db", db).exit_code == 2
+    assert db.exists() and not discard_if_blank(db)
+    Store(tmp_path / "blank.db")
+    assert discard_if_blank(tmp_path / "blank.db") and not (tmp_path / "blank.db").exists()

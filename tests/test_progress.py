@@ -109,3 +109,15 @@ def test_counterfactuals_in_a_pipe_print_plain_progress_lines(month_store, monke
         "counterfactuals: 3/3 units (100%)"
     )
     assert len(ids) == 3 and "2/4 counterfactuals verified" in " ".join(out.output.split())
+
+
+def test_phases_each_count_to_their_own_total_in_plain_lines():
+    buf = io.StringIO()
+    with progress.PhaseProgress(Console(file=buf, width=200), every=60) as bars:
+        tick = bars.start("method top", 2)
+        tick()
+        tick()
+        tick = bars.start("given explanations", 3)
+        tick()
+    lines = [re.sub(r" · elapsed.*", "", x) for x in buf.getvalue().splitlines()]
+    assert lines == ["method top: 2/2 units (100%)", "given explanations: 1/3 units (33%)"]

@@ -242,14 +242,21 @@ def given_id(unit_id: str, method: str, text: str, s: LabelSettings) -> str:
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, str, str]]) -> None:
-    """Score given texts (unit id, method, text) with the labeller's scorers; stored like any explanation."""
+async def score_given(
+    labeller: Labeller,
+    store: Store,
+    items: list[tuple[str, str, str]],
+    tick: Callable[[], None] = lambda: None,
+) -> None:
+    """Score given texts (unit id, method, text) with the labeller's scorers; stored like any explanation.
+    `tick` is called as each one is done (or found done)."""
     sem = asyncio.Semaphore(labeller.s.concurrency)
 
     async def one(unit_id: str, method: str, text: str) -> None:
         exp_id = given_id(unit_id, method, text, labeller.s)
         sample = sample_unit(store, unit_id, labeller.s.sample)
         if labeller.done(exp_id, sample):
+            tick()
             return
         async with sem:
             scores = await labeller.score_explanation(exp_id, unit_id, text, sample)
@@ -264,19 +271,25 @@ async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, s
             run_id=labeller.run_id,
         )
         store.put_explanation(exp, scores)
+        tick()
 
     await asyncio.gather(*(one(*it) for it in items))
 
 
 async def score_given_by_kind(
-    store: Store, s: LabelSettings, explainer: LLM, simulator: LLM, items: list[tuple[str, str, str]]
+    store: Store,
+    s: LabelSettings,
+    explainer: LLM,
+    simulator: LLM,
+    items: list[tuple[str, str, str]],
+    tick: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, RoleUsage]]:
     """`score_given` one kind (`true`, `distractor:KIND`, `random`) after the other, each by a labeller
     with its own token meters: what each kind spent, by LLM role."""
     spent: dict[str, dict[str, RoleUsage]] = {}
     for kind in dict.fromkeys(m for _, m, _ in items):
         metered = Labeller(store, s, explainer, simulator)
-        await score_given(metered, store, [it for it in items if it[1] == kind])
+        await score_given(metered, store, [it for it in items if it[1] == kind], tick)
         spent[kind] = {role: m.usage for role, m in metered.meters.items()}
     return spent
 
@@ -371,6 +384,7 @@ async def arun_bench(
     seed: int = 0,
     n_units: int | None = None,
     progress: Callable[[str], None] | None = None,
+    phases: Callable[[str, int], Callable[[], None]] | None = None,
     subject=None,  # noqa: ANN001 - a loaded SubjectModel to reuse
     timeout: float | None = None,
     retries: int | None = None,
@@ -393,6 +407,14 @@ async def arun_bench(
     EXPLAINERS.check(s.methods)
     SCORERS.check(s.scorers)
     say = progress or (lambda _msg: None)
+
+    def phase(label: str, total: int) -> Callable[[], None]:
+        """Announce a phase; with `phases`, its count and ETA (`phases(label, total)` gives the tick)."""
+        if phases is None:
+            say(label)
+            return lambda: None
+        return phases(label, total)
+
     t0 = time.perf_counter()
     store = Store(db)
     sim_spec = s.simulator or s.explainer
@@ -466,9 +488,9 @@ async def arun_bench(
         method_rows: list[MethodRow] = []
         spent: dict[str, float] = {}  # candidate key -> recorded seconds
         for method in s.methods:
-            say(f"explaining and scoring with method {method}")
+            tick = phase(f"method {method}", len(usable))
             labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
-            summary = await labeller.run(usable)
+            summary = await labeller.run(usable, lambda _r, tick=tick: tick())
             for r in summary.results:
                 row = rows[r.unit_id]
                 key = f"gen:{method}"
@@ -500,9 +522,9 @@ async def arun_bench(
         first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
         given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
         if given:
-            say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
+            tick = phase("given explanations (truth, distractors, the random floor)", len(given))
             labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
-            given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given)
+            given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given, tick)
             for uid, method, text in given:
                 rows[uid].explanations[candidate_key(method)] = text
                 exp_id = given_id(uid, method, text, labeller.s)
