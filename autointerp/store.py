@@ -10,7 +10,9 @@ import contextlib
 import errno
 import itertools
 import json
+import re
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -30,12 +32,14 @@ from autointerp.types import (
     Score,
     SourceRef,
     Unit,
+    UnitIndexRow,
+    UnitQuery,
     UnitRef,
     UnitStats,
     now,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -216,6 +220,26 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _explanations_fts_v7(db: sqlite_utils.Database) -> None:
+    """Full-text search over explanation texts (FTS5, an index of `explanations.text` kept in step by
+    triggers; porter stemming, so "months" finds "month")."""
+    db.execute(
+        "CREATE VIRTUAL TABLE explanations_fts USING fts5(text, content='explanations', "
+        "content_rowid='rowid', tokenize='porter unicode61')"
+    )
+    delete = (
+        "INSERT INTO explanations_fts(explanations_fts, rowid, text) VALUES ('delete', old.rowid, old.text);"
+    )
+    insert = "INSERT INTO explanations_fts(rowid, text) VALUES (new.rowid, new.text);"
+    for name, event, body in (
+        ("ai", "INSERT", insert),
+        ("ad", "DELETE", delete),
+        ("au", "UPDATE", delete + insert),
+    ):
+        db.execute(f"CREATE TRIGGER explanations_fts_{name} AFTER {event} ON explanations BEGIN {body} END")
+    db.execute("INSERT INTO explanations_fts(explanations_fts) VALUES ('rebuild')")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -224,6 +248,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
+    6: _explanations_fts_v7,
 }
 
 
@@ -238,11 +263,15 @@ ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
 class Store:
     """A project's SQLite file."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S):
-        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock."""
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False):
+        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock.
+        `read_only`: an existing store at the current schema, opened so that no statement can write."""
         self.path, self.busy_timeout = Path(path), busy_timeout
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
@@ -261,6 +290,25 @@ class Store:
                 or environment_error(e, self.path)
                 or UserError(f"{self.path} could not be opened as a store ({e}).")
             ) from e
+
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise UserError(f"No store at {self.path}; run `autointerp record --db {self.path} ...` first.")
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            self.db = sqlite_utils.Database(conn)
+            version = self.schema_version()
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"{self.path} could not be read ({e}).") from e
+        if version == -1:
+            raise UserError(f"{self.path} is an SQLite file but not an autointerp store; pass another --db.")
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} has store schema v{version}, not v{SCHEMA_VERSION}; open it once with write "
+                "access (e.g. `autointerp units --db ...`) to upgrade it."
+            )
 
     def _file_error(self, e: sqlite3.Error | OSError) -> UserError | None:
         """One sentence for what went wrong with the file (locked, read-only, disk full, not a store), or
@@ -519,6 +567,88 @@ class Store:
     def count_units(self) -> int:
         return self.db["units"].count
 
+    # -- the viewer's index ---------------------------------------------------------------------
+    def unit_index(self, q: UnitQuery) -> tuple[int, list[UnitIndexRow]]:
+        """One page of units matching `q` and how many match in all; `score` is each unit's best latest
+        `q.scorer` value over its explanations (None without a scorer or an ok score)."""
+        inner, args = [], []
+        if q.source:
+            hook, _, sae = q.source.partition("/sae:")
+            inner.append("u.hook = ? AND " + ("u.sae = ?" if sae else "u.sae IS NULL"))
+            args += [hook, sae] if sae else [hook]
+        for col, op, val in (
+            ("frac_firing", ">=", q.min_freq),
+            ("frac_firing", "<=", q.max_freq),
+            ("max", ">=", q.min_max),
+            ("max", "<=", q.max_max),
+        ):
+            if val is not None:
+                inner.append(f"u.{col} {op} ?")
+                args.append(val)
+        if match := fts_query(q.search):
+            inner.append(
+                "u.id IN (SELECT e.unit_id FROM explanations_fts f JOIN explanations e ON e.rowid = f.rowid "
+                "WHERE explanations_fts MATCH ?)"
+            )
+            args.append(match)
+        if q.explained is not None:
+            inner.append(
+                ("" if q.explained else "NOT ")
+                + "EXISTS (SELECT 1 FROM explanations e WHERE e.unit_id = u.id)"
+            )
+        outer = ["score >= ?"] if q.min_score is not None and q.scorer else []
+        score = _BEST_SCORE if q.scorer else "NULL"
+        sql = (
+            "SELECT * FROM (SELECT u.id, u.model, u.hook, u.sae, u.idx, u.n_tokens, u.frac_firing, u.max, "
+            "(SELECT COUNT(*) FROM explanations e WHERE e.unit_id = u.id) AS n_explanations, "
+            f"{score} AS score "
+            f"FROM units u {'WHERE ' + ' AND '.join(inner) if inner else ''}) "
+            f"{'WHERE ' + ' AND '.join(outer) if outer else ''}"
+        )
+        args = ([q.scorer] if q.scorer else []) + args + ([q.min_score] if outer else [])
+        total = self.db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+        direction = "DESC" if q.descending else "ASC"
+        key = {"freq": "frac_firing", "max": "max", "explanations": "n_explanations", "score": "score"}
+        order = f"{key[q.sort]} IS NULL, {key[q.sort]} {direction}, " if q.sort in key else ""
+        natural = "DESC" if q.descending and q.sort == "index" else "ASC"  # ties: in index order
+        order += f"model {natural}, hook {natural}, sae {natural}, idx {natural}"
+        cur = self.db.execute(
+            f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", [*args, q.per_page, (q.page - 1) * q.per_page]
+        )
+        rows = [
+            UnitIndexRow(
+                unit_id=r[0],
+                model=r[1],
+                hook=r[2],
+                sae=r[3],
+                index=r[4],
+                n_tokens=r[5],
+                frac_firing=r[6],
+                max=r[7],
+                n_explanations=r[8],
+                score=r[9],
+            )  # fmt: skip
+            for r in cur.fetchall()
+        ]
+        return total, rows
+
+    def existing_unit_ids(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that are recorded units."""
+        out: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            cur = self.db.execute(f"SELECT id FROM units WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update(r[0] for r in cur.fetchall())
+        return out
+
+    def scorer_names(self) -> list[str]:
+        """Every scorer with a score in the store, sorted."""
+        return [s for (s,) in self.db.execute("SELECT DISTINCT scorer FROM scores ORDER BY scorer")]
+
+    def unit_sources(self) -> list[str]:
+        """Every recorded source: a hook (its neurons) or HOOK/sae:NAME (an SAE's latents), sorted."""
+        cur = self.db.execute("SELECT DISTINCT hook, sae FROM units ORDER BY hook, sae")
+        return [f"{hook}/sae:{sae}" if sae else hook for hook, sae in cur.fetchall()]
+
     def examples(self, unit_id: str, kind: str | None = None) -> list[Example]:
         sql = (
             "SELECT e.*, c.token_ids, c.tokens FROM examples e JOIN contexts c ON c.id = e.context_id "
@@ -544,6 +674,19 @@ class Store:
         row["response"] = dumps(row["response"])
         with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
+
+
+# The best latest score of one scorer (the first ?) over a unit's explanations: per explanation, the
+# newest row of that scorer (as `latest_scores`), then the maximum.
+_BEST_SCORE = """(SELECT MAX(s.value) FROM scores s WHERE s.unit_id = u.id AND s.scorer = ?
+    AND NOT EXISTS (SELECT 1 FROM scores t WHERE t.explanation_id = s.explanation_id AND t.scorer = s.scorer
+        AND (t.created_at > s.created_at OR (t.created_at = s.created_at AND t.rowid > s.rowid))))"""
+
+
+def fts_query(text: str) -> str:
+    """Words of a search box -> an FTS5 query that needs every word (each also as a prefix); "" for none.
+    Each word is quoted, so no user text is read as FTS5 syntax."""
+    return " ".join(f'"{w}"*' for w in re.findall(r"\w+", text))
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
