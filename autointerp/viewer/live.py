@@ -70,13 +70,16 @@ class LiveModel:
         return UnitProbe.for_unit(self._load(store, unit), store, unit)
 
     def activations(self, store: Store, unit: Unit, text: str) -> LiveActs:
-        """The unit's activation at every token of `text` (BOS first where the model uses one)."""
+        """The unit's activation at every token of `text` (read after BOS where the model uses one)."""
         text = _check_text(text)
+        from autointerp.counterfactual.probe import body_start
+
         with self._lock:
             probe = self._probe(store, unit)
             ids = probe.encode(text)
-            acts = probe.acts([ids])[0].tolist()
-            tokens = probe.subject.token_strs(ids)
+            first = body_start(ids, probe.subject.bos_id)  # BOS is read but not shown, as in examples
+            acts = probe.acts([ids])[0].tolist()[first:]
+            tokens = probe.subject.token_strs(ids)[first:]
         top = max(acts)
         scale = unit.stats.max if unit.stats.max > 0 else max(top, 1e-9)
         peak = max(range(len(acts)), key=acts.__getitem__) if top > 0 else None
