@@ -222,7 +222,7 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
 
 def _explanations_fts_v7(db: sqlite_utils.Database) -> None:
     """Full-text search over explanation texts (FTS5, an index of `explanations.text` kept in step by
-    triggers; porter stemming, so "months" finds "month")."""
+    triggers; porter stemming, so "months" finds "month"), and indexes for sorting units."""
     db.execute(
         "CREATE VIRTUAL TABLE explanations_fts USING fts5(text, content='explanations', "
         "content_rowid='rowid', tokenize='porter unicode61')"
@@ -238,6 +238,10 @@ def _explanations_fts_v7(db: sqlite_utils.Database) -> None:
     ):
         db.execute(f"CREATE TRIGGER explanations_fts_{name} AFTER {event} ON explanations BEGIN {body} END")
     db.execute("INSERT INTO explanations_fts(explanations_fts) VALUES ('rebuild')")
+    # the viewer's index pages sort and page on these without reading every unit
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_order ON units (model, hook, sae, idx)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_frac_firing ON units (frac_firing, id)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_max ON units (max, id)")
 
 
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
@@ -298,6 +302,7 @@ class Store:
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False)
             conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: bounded, whatever the store size
             self.db = sqlite_utils.Database(conn)
             version = self.schema_version()
         except sqlite3.Error as e:
@@ -596,25 +601,45 @@ class Store:
                 ("" if q.explained else "NOT ")
                 + "EXISTS (SELECT 1 FROM explanations e WHERE e.unit_id = u.id)"
             )
-        outer = ["score >= ?"] if q.min_score is not None and q.scorer else []
+        where = ("WHERE " + " AND ".join(inner)) if inner else ""
+        n_expl = "(SELECT COUNT(*) FROM explanations e WHERE e.unit_id = u.id)"
         score = _BEST_SCORE if q.scorer else "NULL"
-        sql = (
-            "SELECT * FROM (SELECT u.id, u.model, u.hook, u.sae, u.idx, u.n_tokens, u.frac_firing, u.max, "
-            "(SELECT COUNT(*) FROM explanations e WHERE e.unit_id = u.id) AS n_explanations, "
-            f"{score} AS score "
-            f"FROM units u {'WHERE ' + ' AND '.join(inner) if inner else ''}) "
-            f"{'WHERE ' + ' AND '.join(outer) if outer else ''}"
-        )
-        args = ([q.scorer] if q.scorer else []) + args + ([q.min_score] if outer else [])
-        total = self.db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+        cols = "u.id, u.model, u.hook, u.sae, u.idx, u.n_tokens, u.frac_firing, u.max"
+        score_args = [q.scorer] if q.scorer else []
         direction = "DESC" if q.descending else "ASC"
-        key = {"freq": "frac_firing", "max": "max", "explanations": "n_explanations", "score": "score"}
-        order = f"{key[q.sort]} IS NULL, {key[q.sort]} {direction}, " if q.sort in key else ""
         natural = "DESC" if q.descending and q.sort == "index" else "ASC"  # ties: in index order
-        order += f"model {natural}, hook {natural}, sae {natural}, idx {natural}"
-        cur = self.db.execute(
-            f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", [*args, q.per_page, (q.page - 1) * q.per_page]
-        )
+        ties = f"model {natural}, hook {natural}, sae {natural}, idx {natural}"
+        page = [q.per_page, (q.page - 1) * q.per_page]
+        if q.sort in ("explanations", "score") or (q.min_score is not None and q.scorer):
+            # every matching unit's explanation count and best score, then sort and page
+            key = "n_explanations" if q.sort == "explanations" else "score"
+            order = f"{key} IS NULL, {key} {direction}, " if q.sort in ("explanations", "score") else ""
+            sql = f"SELECT {cols}, {n_expl} AS n_explanations, {score} AS score FROM units u {where}"
+            if q.min_score is not None and q.scorer:
+                sql, args = f"SELECT * FROM ({sql}) WHERE score >= ?", [*score_args, *args, q.min_score]
+            else:
+                args = [*score_args, *args]
+            # one pass: the window count is taken before LIMIT (a page past the end counts again)
+            found = self.db.execute(
+                f"SELECT *, COUNT(*) OVER () FROM ({sql}) ORDER BY {order}{ties} LIMIT ? OFFSET ?",
+                [*args, *page],
+            ).fetchall()
+            total = (
+                found[0][-1]
+                if found
+                else self.db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+            )
+            cur = iter(r[:-1] for r in found)
+        else:
+            # sort and page on the units table (indexed), then count explanations for the page only
+            key = {"freq": "frac_firing", "max": "max"}.get(q.sort)
+            order = f"{key} {direction}, {ties}" if key else ties
+            total = self.db.execute(f"SELECT COUNT(*) FROM units u {where}", args).fetchone()[0]
+            one_page = f"SELECT {cols} FROM units u {where} ORDER BY {order} LIMIT ? OFFSET ?"
+            cur = self.db.execute(
+                f"SELECT u.*, {n_expl}, {score} FROM ({one_page}) u ORDER BY {order}",
+                [*score_args, *args, *page],
+            )
         rows = [
             UnitIndexRow(
                 unit_id=r[0],
@@ -628,9 +653,43 @@ class Store:
                 n_explanations=r[8],
                 score=r[9],
             )  # fmt: skip
-            for r in cur.fetchall()
+            for r in cur
         ]
         return total, rows
+
+    def latest_labels(self, unit_ids: list[str]) -> list[tuple[Explanation, list[Score]]]:
+        """The explanations of these units (oldest first), each with its latest score per scorer, without
+        settings or score details: what an index page shows, in two queries."""
+        out: dict[str, tuple[Explanation, list[Score]]] = {}
+        for chunk in _chunks(unit_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            cur = self.db.execute(
+                "SELECT e.id, e.unit_id, e.text, e.method, e.model, e.prompt, e.run_id, e.created_at, "
+                "s.scorer, s.value, s.status, s.simulator, s.prompt FROM explanations e "
+                f"LEFT JOIN scores s ON s.explanation_id = e.id AND {_LATEST} WHERE e.unit_id IN ({marks}) "
+                "ORDER BY e.created_at, e.rowid",
+                chunk,
+            )
+            for eid, uid, text, method, model, prompt, run, at, scorer, value, status, sim, sprompt in cur:
+                if eid not in out:
+                    e = Explanation(
+                        id=eid, unit_id=uid, text=text, method=method, model=model, prompt=prompt,
+                        run_id=run, created_at=at,
+                    )  # fmt: skip
+                    out[eid] = (e, [])
+                if scorer is not None:
+                    out[eid][1].append(
+                        Score(
+                            explanation_id=eid,
+                            unit_id=uid,
+                            scorer=scorer,
+                            value=value,
+                            status=status,
+                            simulator=sim,
+                            prompt=sprompt,
+                        )  # fmt: skip
+                    )
+        return sorted(out.values(), key=lambda x: x[0].created_at)
 
     def existing_unit_ids(self, ids: list[str]) -> set[str]:
         """Those of `ids` that are recorded units."""
@@ -645,9 +704,13 @@ class Store:
         return [s for (s,) in self.db.execute("SELECT DISTINCT scorer FROM scores ORDER BY scorer")]
 
     def unit_sources(self) -> list[str]:
-        """Every recorded source: a hook (its neurons) or HOOK/sae:NAME (an SAE's latents), sorted."""
-        cur = self.db.execute("SELECT DISTINCT hook, sae FROM units ORDER BY hook, sae")
-        return [f"{hook}/sae:{sae}" if sae else hook for hook, sae in cur.fetchall()]
+        """Every recorded source: a hook (its neurons) or HOOK/sae:NAME (an SAE's latents), sorted; read
+        again only when the file has changed since the last call (a scan of every unit)."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0], self.db["units"].count
+        if getattr(self, "_sources", (None, None))[0] != version:
+            cur = self.db.execute("SELECT DISTINCT hook, sae FROM units ORDER BY hook, sae")
+            self._sources = version, [f"{hook}/sae:{sae}" if sae else hook for hook, sae in cur.fetchall()]
+        return self._sources[1]
 
     def examples(self, unit_id: str, kind: str | None = None) -> list[Example]:
         sql = (
@@ -678,9 +741,10 @@ class Store:
 
 # The best latest score of one scorer (the first ?) over a unit's explanations: per explanation, the
 # newest row of that scorer (as `latest_scores`), then the maximum.
-_BEST_SCORE = """(SELECT MAX(s.value) FROM scores s WHERE s.unit_id = u.id AND s.scorer = ?
-    AND NOT EXISTS (SELECT 1 FROM scores t WHERE t.explanation_id = s.explanation_id AND t.scorer = s.scorer
-        AND (t.created_at > s.created_at OR (t.created_at = s.created_at AND t.rowid > s.rowid))))"""
+_LATEST = """NOT EXISTS (SELECT 1 FROM scores t WHERE t.explanation_id = s.explanation_id
+    AND t.scorer = s.scorer
+    AND (t.created_at > s.created_at OR (t.created_at = s.created_at AND t.rowid > s.rowid)))"""
+_BEST_SCORE = f"(SELECT MAX(s.value) FROM scores s WHERE s.unit_id = u.id AND s.scorer = ? AND {_LATEST})"
 
 
 def fts_query(text: str) -> str:

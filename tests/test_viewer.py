@@ -70,6 +70,10 @@ def test_sort_filter_and_page(client, store, tmp_path):
     assert unit_ids(client, source=HOOK, per_page="1", page="2") == [u1]
     assert unit_ids(client, source=HOOK + "/sae:x") == []
     assert client.get("/api/units", params={"per_page": "1"}).json()["total"] == 3
+    past_end = {"sort": "explanations", "per_page": "2", "page": "9"}  # counted again when no row comes back
+    data = client.get("/api/units", params=past_end).json()
+    assert (data["total"], data["rows"]) == (3, [])
+    assert client.get("/api/units", params={**past_end, "page": "2"}).json()["total"] == 3
     # empty form fields are no filter; a bad value is a 400 naming the field
     assert len(unit_ids(client, min_freq="", explained="")) == 3
     r = client.get("/", params={"min_freq": "lots"})
@@ -230,3 +234,20 @@ def test_sae_latent_neighbours_by_decoder_cosine(tmp_path):
     (tmp_path / "sae" / "sae_weights.safetensors").unlink()
     html = client.get(f"/unit/{store.units()[1].id}").text
     assert "Not available: the SAE weights are not available here" in html
+
+
+def test_index_scores_are_the_latest_per_scorer_as_listing_reads_them(store):
+    from autointerp.listing import unit_summaries
+    from autointerp.types import Score
+
+    u0 = store.units()[0].id
+    later = Score(
+        explanation_id="e0", unit_id=u0, scorer="correlation", value=0.2, status="ok", simulator="other",
+        created_at="2999-01-01T00:00:00+00:00",
+    )  # fmt: skip
+    store.put_scores([later])  # a newer score from another simulator replaces 0.81 as the latest
+    client = TestClient(create_app(store.path))
+    assert client.get("/api/units").json()["scores"][u0]["correlation"] == pytest.approx(0.2)
+    assert unit_ids(client, scorer="correlation", min_score="0.5") == []
+    (summary,) = [s for s in unit_summaries(store) if s.unit_id == u0]
+    assert summary.score == pytest.approx(0.2)

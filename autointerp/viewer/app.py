@@ -3,12 +3,13 @@ store."""
 
 from __future__ import annotations
 
-import threading
+import queue
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -41,16 +42,24 @@ class BadRequest(Exception):
 
 
 def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
-    """The app over the store `db` (opened read-only, one connection per worker thread); `live`: a
-    subject model for the live text box, steering and output tokens (None: those panels say so)."""
+    """The app over the store `db` (read-only connections, each lent to one request at a time and kept
+    warm between requests); `live`: a subject model for the live text box, steering and output tokens
+    (None: those panels say so)."""
     db = Path(db)
-    Store(db, read_only=True)  # fail now, not on the first request
-    local = threading.local()
+    idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
+    idle.put(Store(db, read_only=True))  # fail now, not on the first request
 
-    def store() -> Store:
-        if getattr(local, "store", None) is None:
-            local.store = Store(db, read_only=True)
-        return local.store
+    def borrow() -> Iterator[Store]:
+        try:
+            store = idle.get_nowait()
+        except queue.Empty:  # as many connections as requests at once, no more
+            store = Store(db, read_only=True)
+        try:
+            yield store
+        finally:
+            idle.put(store)
+
+    lend = Depends(borrow)  # a parameter default: the annotations here are strings (PEP 563)
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("autointerp.viewer", "templates"),
@@ -75,45 +84,45 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: BadRequest) -> Response:
         return _error(request, page, 400, str(exc))
 
-    def get_unit(unit_id: str) -> Unit:
-        unit = store().get_unit(unit_id)
+    def get_unit(store: Store, unit_id: str) -> Unit:
+        unit = store.get_unit(unit_id)
         if unit is None:
             raise NotFound(f"No unit {unit_id!r} in {db.name}.")
         return unit
 
-    def index_data(request: Request) -> IndexPage:
+    def index_data(request: Request, store: Store) -> IndexPage:
         params = {k: v for k, v in request.query_params.items() if v != ""}
         try:
             q = UnitQuery.model_validate(params)
         except ValidationError as e:
             first = e.errors()[0]
             raise BadRequest(f"Bad value for {'.'.join(map(str, first['loc']))}: {first['msg']}.") from None
-        return index_page(store(), q)
+        return index_page(store, q)
 
-    def unit_data(unit_id: str) -> UnitPage:
-        unit = get_unit(unit_id)
-        data = unit_page(store(), unit)
-        data.neighbours, data.neighbours_note = neighbours(store(), unit)
+    def unit_data(store: Store, unit_id: str) -> UnitPage:
+        unit = get_unit(store, unit_id)
+        data = unit_page(store, unit)
+        data.neighbours, data.neighbours_note = neighbours(store, unit)
         data.logits_note = "" if live else "top output tokens need the model: run `autointerp serve --live`"
         return data
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request) -> HTMLResponse:
-        return page(request, "index.html", data=index_data(request))
+    def index(request: Request, store: Store = lend) -> HTMLResponse:
+        return page(request, "index.html", data=index_data(request, store))
 
     @app.get("/api/units")
-    def api_units(request: Request) -> IndexPage:
-        return index_data(request)
+    def api_units(request: Request, store: Store = lend) -> IndexPage:
+        return index_data(request, store)
 
     @app.get("/unit/{unit_id:path}", response_class=HTMLResponse)
-    def unit(request: Request, unit_id: str) -> Response:
-        if store().get_unit(unit_id) is None and len(found := store().find_unit_ids(unit_id)) == 1:
+    def unit(request: Request, unit_id: str, store: Store = lend) -> Response:
+        if store.get_unit(unit_id) is None and len(found := store.find_unit_ids(unit_id)) == 1:
             return RedirectResponse("/unit/" + urllib.parse.quote(found[0]))
-        return page(request, "unit.html", data=unit_data(unit_id))
+        return page(request, "unit.html", data=unit_data(store, unit_id))
 
     @app.get("/api/unit/{unit_id:path}")
-    def api_unit(unit_id: str) -> UnitPage:
-        return unit_data(unit_id)
+    def api_unit(unit_id: str, store: Store = lend) -> UnitPage:
+        return unit_data(store, unit_id)
 
     def need_live() -> LiveModel:
         if live is None:
@@ -127,20 +136,20 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
             raise BadRequest(str(e)) from None
 
     @app.post("/api/live/{unit_id:path}")
-    def api_live(unit_id: str, body: LiveRequest):  # noqa: ANN201
+    def api_live(unit_id: str, body: LiveRequest, store: Store = lend):  # noqa: ANN201
         model = need_live()
-        return user_input(model.activations, store(), get_unit(unit_id), body.text)
+        return user_input(model.activations, store, get_unit(store, unit_id), body.text)
 
     @app.post("/api/steer/{unit_id:path}")
-    def api_steer(unit_id: str, body: SteerRequest):  # noqa: ANN201
-        model, unit = need_live(), get_unit(unit_id)
+    def api_steer(unit_id: str, body: SteerRequest, store: Store = lend):  # noqa: ANN201
+        model, unit = need_live(), get_unit(store, unit_id)
         clamp = unit.stats.max if body.clamp is None else body.clamp
-        return user_input(model.steer, store(), unit, body.text, clamp, body.max_new_tokens)
+        return user_input(model.steer, store, unit, body.text, clamp, body.max_new_tokens)
 
     @app.get("/api/logits/{unit_id:path}")
-    def api_logits(unit_id: str) -> dict:
-        model, unit = need_live(), get_unit(unit_id)
-        promoted, suppressed, note = user_input(model.output_tokens, store(), unit)
+    def api_logits(unit_id: str, store: Store = lend) -> dict:
+        model, unit = need_live(), get_unit(store, unit_id)
+        promoted, suppressed, note = user_input(model.output_tokens, store, unit)
         return {"promoted": promoted, "suppressed": suppressed, "note": note}
 
     return app

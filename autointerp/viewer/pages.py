@@ -137,13 +137,14 @@ def index_page(store: Store, q: UnitQuery) -> IndexPage:
     explanations, scores = {}, {}
     scorers = store.scorer_names()
     main = q.scorer or main_scorer(set(scorers))
-    for r in rows:
-        if not r.n_explanations:
-            continue
-        explained = unit_explanations(store, r.unit_id)
+    by_unit: dict[str, list[ScoredExplanation]] = {}
+    for e, latest in store.latest_labels([r.unit_id for r in rows if r.n_explanations]):
+        se = ScoredExplanation(explanation=e, scores={s.scorer: s for s in latest})
+        by_unit.setdefault(e.unit_id, []).append(se)
+    for uid, explained in by_unit.items():
         if best := best_explanation(explained, main):
-            explanations[r.unit_id] = best.explanation.text
-        scores[r.unit_id] = {s: _best_value(explained, s) for s in scorers}
+            explanations[uid] = best.explanation.text
+        scores[uid] = {s: _best_value(explained, s) for s in scorers}
     return IndexPage(
         query=q,
         total=total,
