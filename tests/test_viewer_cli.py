@@ -6,6 +6,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from autointerp.cli import app
@@ -28,12 +29,35 @@ def test_serve_says_when_the_port_is_taken(tmp_path):
     assert r.exit_code == 2 and f"Cannot listen on 127.0.0.1:{port}" in r.output
 
 
-def test_serve_binds_localhost_by_default():
-    import inspect
+def test_serve_starts_on_localhost_and_serves_the_store(tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
-    from autointerp.cli import serve
-
-    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    store = explained_store(tmp_path / "v.db")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "autointerp", "serve", "--db", str(store.path), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body, deadline = None, time.monotonic() + 60
+        while body is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/units", timeout=5).read()
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, proc.communicate(timeout=5)[0] if proc.poll() is not None else "no answer"
+        assert json.loads(body)["total"] == 3
+        outside = socket.gethostbyname(socket.gethostname())
+        if not outside.startswith("127."):  # not listening on the machine's other addresses
+            with pytest.raises(OSError):
+                socket.create_connection((outside, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"http://127.0.0.1:{port}/" in out
 
 
 def test_export_neuronpedia_writes_one_feature_per_unit(tmp_path):
