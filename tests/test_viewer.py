@@ -85,6 +85,9 @@ def test_sort_links_and_pager_keep_the_filters(client):
     assert 'href="?per_page=1&amp;search=cat&amp;sort=max&amp;descending=true"' in html
     html = client.get("/", params={"per_page": "1"}).text
     assert 'href="?per_page=1&amp;page=2" rel="next"' in html
+    html = client.get("/", params={"search": "cat", "scorer": "correlation", "min_score": "0.1"}).text
+    by_score = "?min_score=0.1&amp;search=cat&amp;scorer=correlation&amp;sort=score&amp;descending=true"
+    assert f'href="{by_score}"' in html  # a scorer's column head keeps the filters
 
 
 def test_unit_page_shows_every_panel(client, store):
