@@ -254,3 +254,13 @@ def test_index_scores_are_the_latest_per_scorer_as_listing_reads_them(store):
     assert unit_ids(client, scorer="correlation", min_score="0.5") == []
     (summary,) = [s for s in unit_summaries(store) if s.unit_id == u0]
     assert summary.score == pytest.approx(0.2)
+
+
+def test_label_report_links_each_unit_to_its_viewer_page(store, tmp_path, client):
+    from autointerp.report import write_report
+
+    u0 = store.units()[0].id
+    html = write_report(store, tmp_path / "r.html").read_text()
+    href = re.search(r'<a href="http://127.0.0.1:8000(/unit/[^"]+)">' + re.escape(u0) + "</a>", html)
+    assert href and client.get(href[1]).status_code == 200  # the link is a page the viewer serves
+    assert "<a href" not in write_report(store, tmp_path / "plain.html", viewer_url=None).read_text()
