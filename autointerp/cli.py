@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -79,8 +78,23 @@ RetriesOpt = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def option_errors() -> Iterator[None]:
+    """Settings built from options: a value pydantic refuses is one sentence naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        msg = first["msg"][:1].lower() + first["msg"][1:]
+        raise UserError(f"{option}: {msg} (got {first.get('input')!r}); fix the value.") from None
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn a UserError into one red sentence on stderr and exit code 2."""
+    """Turn a UserError (or an LLM provider's out-of-credit refusal) into one red sentence on stderr and
+    exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -97,21 +111,16 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if "autointerp.llm.base" in sys.modules:  # imported lazily: only a run that used an LLM
+                from autointerp.llm.base import OutOfCreditError
+
+                if isinstance(e, OutOfCreditError):  # the provider's own message; no call can succeed
+                    err.print(f"[red]error:[/red] {escape(str(e))}")
+                    raise typer.Exit(2) from None
+            raise
 
     return wrapper
-
-
-def tokens_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} tokens"),
-        TextColumn("{task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 @app.command()
@@ -186,22 +195,12 @@ def record(
 
     check_encoding(encoding)
     unit_list = parse_units(units)
+    from autointerp.progress import RateProgress
+
     # The bar (and its clock) starts at the first report, once the model has loaded: the rate counts
-    # streaming only, and a run that stops before (bad input, already complete) prints no bar.
-    bar = tokens_progress()
-    task = bar.add_task("recording", total=tokens, rate=0.0, start=False)
-    first: list[tuple[float, int]] = []
-
-    def on_progress(done: int, total: int) -> None:
-        if not first:
-            first.append((time.perf_counter(), done))
-            bar.start()
-            bar.start_task(task)
-        t0, done0 = first[0]
-        rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, completed=done, total=total, rate=rate)
-
-    try:
+    # streaming only, and a run that stops before (bad input, already complete) prints no bar. Piped or
+    # logged, one plain line every ~10 s instead.
+    with RateProgress(err, "recording", total=tokens) as bar:
         result = record_units(
             db=db,
             model=model,
@@ -217,10 +216,8 @@ def record(
             top_k=top_k,
             seed=seed,
             include_special=keep_bos,
-            progress=on_progress,
+            progress=bar.update,
         )
-    finally:
-        bar.stop()
     if result.already_complete:
         console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
         return
@@ -319,6 +316,7 @@ def counterfactuals(
     and hard negatives, for recorded units (resumable)."""
     require_local("autointerp counterfactuals")
     from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
+    from autointerp.progress import CountProgress
     from autointerp.store import Store
     from autointerp.subject.model import load_subject
 
@@ -326,41 +324,27 @@ def counterfactuals(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     ids = resolve_unit_ids(store, unit, hook, units)
-    s = CounterfactualSettings(
-        n_examples=n_examples,
-        n_on=n_on,
-        keep_frac=keep_frac,
-        off_frac=off_frac,
-        on_frac=on_frac,
-        n_hard=n_hard,
-        corpus_windows=corpus_windows,
-    )
+    with option_errors():
+        s = CounterfactualSettings(
+            n_examples=n_examples,
+            n_on=n_on,
+            keep_frac=keep_frac,
+            off_frac=off_frac,
+            on_frac=on_frac,
+            n_hard=n_hard,
+            corpus_windows=corpus_windows,
+        )
     client = None
     if not no_llm:
         from autointerp.llm import get_llm
 
         client = get_llm(llm, store)
     subject = load_subject(model, model_path)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TextColumn("{task.fields[stage]}"),
-        TextColumn("verified {task.fields[verified]}/{task.fields[cands]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task("counterfactuals", total=len(ids), stage="", verified=0, cands=0)
+    with CountProgress(err, "counterfactuals", total=len(ids)) as bar:
 
         def on_progress(ev: ProgressEvent) -> None:
-            done = ev.unit_index + (ev.stage in ("done", "skipped"))
-            bar.update(
-                task,
-                completed=done,
-                stage=f"{ev.unit_id} {ev.stage}",
-                verified=ev.verified,
-                cands=ev.candidates,
-            )
+            if ev.stage in ("done", "skipped"):
+                bar.advance(f"{escape(ev.unit_id)} {ev.stage} · verified {ev.verified}/{ev.candidates}")
 
         summary = generate_counterfactuals(store, subject, ids, client, s, on_progress)
     t = summary.totals()
@@ -393,7 +377,7 @@ def open_store(db: Path):  # noqa: ANN201 - autointerp.store.Store
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    return Store(db)
+    return Store(db, read_only=True)
 
 
 def score_cell(score) -> str:  # noqa: ANN001 - autointerp.types.Score | None
@@ -523,10 +507,7 @@ def units_command(
     if not rows:
         console.print(f"{db} holds no recorded units; run `autointerp record --db {db} ...` first.")
         return
-    groups: dict[str, list] = {}  # one table per source (model/hook[/sae:NAME]): ids shown as the index
-    for r in rows:
-        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
-    for source, members in groups.items():
+    for source, members in by_source(rows).items():
         n = f"{len(members)} unit{'s' * (len(members) != 1)}"
         console.print(f"[bold]{escape(source)}/[/bold]INDEX  ({n} in {escape(str(db))})")
         console.print(units_table(members))
@@ -610,9 +591,11 @@ def label(
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
@@ -670,25 +653,34 @@ def label(
         raise typer.Exit(1)
 
 
+def by_source(rows: list) -> dict[str, list]:
+    """Rows with a `unit_id`, grouped by source (model/hook[/sae:NAME]): one table each, the unit shown by
+    its index, so ids stay whole at 80 columns."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
+    return groups
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
-    table = Table(title="explanations", show_header=True, header_style="bold")
-    table.add_column("unit")
-    table.add_column("method")
-    table.add_column("explanation")
     scorers = sorted({k for r in summary.results for k in r.scores})
-    for sc in scorers:
-        table.add_column(sc, justify="right")
-    for r in summary.results:
-        if r.skip_reason:
-            continue  # counted below; a store can hold thousands of dead latents
-        # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
-        cells = [
-            f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
-            for sc in scorers
-        ]
-        text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
-        table.add_row(r.unit_id, r.method, text, *cells)
-    console.print(table)
+    shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
+    for source, members in by_source(shown).items():
+        table = Table(title=f"explanations of {escape(source)}/INDEX", show_header=True, header_style="bold")
+        table.add_column("index", justify="right", no_wrap=True)
+        table.add_column("method")
+        table.add_column("explanation", ratio=1)
+        for sc in scorers:
+            table.add_column(sc, justify="right")
+        for r in members:
+            # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
+            cells = [
+                f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
+                for sc in scorers
+            ]
+            text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
+        console.print(table)
     done = [r for r in summary.results if not (r.error or r.skip_reason)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
@@ -816,9 +808,11 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
@@ -862,17 +856,17 @@ def bench(
     console.print(f"report: {paths['html']} (+ .md, .png, .json)")
 
 
-def open_read_only(db: Path):  # noqa: ANN201 - autointerp.store.Store
-    """The existing store at `db` opened read-only; an older schema is upgraded once first."""
+def open_reader(db: Path):  # noqa: ANN201 - autointerp.store.Store
+    """The existing store at `db` on a connection that cannot write; an older schema is upgraded first."""
     from autointerp.store import Store
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     try:
-        return Store(db, read_only=True)
+        return Store.reader(db)
     except UserError:
         Store(db)  # an older store gains the current schema (or this says why it cannot)
-        return Store(db, read_only=True)
+        return Store.reader(db)
 
 
 @app.command()
@@ -897,7 +891,7 @@ def serve(
     require_local("autointerp serve", VIEWER_STACK, extra="viewer")
     if live:
         require_local("autointerp serve --live", SAE_STACK)
-    open_read_only(db)
+    open_reader(db)
     try:
         with socket.create_server((host, port)):
             pass
@@ -932,7 +926,7 @@ def export(
         raise UserError(f"--format {fmt!r} is not an export format; use neuronpedia.")
     from autointerp.neuronpedia import export_neuronpedia
 
-    store = open_read_only(db)
+    store = open_reader(db)
     ids = resolve_unit_ids(store, unit, hook, units)
     paths = export_neuronpedia(store, out, ids)
     console.print(f"wrote {len(paths)} feature files and manifest.json to {escape(str(out))}")

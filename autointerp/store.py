@@ -10,6 +10,7 @@ import contextlib
 import errno
 import itertools
 import json
+import os
 import re
 import sqlite3
 import urllib.parse
@@ -269,13 +270,18 @@ class Store:
 
     def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False):
         """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock.
-        `read_only`: an existing store at the current schema, opened so that no statement can write."""
+
+        A store file this process may not write is refused at once (UserError) unless `read_only`: a
+        command that only reads it (units, show, results) may. SQLite itself would only fail at the
+        first write, after a model load or an LLM call. (`Store.reader` opens one that cannot write.)"""
         self.path, self.busy_timeout = Path(path), busy_timeout
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
-        if read_only:
-            self._open_read_only()
-            return
+        if not read_only and self.path.exists() and not os.access(self.path, os.W_OK):
+            raise UserError(
+                f"{self.path} cannot be written: the file is read-only (its mode or attributes); make it "
+                "writable (chmod u+w) or pass another --db."
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
@@ -294,6 +300,15 @@ class Store:
                 or environment_error(e, self.path)
                 or UserError(f"{self.path} could not be opened as a store ({e}).")
             ) from e
+
+    @classmethod
+    def reader(cls, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S) -> Store:
+        """An existing store at the current schema on a connection that cannot write (SQLite `mode=ro`
+        and `query_only`): what the viewer serves from."""
+        store = cls.__new__(cls)
+        store.path, store.busy_timeout = Path(path), busy_timeout
+        store._open_read_only()
+        return store
 
     def _open_read_only(self) -> None:
         if not self.path.is_file():

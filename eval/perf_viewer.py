@@ -140,7 +140,7 @@ def main() -> None:
         out["rss_growth_mib_serving"] = round(
             (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1
         )
-        store = Store(path, read_only=True)
+        store = Store.reader(path)
         t = time.perf_counter()
         client.get("/api/units?sort=max&descending=true")
         sql_s = time.perf_counter() - t

@@ -165,18 +165,18 @@ def test_the_app_never_writes_the_store(store, client):
     for url in ("/", "/?search=month", f"/unit/{store.units()[0].id}", "/api/units"):
         assert client.get(url).status_code == 200
     assert {f: f.read_bytes() for f in sorted(store.path.parent.glob(store.path.name + "*"))} == before
-    ro = Store(store.path, read_only=True)
+    ro = Store.reader(store.path)
     with pytest.raises(sqlite3.OperationalError, match="readonly|read-only|query_only"):
         ro.db.execute("DELETE FROM units")
 
 
 def test_read_only_open_refuses_missing_and_old_stores(tmp_path):
     with pytest.raises(UserError, match="No store"):
-        Store(tmp_path / "none.db", read_only=True)
+        Store.reader(tmp_path / "none.db")
     s = Store(tmp_path / "old.db")
     s.db["meta"].upsert({"key": "schema_version", "value": "6"}, pk="key")
     with pytest.raises(UserError, match="schema v6"):
-        Store(tmp_path / "old.db", read_only=True)
+        Store.reader(tmp_path / "old.db")
 
 
 def test_fts_follows_updates_and_a_v6_store_is_indexed_on_upgrade(tmp_path):

@@ -47,13 +47,13 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
     (None: those panels say so)."""
     db = Path(db)
     idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
-    idle.put(Store(db, read_only=True))  # fail now, not on the first request
+    idle.put(Store.reader(db))  # fail now, not on the first request
 
     def borrow() -> Iterator[Store]:
         try:
             store = idle.get_nowait()
         except queue.Empty:  # as many connections as requests at once, no more
-            store = Store(db, read_only=True)
+            store = Store.reader(db)
         try:
             yield store
         finally:
