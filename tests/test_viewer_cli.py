@@ -135,3 +135,15 @@ def test_export_input_errors(tmp_path: Path):
     assert r.exit_code == 2 and "pass a folder" in r.output
     r = runner.invoke(app, ["export", "--db", str(store.path), "--out", "x", "--unit", "m/h/9"])
     assert r.exit_code == 2 and "not recorded" in r.output
+
+
+def test_serve_names_the_viewer_extra_when_it_is_missing(tmp_path, monkeypatch):
+    from importlib.util import find_spec
+
+    import autointerp.errors
+
+    store = explained_store(tmp_path / "v.db")
+    monkeypatch.setattr(autointerp.errors, "find_spec", lambda m: None if m == "fastapi" else find_spec(m))
+    r = runner.invoke(app, ["serve", "--db", str(store.path)])
+    assert r.exit_code == 2 and "needs the viewer extra (fastapi missing)" in r.output
+    assert "pip install 'autointerp[viewer]'" in r.output.replace("\n", "")
