@@ -865,5 +865,81 @@ def bench(
     console.print(f"report: {paths['html']} (+ .md, .png, .json)")
 
 
+def open_reader(db: Path):  # noqa: ANN201 - autointerp.store.Store
+    """The existing store at `db` on a connection that cannot write; an older schema is upgraded first."""
+    from autointerp.store import Store
+
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    try:
+        return Store.reader(db)
+    except UserError:
+        Store(db)  # an older store gains the current schema (or this says why it cannot)
+        return Store.reader(db)
+
+
+@app.command()
+@user_errors
+def serve(
+    db: StoreOpt,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    live: Annotated[
+        bool, typer.Option("--live", help="Load the subject model (on first use) to read units on new text.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
+    ] = None,
+    model_path: ModelPathOpt = None,
+) -> None:
+    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    import socket
+
+    from autointerp.errors import VIEWER_STACK
+
+    require_local("autointerp serve", VIEWER_STACK, extra="viewer")
+    if live:
+        require_local("autointerp serve --live", SAE_STACK)
+    open_reader(db)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"Cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host."
+        ) from None
+    import uvicorn
+
+    from autointerp.viewer.app import create_app
+    from autointerp.viewer.live import LiveModel
+
+    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def export(
+    db: StoreOpt,
+    out: Annotated[Path, typer.Option(help="Folder to write the files into.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="neuronpedia: one JSON file per unit.")
+    ] = "neuronpedia",
+    unit: Annotated[list[str] | None, typer.Option(help="A unit id (repeatable).")] = None,
+    hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
+    units: Annotated[str | None, typer.Option(help="Only these indices, e.g. 0:512 or 3,17,42.")] = None,
+) -> None:
+    """Export units with their examples, explanations and scores (Neuronpedia's feature JSON)."""
+    if fmt != "neuronpedia":
+        raise UserError(f"--format {fmt!r} is not an export format; use neuronpedia.")
+    from autointerp.neuronpedia import export_neuronpedia
+
+    store = open_reader(db)
+    ids = resolve_unit_ids(store, unit, hook, units)
+    paths = export_neuronpedia(store, out, ids)
+    console.print(f"wrote {len(paths)} feature files and manifest.json to {escape(str(out))}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
