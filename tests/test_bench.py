@@ -324,3 +324,10 @@ def test_out_of_credit_stops_a_bench_and_its_run_row_ends_failed(
     assert len(llm.requests) == 1  # the first refusal stopped everything
     (run,) = Store(tmp_path / "b.db").runs("bench")
     assert run.status == "failed" and "lack of credit" in run.summary["error"]
+
+
+def test_builtin_truths_say_what_their_rules_fire_on():
+    """A true explanation describes the rule exactly: `import` fires on the keyword, not on whole statements."""
+    imp = next(u for u in BUILTIN if u.name == "import")
+    assert imp.explanation == "the import keyword in Python code"
+    assert imp.acts(["from", " os", " import", " path"]) == [0, 0, 1, 0]
