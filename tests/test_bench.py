@@ -327,7 +327,7 @@ def test_out_of_credit_stops_a_bench_and_its_run_row_ends_failed(
 
 
 def test_builtin_truths_say_what_their_rules_fire_on():
-    """A true explanation describes the rule exactly: `import` fires on the keyword, not on whole statements."""
+    """A true explanation says exactly what its rule fires on: the import keyword, not whole statements."""
     imp = next(u for u in BUILTIN if u.name == "import")
     assert imp.explanation == "the import keyword in Python code"
     assert imp.acts(["from", " os", " import", " path"]) == [0, 0, 1, 0]
