@@ -169,8 +169,18 @@ def record(
             "(left out by default).",
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: record only the i-th of n contiguous blocks of the window stream, into its own "
+            "--db; `autointerp merge` joins the n stores into what one run writes.",
+        ),
+    ] = None,
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
+    from autointerp.scale.shards import ShardSpec
+
+    shard_spec = str(ShardSpec.parse(shard)) if shard is not None else None
     require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
     from autointerp.subject.recorder import record_units
     from autointerp.subject.sae import parse_sae_specs
@@ -217,6 +227,7 @@ def record(
             top_k=top_k,
             seed=seed,
             include_special=keep_bos,
+            shard=shard_spec,
             progress=on_progress,
         )
     finally:
@@ -228,6 +239,27 @@ def record(
     console.print(
         f"recorded {result.n_units:,} units over {result.n_tokens:,} tokens in {result.seconds:.1f} s"
         f"{resumed} -> {db} (run {result.run_id})"
+    )
+
+
+@app.command()
+@user_errors
+def merge(
+    out: Annotated[Path, typer.Argument(help="The merged store to create (a new file).")],
+    shards: Annotated[list[Path], typer.Argument(help="The shard stores (record --shard or label --shard).")],
+) -> None:
+    """Join shard stores into OUT: exactly what one `record` or `label` run would have written."""
+    from autointerp.scale.merge import merge_stores
+
+    result = merge_stores(out, shards)
+    what = (
+        f"{result.units:,} units of {len(result.record_runs)} sharded recording(s)"
+        if result.record_runs
+        else ""
+    )
+    labels = f"{len(result.label_runs)} label run(s)" if result.label_runs else ""
+    console.print(
+        f"merged {result.inputs} stores ({', '.join(x for x in (what, labels) if x) or 'no runs'}) -> {out}"
     )
 
 
@@ -605,13 +637,27 @@ def label(
             "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: label only the selected units of shard i of n (by a hash of the unit id), into "
+            "a copy of --db (--out); `autointerp merge` joins the shard stores.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
+    ] = None,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
     from autointerp.llm import connection
+    from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    spec = ShardSpec.parse(shard) if shard is not None else None
+    if out is not None and spec is None:
+        raise UserError("--out names a shard's store; give --shard i/n with it.")
     connection(timeout, retries)  # a bad value fails here, before anything loads
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
@@ -628,6 +674,10 @@ def label(
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    if spec:
+        ids = [u for u in ids if spec.has_unit(u)]
+        db = label_shard_store(db, spec, out)
+        err.print(f"shard {spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
@@ -660,6 +710,7 @@ def label(
             concurrency=concurrency,
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+            shard=str(spec) if spec else None,
         )
     print_summary(summary)
     if report:

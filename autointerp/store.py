@@ -35,7 +35,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -216,6 +216,14 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_merge_columns_v7(db: sqlite_utils.Database) -> None:
+    """What a lossless merge of record shards needs: each recorded example's window (its position in the
+    run's window stream) and each unit's raw sums. NULL in rows recorded before."""
+    db["examples"].add_column("window_pos", int)
+    db["units"].add_column("sum", float)
+    db["units"].add_column("sumsq", float)
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -224,6 +232,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
+    6: _add_merge_columns_v7,
 }
 
 
@@ -238,9 +247,14 @@ ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
 class Store:
     """A project's SQLite file."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S):
-        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock."""
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False):
+        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock.
+
+        `read_only`: open an existing store as it is (no migration, no write): what `merge` reads."""
         self.path, self.busy_timeout = Path(path), busy_timeout
+        if read_only:
+            self._open_read_only()
+            return
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
         try:
@@ -261,6 +275,19 @@ class Store:
                 or environment_error(e, self.path)
                 or UserError(f"{self.path} could not be opened as a store ({e}).")
             ) from e
+
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise UserError(f"No store at {self.path}; check the path.")
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+            self.db = sqlite_utils.Database(conn)
+            if self.schema_version() == -1:
+                raise UserError(f"{self.path} is an SQLite file but not an autointerp store; check the path.")
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"{self.path} could not be read ({e}).") from e
 
     def _file_error(self, e: sqlite3.Error | OSError) -> UserError | None:
         """One sentence for what went wrong with the file (locked, read-only, disk full, not a store), or
@@ -528,6 +555,75 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
+    def examples_of(self, unit_ids: list[str], kinds: Iterable[str]) -> list[Example]:
+        """The examples of these kinds of these units, by unit, kind and rank."""
+        kinds = list(kinds)
+        out: list[Example] = []
+        for chunk in _chunks(unit_ids, 500):
+            unit_marks, kind_marks = ",".join("?" * len(chunk)), ",".join("?" * len(kinds))
+            sql = (
+                "SELECT e.*, c.token_ids, c.tokens FROM examples e JOIN contexts c ON c.id = e.context_id "
+                f"WHERE e.unit_id IN ({unit_marks}) AND e.kind IN ({kind_marks}) "
+                "ORDER BY e.unit_id, e.kind, e.rank"
+            )
+            cur = self.db.execute(sql, [*chunk, *kinds])
+            cols = [d[0] for d in cur.description]
+            out += [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
+        return out
+
+    def units_of_run(self, run_id: str) -> list[Unit]:
+        """The units a run recorded, by model, hook, SAE and index."""
+        rows = self.db["units"].rows_where("run_id = ?", [run_id], order_by="model, hook, sae, idx")
+        return [_unit_from_row(r) for r in rows]
+
+    def copy_to(self, dest: str | Path) -> None:
+        """Write a consistent copy of this store to the new file `dest` (SQLite's online backup)."""
+        target = sqlite3.connect(dest)
+        try:
+            self.db.conn.backup(target)
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"Copying {self.path} to {dest} failed ({e}).") from e
+        finally:
+            target.close()
+
+    def put_run(self, run: RunRecord) -> None:
+        """Write a run's row as it is (status and summary included)."""
+        with self._write():
+            self.db["records"].upsert(_run_row(run), pk="id")
+
+    def absorb(self, other: str | Path, skip_runs: Iterable[str] = ()) -> None:
+        """Copy every row of the store at `other` that this one lacks (by primary key), in one
+        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls.
+        Runs in `skip_runs`, and the units (with examples) they recorded, are left out."""
+        skip = list(skip_runs)
+        marks = ",".join("?" * len(skip))
+        cols = {t: [c.name for c in self.db[t].columns] for t in _ABSORB_TABLES}
+        where = (
+            {
+                "records": f"id NOT IN ({marks})",
+                "units": f"run_id NOT IN ({marks})",
+                "examples": f"unit_id NOT IN (SELECT id FROM src.units WHERE run_id IN ({marks}))",
+                "contexts": f"""id IN (SELECT context_id FROM src.examples WHERE unit_id NOT IN
+                (SELECT id FROM src.units WHERE run_id IN ({marks})))""",
+            }
+            if skip
+            else {}
+        )
+        conn = self.db.conn
+        conn.execute("ATTACH DATABASE ? AS src", [str(Path(other).resolve())])
+        try:
+            with self._write():
+                for table in _ABSORB_TABLES:
+                    names = ", ".join(f'"{c}"' for c in cols[table])
+                    clause = where.get(table, "1")
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM src.{table} "
+                        f"WHERE {clause}",
+                        skip if table in where else [],
+                    )
+        finally:
+            conn.execute("DETACH DATABASE src")
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -544,6 +640,10 @@ class Store:
         row["response"] = dumps(row["response"])
         with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
+
+
+# What `absorb` copies, parents before children (foreign keys).
+_ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
@@ -580,6 +680,8 @@ def _unit_row(u: Unit) -> dict:
         "frac_firing": s.frac_firing,
         "fire_threshold": s.fire_threshold,
         "hist": dumps({"edges": s.hist_edges, "counts": s.hist_counts}),  # outer edges: null
+        "sum": s.sum,
+        "sumsq": s.sumsq,
     }
 
 
@@ -594,6 +696,8 @@ def _unit_from_row(row: dict) -> Unit:
         fire_threshold=row["fire_threshold"],
         hist_edges=_edges(hist["edges"]),
         hist_counts=hist["counts"],
+        sum=row.get("sum"),
+        sumsq=row.get("sumsq"),
     )
     ref = UnitRef(model=row["model"], hook=row["hook"], index=row["idx"], sae=row["sae"])
     return Unit(ref=ref, run_id=row["run_id"], stats=stats)
@@ -614,6 +718,7 @@ _EXAMPLE_COLS = (
     "max_pos",
     "quantile",
     "provenance",
+    "window_pos",
 )
 _ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
 
@@ -627,6 +732,7 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     acts = np.ascontiguousarray(x.acts, dtype=np.float32)
     provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
+    windows = itertools.repeat(None) if x.windows is None else x.windows.tolist()
     return zip(
         x.unit_ids.tolist(),
         x.kinds.tolist(),
@@ -637,7 +743,8 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
         acts.argmax(axis=1).tolist(),
         quantiles,
         itertools.repeat(provenance),
-        strict=False,  # the repeat is endless
+        windows,
+        strict=False,  # the repeats are endless
     )
 
 
@@ -653,6 +760,7 @@ def _example_row(e: Example) -> dict:
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
+        "window_pos": e.window,
         "source_kind": e.source.kind if e.source else None,
         "source_rank": e.source.rank if e.source else None,
         "source_context": e.source.context_id if e.source else None,
@@ -674,4 +782,5 @@ def _example_from_row(row: dict) -> Example:
         source=SourceRef(kind=row["source_kind"], rank=row["source_rank"], context_id=row["source_context"])
         if row["source_kind"] is not None
         else None,
+        window=row.get("window_pos"),
     )
