@@ -263,6 +263,68 @@ def merge(
     )
 
 
+scale_app = typer.Typer(
+    help="Run record or label as n shards on a Ray cluster (or a local Ray), retry failed shards, merge.",
+    no_args_is_help=True,
+)
+app.add_typer(scale_app, name="scale")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+RayOpt = Annotated[
+    str, typer.Option("--ray", help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'.")
+]
+ShardsOpt = Annotated[int, typer.Option(min=1, help="Number of shards (Ray tasks).")]
+RetriesShardOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed shard.")]
+
+
+def run_scaled_command(
+    kind: str, args: list[str], db: Path, out: Path, shards: int, ray: str, retries: int
+) -> None:
+    from autointerp.scale.ray_driver import run_scaled
+
+    result = run_scaled(
+        kind, args, db=db, out=out, shards=shards, address=ray, max_retries=retries, log=err.print
+    )
+    failed = [o.spec for o in result.shards if o.exit_code]
+    console.print(
+        f"{len(result.shards)} {kind} shards merged -> {out}"
+        + (f" ({result.merged.units:,} units)" if result.merged.units else "")
+        + (f"; shards {', '.join(failed)} ended with failed units (see `autointerp units`)" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@scale_app.command("record", context_settings=PASS_THROUGH)
+@user_errors
+def scale_record(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The merged store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp record` as n shards (GPU tasks when the cluster has GPUs), merged into --db.
+
+    Every other option is passed to `record` (e.g. --hook, --sae, --units, --tokens, --corpus)."""
+    run_scaled_command("record", list(ctx.args), db, db, shards, ray, max_retries)
+
+
+@scale_app.command("label", context_settings=PASS_THROUGH)
+@user_errors
+def scale_label(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The recorded store to label (read, not written).")],
+    out: Annotated[Path, typer.Option(help="The merged labelled store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp label` as n CPU shards (units split by a hash of their id), merged into --out.
+
+    Every other option is passed to `label` (e.g. --explainer openai:MODEL --base-url URL, --limit)."""
+    run_scaled_command("label", list(ctx.args), db, out, shards, ray, max_retries)
+
+
 @app.command("train-sae")
 @user_errors
 def train_sae(

@@ -226,3 +226,24 @@ def test_v6_store_gains_the_merge_columns(tmp_path):
     assert {"window_pos"} <= {c.name for c in s.db["examples"].columns}
     assert {"sum", "sumsq"} <= {c.name for c in s.db["units"].columns}
     assert np.isfinite(0.0)
+
+
+def test_scale_refuses_bad_input_in_one_sentence_before_ray_starts(tmp_path, monkeypatch):
+    """An unreachable cluster, an option the driver sets, an existing output: exit 2, no Ray started."""
+    import socket
+
+    monkeypatch.setattr("ray.init", lambda *a, **k: pytest.fail("Ray started before the input was checked"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "exists.db").write_text("")
+    cases = [
+        (["record", "--db", tmp_path / "x.db", "--ray", f"127.0.0.1:{port}"], "cannot be reached"),
+        (["record", "--db", tmp_path / "x.db", "--shard", "0/2"], "--shard is set per shard"),
+        (["record", "--db", tmp_path / "exists.db"], "already exists"),
+        (["label", "--db", tmp_path / "none.db", "--out", tmp_path / "o.db"], "No store at"),
+        (["record", "--db", tmp_path / "x.db", "--shards", "0"], "--shards"),
+    ]
+    for args, says in cases:
+        out = invoke("scale", *args)
+        assert out.exit_code == 2 and says in " ".join(out.output.split()), out.output

@@ -1,0 +1,56 @@
+"""Shards on the real embedded Gemma: two record shards + merge equal the single run, unit by unit, in
+one process and as Ray tasks on a local Ray (the `scale` extra)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autointerp.scale.merge import merge_stores
+from autointerp.store import Store
+from autointerp.subject.recorder import record_units
+from tests.test_scale import assert_same_store
+
+pytestmark = pytest.mark.slow
+SETTINGS = dict(
+    hooks=["blocks.2.mlp.hook_post"], units=list(range(24)), max_tokens=1024, ctx=32, batch_size=8
+)
+SAE = dict(saes={"blocks.6.hook_resid_post": "embedded"}, units=list(range(24)))
+
+
+@pytest.fixture(scope="module")
+def single(gemma, tmp_path_factory):
+    """One process over the whole stream: MLP neurons and embedded SAE latents."""
+    db = tmp_path_factory.mktemp("single") / "single.db"
+    record_units(db, subject=gemma, **SETTINGS | SAE)
+    return Store(db)
+
+
+def test_two_record_shards_merge_into_the_single_run_on_gemma(gemma, single, tmp_path):
+    paths = [tmp_path / f"s{i}.db" for i in range(2)]
+    for i, path in enumerate(paths):
+        record_units(path, subject=gemma, shard=f"{i}/2", **SETTINGS | SAE)
+    merge_stores(tmp_path / "merged.db", paths)
+    assert_same_store(Store(tmp_path / "merged.db"), single)
+
+
+def test_scale_record_on_a_local_ray_equals_the_single_run(single, tmp_path):
+    """`autointerp scale record --ray local --shards 2`: two Ray tasks (subprocesses loading Gemma) and
+    the merge give the single-process store."""
+    ray = pytest.importorskip("ray")
+    from autointerp.scale import ray_driver
+
+    args = [
+        "--hook",
+        "blocks.2.mlp.hook_post",
+        "--sae",
+        "blocks.6.hook_resid_post=embedded",
+        "--units",
+        "0:24",
+    ]
+    args += ["--tokens", "1024", "--ctx", "32", "--batch-size", "8"]
+    out = tmp_path / "ray.db"
+    result = ray_driver.run_scaled(
+        "record", args, db=out, out=out, shards=2, num_cpus=2
+    )  # ray.init(num_cpus=2)
+    assert not ray.is_initialized() and [o.exit_code for o in result.shards] == [0, 0]
+    assert_same_store(Store(tmp_path / "ray.db"), single)
