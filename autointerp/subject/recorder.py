@@ -47,8 +47,8 @@ RANDOM_SALT = 0  # the `random` windows' keys: one per window, the same for ever
 _M32 = 0xFFFFFFFF
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """An integer hash of 32-bit values held in int64 (no overflow: products stay below 2**59)."""
+def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """An integer hash of 32-bit values, a Python int or held in int64 (products stay below 2**59)."""
     x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
     x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
     return (x >> 16) ^ x
@@ -66,7 +66,7 @@ def source_key(hook: str, sae: str | None) -> str:
 def sample_keys(seed: int, salt: int, wids: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
     """Reservoir keys, uniform on [0, 1) in float32 (24 bits): a pure function of (seed, salt, window
     position, unit index), on the device of `wids` (B,). (B, U) for `units` (U,), (B, 1) without."""
-    base = _mix32(torch.tensor(((seed * 0x9E3779B1) ^ salt) & _M32, device=wids.device))
+    base = _mix32(((seed * 0x9E3779B1) ^ salt) & _M32)  # a Python int: nothing crosses to the device
     h = _mix32((base ^ (wids & _M32)) & _M32)[:, None]  # (B, 1)
     if units is not None:
         h = _mix32((h + (units.to(wids.device)[None, :] & 0x3FFFFFFF) * 0x9E3779B1) & _M32)
