@@ -33,12 +33,21 @@ def test_two_record_shards_merge_into_the_single_run_on_gemma(gemma, single, tmp
     assert_same_store(Store(tmp_path / "merged.db"), single)
 
 
-def test_scale_record_on_a_local_ray_equals_the_single_run(single, tmp_path):
+def test_scale_record_on_a_local_ray_equals_the_single_run(gemma, tmp_path):
     """`autointerp scale record --ray local --shards 2`: two Ray tasks (subprocesses loading Gemma) and
-    the merge give the single-process store."""
+    the merge give the single-process store. Ray runs a one-CPU task with OMP_NUM_THREADS=1, and bf16
+    sums depend on the thread count, so the single run here uses one thread too."""
     ray = pytest.importorskip("ray")
+    import torch
+
     from autointerp.scale import ray_driver
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record_units(tmp_path / "single.db", subject=gemma, **SETTINGS | SAE)
+    finally:
+        torch.set_num_threads(threads)
     args = [
         "--hook",
         "blocks.2.mlp.hook_post",
@@ -53,4 +62,4 @@ def test_scale_record_on_a_local_ray_equals_the_single_run(single, tmp_path):
         "record", args, db=out, out=out, shards=2, num_cpus=2
     )  # ray.init(num_cpus=2)
     assert not ray.is_initialized() and [o.exit_code for o in result.shards] == [0, 0]
-    assert_same_store(Store(tmp_path / "ray.db"), single)
+    assert_same_store(Store(out), Store(tmp_path / "single.db"))
