@@ -63,3 +63,40 @@ def test_scale_record_on_a_local_ray_equals_the_single_run(gemma, tmp_path):
     )  # ray.init(num_cpus=2)
     assert not ray.is_initialized() and [o.exit_code for o in result.shards] == [0, 0]
     assert_same_store(Store(out), Store(tmp_path / "single.db"))
+
+
+def test_scale_label_on_a_local_ray_equals_the_single_run(tmp_path):
+    """`autointerp scale label --ray local --shards 2` against an OpenAI-compatible server: the merged
+    store holds the explanations and scores of one single-process run, each once."""
+    pytest.importorskip("ray")
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from typer.testing import CliRunner
+
+    from autointerp import cli
+    from autointerp.pipeline import label
+    from tests.conftest import build_month_store
+    from tests.test_packaging import FakeOpenAI
+
+    build_month_store(tmp_path / "rec.db", n_units=3).copy_to(tmp_path / "single.db")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    llm = ["--explainer", "openai:fake", "--simulator-mode", "json"]
+    llm += ["--base-url", f"http://127.0.0.1:{server.server_port}/v1"]
+    try:
+        label(tmp_path / "single.db", explainer="openai:fake", simulator_mode="json", base_url=llm[-1])
+        out = CliRunner().invoke(
+            cli.app,
+            ["scale", "label", "--db", str(tmp_path / "rec.db"), "--out", str(tmp_path / "lab.db"), *llm],
+        )
+    finally:
+        server.shutdown()
+    assert out.exit_code == 0, out.output
+    merged, single = Store(tmp_path / "lab.db"), Store(tmp_path / "single.db")
+
+    def rows(store: Store) -> list:
+        return sorted((x.explanation_id, x.unit_id, x.scorer, x.value) for x in store.scores())
+
+    assert rows(merged) == rows(single) and len(rows(single)) == 3
+    assert sorted(e.id for e in merged.explanations()) == sorted(e.id for e in single.explanations())
