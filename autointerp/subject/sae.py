@@ -395,6 +395,7 @@ class SaeEncoder:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
+        self.fast_matmul = fast_matmul_ok(self.W_enc)  # a CPU (oneDNN) setting: off elsewhere
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
