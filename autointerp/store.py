@@ -555,20 +555,33 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
-    def examples_of(self, unit_ids: list[str], kinds: Iterable[str]) -> list[Example]:
-        """The examples of these kinds of these units, by unit, kind and rank."""
+    def example_rows(self, unit_ids: list[str], kinds: Iterable[str]) -> list[tuple]:
+        """(unit id, kind, context id, window position, float32 activations as bytes) of the examples of
+        these kinds of these units, by unit, kind and rank: raw rows, no object per example (a merge
+        reads hundreds of thousands)."""
         kinds = list(kinds)
-        out: list[Example] = []
+        out: list[tuple] = []
         for chunk in _chunks(unit_ids, 500):
             unit_marks, kind_marks = ",".join("?" * len(chunk)), ",".join("?" * len(kinds))
-            sql = (
-                "SELECT e.*, c.token_ids, c.tokens FROM examples e JOIN contexts c ON c.id = e.context_id "
-                f"WHERE e.unit_id IN ({unit_marks}) AND e.kind IN ({kind_marks}) "
-                "ORDER BY e.unit_id, e.kind, e.rank"
+            out += self.db.execute(
+                "SELECT unit_id, kind, context_id, window_pos, acts FROM examples "
+                f"WHERE unit_id IN ({unit_marks}) AND kind IN ({kind_marks}) ORDER BY unit_id, kind, rank",
+                [*chunk, *kinds],
+            ).fetchall()
+        return out
+
+    def contexts(self, ids: Iterable[str]) -> dict[str, Context]:
+        """The stored windows with these ids."""
+        out: dict[str, Context] = {}
+        for chunk in _chunks(list(ids), 500):
+            cur = self.db.execute(
+                f"SELECT id, token_ids, tokens FROM contexts WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
             )
-            cur = self.db.execute(sql, [*chunk, *kinds])
-            cols = [d[0] for d in cur.description]
-            out += [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
+            for cid, token_ids, tokens in cur.fetchall():
+                out[cid] = Context.model_construct(
+                    id=cid, token_ids=json.loads(token_ids), tokens=json.loads(tokens)
+                )
         return out
 
     def units_of_run(self, run_id: str) -> list[Unit]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from autointerp.errors import UserError, require_local
 from autointerp.scale.shards import ShardSpec
 from autointerp.store import SCHEMA_VERSION, Store
-from autointerp.types import Context, Example, ExampleRows, RecordSettings, RunRecord, Unit, now
+from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, now
 
 CHUNK_UNITS = 256  # units merged (and written) at a time: memory stays bounded for wide SAEs
 
@@ -199,10 +199,10 @@ def _merge_record_group(
     for start in range(0, len(ids), CHUNK_UNITS):
         chunk = slice(start, start + CHUNK_UNITS)
         per_unit = [units[chunk] for units in unit_lists]  # [shard][unit]
-        examples: dict[tuple[str, str], list[Example]] = defaultdict(list)
-        for reader in readers:
-            for e in reader.examples_of(ids[chunk], KINDS):
-                examples[e.unit_id, e.kind].append(e)
+        examples: dict[tuple[str, str], list[tuple]] = defaultdict(list)
+        for n, reader in enumerate(readers):
+            for unit_id, kind, context_id, window, acts in reader.example_rows(ids[chunk], KINDS):
+                examples[unit_id, kind].append((context_id, window, acts, n))
         merged_units = []
         for column in zip(*per_unit, strict=True):
             u0 = column[0]
@@ -216,7 +216,7 @@ def _merge_record_group(
                 u0.stats.fire_threshold,
             )[0]
             merged_units.append(Unit.model_construct(ref=u0.ref, run_id=base, stats=stats))
-        rows = _merged_rows(merged_units, examples, settings, provenance)
+        rows = _merged_rows(merged_units, examples, settings, provenance, readers)
         target.write_units(merged_units, rows)
         if progress:
             progress(min(start + CHUNK_UNITS, len(ids)), len(ids))
@@ -232,14 +232,14 @@ def _merge_record_group(
     return len(ids)
 
 
-def _keys(kind: str, unit: Unit, windows: np.ndarray, examples: list[Example], seed: int) -> np.ndarray:
+def _keys(kind: str, unit: Unit, windows: np.ndarray, acts: np.ndarray, seed: int) -> np.ndarray:
     """The recorder's key of each example's window for this kind (see `recorder.SourceState.update`)."""
     import torch
 
     from autointerp.subject.recorder import RANDOM_SALT, sample_keys, source_key, source_salt
 
-    if kind == "top":
-        return np.array([np.float32(max(e.acts)) for e in examples], dtype=np.float64)
+    if kind == "top":  # the window's max: stored activations never peak at a left-out position
+        return acts.max(axis=1).astype(np.float64)
     wids = torch.from_numpy(windows)
     if kind == "random":
         return sample_keys(seed, RANDOM_SALT, wids)[:, 0].numpy().astype(np.float64)
@@ -249,42 +249,48 @@ def _keys(kind: str, unit: Unit, windows: np.ndarray, examples: list[Example], s
 
 def _merged_rows(
     units: list[Unit],
-    examples: dict[tuple[str, str], list[Example]],
+    examples: dict[tuple[str, str], list[tuple]],
     s: RecordSettings,
     provenance: dict,
+    readers: list[Store],
 ) -> ExampleRows:
-    """Per unit and kind, the shards' examples re-ranked by the recorder's keys and cut to its sizes."""
+    """Per unit and kind, the shards' examples (context id, window, activation bytes, shard) re-ranked by
+    the recorder's keys and cut to its sizes; the kept windows' contexts read from their shards."""
     from autointerp.subject.recorder import KINDS, kind_rows
 
     sizes = {"top": s.top_k, "quantile": s.quantile_pool, "random": s.n_random, "negative": s.n_negative}
     cols: dict[str, list] = {k: [] for k in ("unit_ids", "kinds", "ranks", "quantiles", "context_ids")}
     acts_parts: list[np.ndarray] = []
     window_parts: list[np.ndarray] = []
-    contexts: dict[str, Context] = {}
+    wanted: dict[str, int] = {}  # context id -> a shard holding it
     for unit in units:
         for kind in KINDS:
             cands = examples.get((unit.id, kind), [])
             k = sizes[kind]
             if not cands or k == 0:
                 continue
-            if any(e.window is None for e in cands):
+            if any(c[1] is None for c in cands):
                 raise UserError("A shard store lacks the window positions merging needs; record it again.")
-            windows = np.array([e.window for e in cands], dtype=np.int64)
-            keys = _keys(kind, unit, windows, cands, s.seed)
+            windows = np.array([c[1] for c in cands], dtype=np.int64)
+            all_acts = np.frombuffer(b"".join(c[2] for c in cands), dtype=np.float32).reshape(len(cands), -1)
+            keys = _keys(kind, unit, windows, all_acts, s.seed)
             chosen = np.lexsort((windows, -keys))[:k]  # key descending, ties: the earlier window
             acts = np.zeros((1, k, s.ctx), dtype=np.float32)
-            acts[0, : len(chosen)] = [cands[i].acts for i in chosen]
+            acts[0, : len(chosen)] = all_acts[chosen]
             keep, rank, quantile = kind_rows(kind, acts, np.array([len(chosen)]), s.n_quantiles)
             n = len(chosen)
             cols["unit_ids"] += [unit.id] * n
             cols["kinds"] += [kind] * n
             cols["ranks"] += rank[keep].tolist()
             cols["quantiles"] += quantile[keep].tolist()
-            cols["context_ids"] += [cands[i].context.id for i in chosen]
+            cols["context_ids"] += [cands[i][0] for i in chosen]
             acts_parts.append(acts[keep])
             window_parts.append(windows[chosen])
             for i in chosen:
-                contexts[cands[i].context.id] = cands[i].context
+                wanted.setdefault(cands[i][0], cands[i][3])
+    contexts: dict[str, Context] = {}
+    for n, reader in enumerate(readers):
+        contexts |= reader.contexts([cid for cid, holder in wanted.items() if holder == n])
     ctx = s.ctx
     return ExampleRows(
         unit_ids=np.array(cols["unit_ids"], dtype=object),
