@@ -216,6 +216,18 @@ def test_label_shards_merge_into_the_single_run(tmp_path, scripted):
         merge_stores(tmp_path / "m2.db", paths[:1])
 
 
+def test_label_shards_of_different_settings_are_refused(tmp_path, scripted):
+    build_month_store(tmp_path / "rec.db", n_units=3)
+    paths = []
+    for i, name in enumerate(("one", "two")):
+        llm = scripted(name)
+        out = invoke("label", "--db", tmp_path / "rec.db", "--explainer", llm.spec, "--shard", f"{i}/2")
+        assert out.exit_code == 0, out.output
+        paths.append(tmp_path / f"rec.label-{i}-of-2.db")
+    with pytest.raises(UserError, match="label runs of different settings; label every shard with the same"):
+        merge_stores(tmp_path / "m.db", paths)
+
+
 def test_v6_store_gains_the_merge_columns(tmp_path):
     s = Store(tmp_path / "x.db")
     for table, col in (("examples", "window_pos"), ("units", "sum"), ("units", "sumsq")):

@@ -3,6 +3,8 @@ one process and as Ray tasks on a local Ray (the `scale` extra)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from autointerp.scale.merge import merge_stores
@@ -65,10 +67,30 @@ def test_scale_record_on_a_local_ray_equals_the_single_run(gemma, tmp_path):
     assert_same_store(Store(out), Store(tmp_path / "single.db"))
 
 
-def test_scale_label_on_a_local_ray_equals_the_single_run(tmp_path):
-    """`autointerp scale label --ray local --shards 2` against an OpenAI-compatible server: the merged
-    store holds the explanations and scores of one single-process run, each once."""
+def flaky_run_shard(cmd: list[str], cwd: str | None = None):  # noqa: ANN201 - a ShardOutcome
+    """Each shard fails once (a lost worker, say) before it runs: Ray must retry it."""
+    from autointerp.scale import ray_driver
+
+    marker = Path(cmd[cmd.index("--out") + 1] + ".failed-once")
+    if not marker.exists():
+        marker.write_text("x")
+        raise ray_driver.ShardFailed("injected failure")
+    return ray_driver.run_shard(cmd, cwd)
+
+
+def test_scale_label_on_a_local_ray_equals_the_single_run(tmp_path, monkeypatch):
+    """`autointerp scale label --ray local --shards 2` against an OpenAI-compatible server, each shard
+    failing once and retried: the merged store holds the explanations and scores of one
+    single-process run, each once."""
     pytest.importorskip("ray")
+    import sys
+
+    from ray import cloudpickle
+
+    from autointerp.scale import ray_driver
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # pytest imports this file by its name
+    monkeypatch.setattr(ray_driver, "run_shard", flaky_run_shard)
     import threading
     from http.server import ThreadingHTTPServer
 
@@ -93,6 +115,7 @@ def test_scale_label_on_a_local_ray_equals_the_single_run(tmp_path):
     finally:
         server.shutdown()
     assert out.exit_code == 0, out.output
+    assert len(list((tmp_path / "lab.db.shards").glob("*.failed-once"))) == 2  # both failed, were retried
     merged, single = Store(tmp_path / "lab.db"), Store(tmp_path / "single.db")
 
     def rows(store: Store) -> list:
