@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -79,14 +78,35 @@ RetriesOpt = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def option_errors() -> Iterator[None]:
+    """Settings built from options: a value pydantic refuses is one sentence naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        msg = first["msg"][:1].lower() + first["msg"][1:]
+        raise UserError(f"{option}: {msg} (got {first.get('input')!r}); fix the value.") from None
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn a UserError into one red sentence on stderr and exit code 2."""
+    """Turn a UserError (or an LLM provider's out-of-credit refusal) into one red sentence on stderr and
+    exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        db = kwargs.get("db")
+        new_db = db if isinstance(db, Path) and not db.exists() else None  # created by this command?
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            if new_db is not None:  # a command refused on its input leaves no empty store behind
+                from autointerp.store import discard_if_blank
+
+                discard_if_blank(new_db)
             err.print(f"[red]error:[/red] {escape(str(e))}")  # a message is text, not markup
             raise typer.Exit(2) from None
         except (OSError, sqlite3.DatabaseError) as e:  # a full disk, a read-only store or folder
@@ -97,21 +117,16 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if "autointerp.llm.base" in sys.modules:  # imported lazily: only a run that used an LLM
+                from autointerp.llm.base import OutOfCreditError
+
+                if isinstance(e, OutOfCreditError):  # the provider's own message; no call can succeed
+                    err.print(f"[red]error:[/red] {escape(str(e))}")
+                    raise typer.Exit(2) from None
+            raise
 
     return wrapper
-
-
-def tokens_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} tokens"),
-        TextColumn("{task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 @app.command()
@@ -196,22 +211,12 @@ def record(
 
     check_encoding(encoding)
     unit_list = parse_units(units)
+    from autointerp.progress import RateProgress
+
     # The bar (and its clock) starts at the first report, once the model has loaded: the rate counts
-    # streaming only, and a run that stops before (bad input, already complete) prints no bar.
-    bar = tokens_progress()
-    task = bar.add_task("recording", total=tokens, rate=0.0, start=False)
-    first: list[tuple[float, int]] = []
-
-    def on_progress(done: int, total: int) -> None:
-        if not first:
-            first.append((time.perf_counter(), done))
-            bar.start()
-            bar.start_task(task)
-        t0, done0 = first[0]
-        rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, completed=done, total=total, rate=rate)
-
-    try:
+    # streaming only, and a run that stops before (bad input, already complete) prints no bar. Piped or
+    # logged, one plain line every ~10 s instead.
+    with RateProgress(err, "recording", total=tokens) as bar:
         result = record_units(
             db=db,
             model=model,
@@ -228,10 +233,8 @@ def record(
             seed=seed,
             include_special=keep_bos,
             shard=shard_spec,
-            progress=on_progress,
+            progress=bar.update,
         )
-    finally:
-        bar.stop()
     if result.already_complete:
         console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
         return
@@ -413,6 +416,7 @@ def counterfactuals(
     and hard negatives, for recorded units (resumable)."""
     require_local("autointerp counterfactuals")
     from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
+    from autointerp.progress import CountProgress
     from autointerp.store import Store
     from autointerp.subject.model import load_subject
 
@@ -420,41 +424,27 @@ def counterfactuals(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     ids = resolve_unit_ids(store, unit, hook, units)
-    s = CounterfactualSettings(
-        n_examples=n_examples,
-        n_on=n_on,
-        keep_frac=keep_frac,
-        off_frac=off_frac,
-        on_frac=on_frac,
-        n_hard=n_hard,
-        corpus_windows=corpus_windows,
-    )
+    with option_errors():
+        s = CounterfactualSettings(
+            n_examples=n_examples,
+            n_on=n_on,
+            keep_frac=keep_frac,
+            off_frac=off_frac,
+            on_frac=on_frac,
+            n_hard=n_hard,
+            corpus_windows=corpus_windows,
+        )
     client = None
     if not no_llm:
         from autointerp.llm import get_llm
 
         client = get_llm(llm, store)
     subject = load_subject(model, model_path)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TextColumn("{task.fields[stage]}"),
-        TextColumn("verified {task.fields[verified]}/{task.fields[cands]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task("counterfactuals", total=len(ids), stage="", verified=0, cands=0)
+    with CountProgress(err, "counterfactuals", total=len(ids)) as bar:
 
         def on_progress(ev: ProgressEvent) -> None:
-            done = ev.unit_index + (ev.stage in ("done", "skipped"))
-            bar.update(
-                task,
-                completed=done,
-                stage=f"{ev.unit_id} {ev.stage}",
-                verified=ev.verified,
-                cands=ev.candidates,
-            )
+            if ev.stage in ("done", "skipped"):
+                bar.advance(f"{escape(ev.unit_id)} {ev.stage} · verified {ev.verified}/{ev.candidates}")
 
         summary = generate_counterfactuals(store, subject, ids, client, s, on_progress)
     t = summary.totals()
@@ -487,7 +477,7 @@ def open_store(db: Path):  # noqa: ANN201 - autointerp.store.Store
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    return Store(db)
+    return Store(db, read_only=True)
 
 
 def score_cell(score) -> str:  # noqa: ANN001 - autointerp.types.Score | None
@@ -617,10 +607,7 @@ def units_command(
     if not rows:
         console.print(f"{db} holds no recorded units; run `autointerp record --db {db} ...` first.")
         return
-    groups: dict[str, list] = {}  # one table per source (model/hook[/sae:NAME]): ids shown as the index
-    for r in rows:
-        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
-    for source, members in groups.items():
+    for source, members in by_source(rows).items():
         n = f"{len(members)} unit{'s' * (len(members) != 1)}"
         console.print(f"[bold]{escape(source)}/[/bold]INDEX  ({n} in {escape(str(db))})")
         console.print(units_table(members))
@@ -714,13 +701,15 @@ def label(
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
-    spec = ShardSpec.parse(shard) if shard is not None else None
-    if out is not None and spec is None:
+    shard_spec = ShardSpec.parse(shard) if shard is not None else None
+    if out is not None and shard_spec is None:
         raise UserError("--out names a shard's store; give --shard i/n with it.")
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
@@ -736,10 +725,10 @@ def label(
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
-    if spec:
-        ids = [u for u in ids if spec.has_unit(u)]
-        db = label_shard_store(db, spec, out)
-        err.print(f"shard {spec}: {len(ids)} units -> {db}")
+    if shard_spec:
+        ids = [u for u in ids if shard_spec.has_unit(u)]
+        db = label_shard_store(db, shard_spec, out)
+        err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
@@ -772,7 +761,7 @@ def label(
             concurrency=concurrency,
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
-            shard=str(spec) if spec else None,
+            shard=str(shard_spec) if shard_spec else None,
         )
     print_summary(summary)
     if report:
@@ -783,25 +772,34 @@ def label(
         raise typer.Exit(1)
 
 
+def by_source(rows: list) -> dict[str, list]:
+    """Rows with a `unit_id`, grouped by source (model/hook[/sae:NAME]): one table each, the unit shown by
+    its index, so ids stay whole at 80 columns."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
+    return groups
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
-    table = Table(title="explanations", show_header=True, header_style="bold")
-    table.add_column("unit")
-    table.add_column("method")
-    table.add_column("explanation")
     scorers = sorted({k for r in summary.results for k in r.scores})
-    for sc in scorers:
-        table.add_column(sc, justify="right")
-    for r in summary.results:
-        if r.skip_reason:
-            continue  # counted below; a store can hold thousands of dead latents
-        # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
-        cells = [
-            f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
-            for sc in scorers
-        ]
-        text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
-        table.add_row(r.unit_id, r.method, text, *cells)
-    console.print(table)
+    shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
+    for source, members in by_source(shown).items():
+        table = Table(title=f"explanations of {escape(source)}/INDEX", show_header=True, header_style="bold")
+        table.add_column("index", justify="right", no_wrap=True)
+        table.add_column("method")
+        table.add_column("explanation", ratio=1)
+        for sc in scorers:
+            table.add_column(sc, justify="right")
+        for r in members:
+            # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
+            cells = [
+                f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
+                for sc in scorers
+            ]
+            text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
+        console.print(table)
     done = [r for r in summary.results if not (r.error or r.skip_reason)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
@@ -929,36 +927,41 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
     from autointerp.explain import EXPLAINERS
+    from autointerp.progress import PhaseProgress
     from autointerp.score import SCORERS
 
     method_list = names(methods, "--methods", EXPLAINERS)
     scorer_list = names(scorers, "--scorers", SCORERS)
 
-    result = run_bench(
-        db,
-        suite=suite,
-        methods=method_list,
-        explainer=explainer,
-        simulator=simulator,
-        scorers=scorer_list,
-        seed=seed,
-        n_units=units,
-        tokens=tokens,
-        ctx=ctx,
-        concurrency=concurrency,
-        timeout=timeout,
-        retries=retries,
-        meta=not no_meta,
-        delphi=delphi,
-        progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-    )
+    with PhaseProgress(err) as bars:
+        result = run_bench(
+            db,
+            suite=suite,
+            methods=method_list,
+            explainer=explainer,
+            simulator=simulator,
+            scorers=scorer_list,
+            seed=seed,
+            n_units=units,
+            tokens=tokens,
+            ctx=ctx,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            meta=not no_meta,
+            delphi=delphi,
+            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+            phases=bars.start,
+        )
     paths = write_report(result, out or db.with_name(db.stem + "-bench"))
     if as_json:
         print(result.model_dump_json(indent=1))
@@ -973,6 +976,82 @@ def bench(
             table.add_row(*row)
         console.print(table)
     console.print(f"report: {paths['html']} (+ .md, .png, .json)")
+
+
+def open_reader(db: Path):  # noqa: ANN201 - autointerp.store.Store
+    """The existing store at `db` on a connection that cannot write; an older schema is upgraded first."""
+    from autointerp.store import Store
+
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    try:
+        return Store.reader(db)
+    except UserError:
+        Store(db)  # an older store gains the current schema (or this says why it cannot)
+        return Store.reader(db)
+
+
+@app.command()
+@user_errors
+def serve(
+    db: StoreOpt,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    live: Annotated[
+        bool, typer.Option("--live", help="Load the subject model (on first use) to read units on new text.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
+    ] = None,
+    model_path: ModelPathOpt = None,
+) -> None:
+    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    import socket
+
+    from autointerp.errors import VIEWER_STACK
+
+    require_local("autointerp serve", VIEWER_STACK, extra="viewer")
+    if live:
+        require_local("autointerp serve --live", SAE_STACK)
+    open_reader(db)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"Cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host."
+        ) from None
+    import uvicorn
+
+    from autointerp.viewer.app import create_app
+    from autointerp.viewer.live import LiveModel
+
+    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def export(
+    db: StoreOpt,
+    out: Annotated[Path, typer.Option(help="Folder to write the files into.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="neuronpedia: one JSON file per unit.")
+    ] = "neuronpedia",
+    unit: Annotated[list[str] | None, typer.Option(help="A unit id (repeatable).")] = None,
+    hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
+    units: Annotated[str | None, typer.Option(help="Only these indices, e.g. 0:512 or 3,17,42.")] = None,
+) -> None:
+    """Export units with their examples, explanations and scores (Neuronpedia's feature JSON)."""
+    if fmt != "neuronpedia":
+        raise UserError(f"--format {fmt!r} is not an export format; use neuronpedia.")
+    from autointerp.neuronpedia import export_neuronpedia
+
+    store = open_reader(db)
+    ids = resolve_unit_ids(store, unit, hook, units)
+    paths = export_neuronpedia(store, out, ids)
+    console.print(f"wrote {len(paths)} feature files and manifest.json to {escape(str(out))}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -26,7 +26,7 @@ from autointerp.aio import run_sync
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
 from autointerp.llm import get_llm
-from autointerp.llm.base import LLM, LLMError, Usage
+from autointerp.llm.base import LLM, LLMError, OutOfCreditError, Usage
 from autointerp.render import normalize
 from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
 from autointerp.score import SCORERS, ScoreRecord
@@ -342,6 +342,8 @@ class Labeller:
             t0 = time.perf_counter()
             try:
                 out.append(await scorer(record))
+            except OutOfCreditError:
+                raise  # every further call would fail the same way: stop the run (see `run`)
             except LLMError as e:
                 out.append(scoring.failed(name, e, **record.row(scorer)))
             out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
@@ -368,6 +370,8 @@ class Labeller:
         t0 = time.perf_counter()
         try:
             text, prompt_id, extra = await self.explain(sample, method)
+        except OutOfCreditError:
+            raise
         except LLMError as e:
             return UnitResult(unit_id=unit_id, method=method, error=f"{type(e).__name__}: {e}")
         settings = {
@@ -405,6 +409,8 @@ class Labeller:
     ) -> LabelSummary:
         """Label the units (each once, in order); the run's row ends `complete` or `failed`, whatever
         happens: an exception or Ctrl-C marks it `failed` with the error, and the rerun resumes.
+        An `OutOfCreditError` stops the whole run at once (the units in flight are cancelled) and is
+        raised with the provider's message: every further call would fail the same way.
         `shard` ("i/n"): the units are that shard's; its summary says so (what `merge` checks)."""
         extra = {"shard": shard} if shard else {}
         t0 = time.perf_counter()
@@ -421,9 +427,17 @@ class Labeller:
         sem = asyncio.Semaphore(self.s.concurrency)
         finished: list[UnitResult] = []
 
+        stop: list[OutOfCreditError] = []  # set once the provider refuses for lack of credit
+
         async def one(uid: str, method: str) -> UnitResult:
             async with sem:
-                result = await self.label_one(uid, method)
+                if stop:  # the run is stopping: start nothing new
+                    raise stop[0]
+                try:
+                    result = await self.label_one(uid, method)
+                except OutOfCreditError as e:
+                    stop.append(e)
+                    raise
             finished.append(result)
             if progress:
                 progress(result)

@@ -158,6 +158,7 @@ class JsonSimulator:
                 temperature=0.0 if attempt == 0 else 0.7,
                 seed=attempt,
                 max_tokens=4 * len(tokens) + 16,
+                json_answer=True,
             )
             resp = await self.llm.chat(req)
             try:

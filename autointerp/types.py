@@ -130,7 +130,7 @@ class UnitStats(BaseModel):
     fire_threshold: float
     hist_edges: list[float]  # len(hist_counts) + 1 edges; the outer ones are -inf / +inf
     hist_counts: list[int]
-    # The raw float64 sums behind mean and std (None in stores recorded before schema v7): what lets
+    # The raw float64 sums behind mean and std (None in stores recorded before schema v8): what lets
     # `autointerp merge` combine shards exactly.
     sum: float | None = None
     sumsq: float | None = None
@@ -231,3 +231,39 @@ class Score(BaseModel):
     settings: dict = Field(default_factory=dict)
     run_id: str | None = None
     created_at: str = Field(default_factory=now)
+
+
+IndexSort = Literal["index", "freq", "max", "explanations", "score"]
+
+
+class UnitQuery(BaseModel):
+    """A page of the unit index: filters, full-text search over explanations, sort and page."""
+
+    search: str = ""  # words that must all occur in one of the unit's explanations (prefixes match)
+    source: str = ""  # a hook, or HOOK/sae:NAME for an SAE's latents ("": every source)
+    min_freq: float | None = Field(default=None, ge=0, le=1)
+    max_freq: float | None = Field(default=None, ge=0, le=1)
+    min_max: float | None = None  # the unit's max activation
+    max_max: float | None = None
+    explained: bool | None = None  # True: only units with an explanation; False: only without
+    scorer: str = ""  # the scorer `sort=score` and `min_score` use ("": none)
+    min_score: float | None = None  # the unit's best `scorer` value
+    sort: IndexSort = "index"
+    descending: bool = False
+    page: int = Field(default=1, ge=1)
+    per_page: int = Field(default=50, ge=1, le=500)
+
+
+class UnitIndexRow(BaseModel):
+    """One unit of an index page: its statistics, how many explanations, its best `scorer` value."""
+
+    unit_id: str
+    model: str
+    hook: str
+    sae: str | None
+    index: int
+    n_tokens: int
+    frac_firing: float
+    max: float
+    n_explanations: int
+    score: float | None = None

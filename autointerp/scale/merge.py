@@ -52,7 +52,7 @@ def merge_stores(
     paths = [str(p) for p in inputs]
     if len(set(map(_real, paths))) < len(paths):
         raise UserError("A store is given twice; pass each shard store once.")
-    stores = [Store(p, read_only=True) for p in paths]
+    stores = [Store.reader(p) for p in paths]
     for p, st in zip(paths, stores, strict=True):
         if (v := st.schema_version()) != SCHEMA_VERSION:
             raise UserError(
@@ -176,7 +176,7 @@ def _merge_record_group(
 
     shards = sorted(shards, key=lambda s: s.spec.index)
     settings = RecordSettings(**{**shards[0].run.settings, "shard": None})
-    readers = [Store(s.path, read_only=True) for s in shards]
+    readers = [Store.reader(s.path) for s in shards]
     unit_lists = [r.units_of_run(s.run.id) for r, s in zip(readers, shards, strict=True)]
     ids = [u.id for u in unit_lists[0]]
     for s, units in zip(shards[1:], unit_lists[1:], strict=True):

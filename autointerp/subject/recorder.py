@@ -760,9 +760,10 @@ def record_units(
         return RecordResult(existing.id, 0, 0, 0.0, 0.0, already_complete=True)
     check_shard_store(store, s)
     corpus.check_sources(s.corpus, s.encoding)
-    precheck_hooks(name, model_path, [h for h in all_hooks if h not in sae_paths], units)
-    precheck_hooks(name, model_path, list(sae_paths), None)
-    subject = subject or load_subject(model, model_path)
+    if subject is None:  # a given subject checks its hooks itself below, at no cost
+        precheck_hooks(name, model_path, [h for h in all_hooks if h not in sae_paths], units)
+        precheck_hooks(name, model_path, list(sae_paths), None)
+        subject = load_subject(model, model_path)
     sae_sources = []
     if sae_paths:
         from autointerp.subject.sae import sae_source
