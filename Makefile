@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[local,openai,anthropic,viewer,dev]"
+	$(BIN)/pip install -q -e ".[local,openai,anthropic,viewer,dev,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -184,8 +184,18 @@ def record(
             "(left out by default).",
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: record only the i-th of n contiguous blocks of the window stream, into its own "
+            "--db; `autointerp merge` joins the n stores into what one run writes.",
+        ),
+    ] = None,
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
+    from autointerp.scale.shards import ShardSpec
+
+    shard_spec = str(ShardSpec.parse(shard)) if shard is not None else None
     require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
     from autointerp.subject.recorder import record_units
     from autointerp.subject.sae import parse_sae_specs
@@ -222,6 +232,7 @@ def record(
             top_k=top_k,
             seed=seed,
             include_special=keep_bos,
+            shard=shard_spec,
             progress=bar.update,
         )
     if result.already_complete:
@@ -232,6 +243,89 @@ def record(
         f"recorded {result.n_units:,} units over {result.n_tokens:,} tokens in {result.seconds:.1f} s"
         f"{resumed} -> {db} (run {result.run_id})"
     )
+
+
+@app.command()
+@user_errors
+def merge(
+    out: Annotated[Path, typer.Argument(help="The merged store to create (a new file).")],
+    shards: Annotated[list[Path], typer.Argument(help="The shard stores (record --shard or label --shard).")],
+) -> None:
+    """Join shard stores into OUT: exactly what one `record` or `label` run would have written."""
+    from autointerp.scale.merge import merge_stores
+
+    result = merge_stores(out, shards)
+    what = (
+        f"{result.units:,} units of {len(result.record_runs)} sharded recording(s)"
+        if result.record_runs
+        else ""
+    )
+    labels = f"{len(result.label_runs)} label run(s)" if result.label_runs else ""
+    console.print(
+        f"merged {result.inputs} stores ({', '.join(x for x in (what, labels) if x) or 'no runs'}) -> {out}"
+    )
+
+
+scale_app = typer.Typer(
+    help="Run record or label as n shards on a Ray cluster (or a local Ray), retry failed shards, merge.",
+    no_args_is_help=True,
+)
+app.add_typer(scale_app, name="scale")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+RayOpt = Annotated[
+    str, typer.Option("--ray", help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'.")
+]
+ShardsOpt = Annotated[int, typer.Option(min=1, help="Number of shards (Ray tasks).")]
+RetriesShardOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed shard.")]
+
+
+def run_scaled_command(
+    kind: str, args: list[str], db: Path, out: Path, shards: int, ray: str, retries: int
+) -> None:
+    from autointerp.scale.ray_driver import run_scaled
+
+    result = run_scaled(
+        kind, args, db=db, out=out, shards=shards, address=ray, max_retries=retries, log=err.print
+    )
+    failed = [o.spec for o in result.shards if o.exit_code]
+    console.print(
+        f"{len(result.shards)} {kind} shards merged -> {out}"
+        + (f" ({result.merged.units:,} units)" if result.merged.units else "")
+        + (f"; shards {', '.join(failed)} ended with failed units (see `autointerp units`)" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@scale_app.command("record", context_settings=PASS_THROUGH)
+@user_errors
+def scale_record(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The merged store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp record` as n shards (GPU tasks when the cluster has GPUs), merged into --db.
+
+    Every other option is passed to `record` (e.g. --hook, --sae, --units, --tokens, --corpus)."""
+    run_scaled_command("record", list(ctx.args), db, db, shards, ray, max_retries)
+
+
+@scale_app.command("label", context_settings=PASS_THROUGH)
+@user_errors
+def scale_label(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The recorded store to label (read, not written).")],
+    out: Annotated[Path, typer.Option(help="The merged labelled store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp label` as n CPU shards (units split by a hash of their id), merged into --out.
+
+    Every other option is passed to `label` (e.g. --explainer openai:MODEL --base-url URL, --limit)."""
+    run_scaled_command("label", list(ctx.args), db, out, shards, ray, max_retries)
 
 
 @app.command("train-sae")
@@ -592,13 +686,27 @@ def label(
             "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: label only the selected units of shard i of n (by a hash of the unit id), into "
+            "a copy of --db (--out); `autointerp merge` joins the shard stores.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
+    ] = None,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
     from autointerp.llm import connection, parse_spec
+    from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    shard_spec = ShardSpec.parse(shard) if shard is not None else None
+    if out is not None and shard_spec is None:
+        raise UserError("--out names a shard's store; give --shard i/n with it.")
     connection(timeout, retries)  # a bad value fails here, before anything loads
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
@@ -617,6 +725,10 @@ def label(
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    if shard_spec:
+        ids = [u for u in ids if shard_spec.has_unit(u)]
+        db = label_shard_store(db, shard_spec, out)
+        err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
@@ -649,6 +761,7 @@ def label(
             concurrency=concurrency,
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+            shard=str(shard_spec) if shard_spec else None,
         )
     print_summary(summary)
     if report:

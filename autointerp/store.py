@@ -40,7 +40,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -245,6 +245,14 @@ def _explanations_fts_v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_units_max ON units (max, id)")
 
 
+def _add_merge_columns_v8(db: sqlite_utils.Database) -> None:
+    """What a lossless merge of record shards needs: each recorded example's window (its position in the
+    run's window stream) and each unit's raw sums. NULL in rows recorded before."""
+    db["examples"].add_column("window_pos", int)
+    db["units"].add_column("sum", float)
+    db["units"].add_column("sumsq", float)
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -254,6 +262,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
     6: _explanations_fts_v7,
+    7: _add_merge_columns_v8,
 }
 
 
@@ -736,6 +745,88 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
+    def example_rows(self, unit_ids: list[str], kinds: Iterable[str]) -> list[tuple]:
+        """(unit id, kind, context id, window position, float32 activations as bytes) of the examples of
+        these kinds of these units, by unit, kind and rank: raw rows, no object per example (a merge
+        reads hundreds of thousands)."""
+        kinds = list(kinds)
+        out: list[tuple] = []
+        for chunk in _chunks(unit_ids, 500):
+            unit_marks, kind_marks = ",".join("?" * len(chunk)), ",".join("?" * len(kinds))
+            out += self.db.execute(
+                "SELECT unit_id, kind, context_id, window_pos, acts FROM examples "
+                f"WHERE unit_id IN ({unit_marks}) AND kind IN ({kind_marks}) ORDER BY unit_id, kind, rank",
+                [*chunk, *kinds],
+            ).fetchall()
+        return out
+
+    def contexts(self, ids: Iterable[str]) -> dict[str, Context]:
+        """The stored windows with these ids."""
+        out: dict[str, Context] = {}
+        for chunk in _chunks(list(ids), 500):
+            cur = self.db.execute(
+                f"SELECT id, token_ids, tokens FROM contexts WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for cid, token_ids, tokens in cur.fetchall():
+                out[cid] = Context.model_construct(
+                    id=cid, token_ids=json.loads(token_ids), tokens=json.loads(tokens)
+                )
+        return out
+
+    def units_of_run(self, run_id: str) -> list[Unit]:
+        """The units a run recorded, by model, hook, SAE and index."""
+        rows = self.db["units"].rows_where("run_id = ?", [run_id], order_by="model, hook, sae, idx")
+        return [_unit_from_row(r) for r in rows]
+
+    def copy_to(self, dest: str | Path) -> None:
+        """Write a consistent copy of this store to the new file `dest` (SQLite's online backup)."""
+        target = sqlite3.connect(dest)
+        try:
+            self.db.conn.backup(target)
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"Copying {self.path} to {dest} failed ({e}).") from e
+        finally:
+            target.close()
+
+    def put_run(self, run: RunRecord) -> None:
+        """Write a run's row as it is (status and summary included)."""
+        with self._write():
+            self.db["records"].upsert(_run_row(run), pk="id")
+
+    def absorb(self, other: str | Path, skip_runs: Iterable[str] = ()) -> None:
+        """Copy every row of the store at `other` that this one lacks (by primary key), in one
+        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls.
+        Runs in `skip_runs`, and the units (with examples) they recorded, are left out."""
+        skip = list(skip_runs)
+        marks = ",".join("?" * len(skip))
+        cols = {t: [c.name for c in self.db[t].columns] for t in _ABSORB_TABLES}
+        where = (
+            {
+                "records": f"id NOT IN ({marks})",
+                "units": f"run_id NOT IN ({marks})",
+                "examples": f"unit_id NOT IN (SELECT id FROM src.units WHERE run_id IN ({marks}))",
+                "contexts": f"""id IN (SELECT context_id FROM src.examples WHERE unit_id NOT IN
+                (SELECT id FROM src.units WHERE run_id IN ({marks})))""",
+            }
+            if skip
+            else {}
+        )
+        conn = self.db.conn
+        conn.execute("ATTACH DATABASE ? AS src", [str(Path(other).resolve())])
+        try:
+            with self._write():
+                for table in _ABSORB_TABLES:
+                    names = ", ".join(f'"{c}"' for c in cols[table])
+                    clause = where.get(table, "1")
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM src.{table} "
+                        f"WHERE {clause}",
+                        skip if table in where else [],
+                    )
+        finally:
+            conn.execute("DETACH DATABASE src")
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -752,6 +843,10 @@ class Store:
         row["response"] = dumps(row["response"])
         with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
+
+
+# What `absorb` copies, parents before children (foreign keys).
+_ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
 
 
 def discard_if_blank(path: str | Path) -> bool:
@@ -825,6 +920,8 @@ def _unit_row(u: Unit) -> dict:
         "frac_firing": s.frac_firing,
         "fire_threshold": s.fire_threshold,
         "hist": dumps({"edges": s.hist_edges, "counts": s.hist_counts}),  # outer edges: null
+        "sum": s.sum,
+        "sumsq": s.sumsq,
     }
 
 
@@ -839,6 +936,8 @@ def _unit_from_row(row: dict) -> Unit:
         fire_threshold=row["fire_threshold"],
         hist_edges=_edges(hist["edges"]),
         hist_counts=hist["counts"],
+        sum=row.get("sum"),
+        sumsq=row.get("sumsq"),
     )
     ref = UnitRef(model=row["model"], hook=row["hook"], index=row["idx"], sae=row["sae"])
     return Unit(ref=ref, run_id=row["run_id"], stats=stats)
@@ -859,6 +958,7 @@ _EXAMPLE_COLS = (
     "max_pos",
     "quantile",
     "provenance",
+    "window_pos",
 )
 _ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
 
@@ -872,6 +972,7 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     acts = np.ascontiguousarray(x.acts, dtype=np.float32)
     provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
+    windows = itertools.repeat(None) if x.windows is None else x.windows.tolist()
     return zip(
         x.unit_ids.tolist(),
         x.kinds.tolist(),
@@ -882,7 +983,8 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
         acts.argmax(axis=1).tolist(),
         quantiles,
         itertools.repeat(provenance),
-        strict=False,  # the repeat is endless
+        windows,
+        strict=False,  # the repeats are endless
     )
 
 
@@ -898,6 +1000,7 @@ def _example_row(e: Example) -> dict:
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
+        "window_pos": e.window,
         "source_kind": e.source.kind if e.source else None,
         "source_rank": e.source.rank if e.source else None,
         "source_context": e.source.context_id if e.source else None,
@@ -919,4 +1022,5 @@ def _example_from_row(row: dict) -> Example:
         source=SourceRef(kind=row["source_kind"], rank=row["source_rank"], context_id=row["source_context"])
         if row["source_kind"] is not None
         else None,
+        window=row.get("window_pos"),
     )

@@ -84,6 +84,7 @@ class Example(BaseModel):
     quantile: int | None = None  # which activation quantile a `quantile` example was drawn from
     provenance: dict[str, str | float | int | None] = Field(default_factory=dict)
     source: SourceRef | None = None  # what a derived example was made from (None: recorded)
+    window: int | None = None  # a recorded example's window: its position in the run's window stream
 
     @property
     def max_act(self) -> float:
@@ -109,6 +110,7 @@ class ExampleRows(BaseModel):
     context_ids: np.ndarray  # (N,) object: str
     acts: np.ndarray  # (N, T) float32
     quantiles: np.ndarray  # (N,) int, -1 where not a quantile example
+    windows: np.ndarray | None = None  # (N,) int: each window's position in the run's window stream
     provenance: dict[str, str | float | int | None]
     contexts: dict[str, Context]
 
@@ -128,6 +130,10 @@ class UnitStats(BaseModel):
     fire_threshold: float
     hist_edges: list[float]  # len(hist_counts) + 1 edges; the outer ones are -inf / +inf
     hist_counts: list[int]
+    # The raw float64 sums behind mean and std (None in stores recorded before schema v8): what lets
+    # `autointerp merge` combine shards exactly.
+    sum: float | None = None
+    sumsq: float | None = None
 
 
 class Unit(BaseModel):
@@ -163,6 +169,9 @@ class RecordSettings(BaseModel):
     # False: positions holding a special token (BOS, ...) are left out of window maxima, statistics and
     # example selection, and stored with an activation that is never the window's peak (0.0).
     include_special: bool = False
+    # "i/n": record only the i-th of n contiguous blocks of the window stream (`autointerp merge` joins
+    # the n shard stores into what one run would have written). None: the whole stream.
+    shard: str | None = None
 
 
 class RunRecord(BaseModel):

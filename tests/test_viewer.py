@@ -203,7 +203,7 @@ def test_fts_follows_updates_and_a_v6_store_is_indexed_on_upgrade(tmp_path):
     )
     db.conn.commit()
     s = Store(tmp_path / "v6.db")
-    assert s.schema_version() == SCHEMA_VERSION == 7
+    assert s.schema_version() == SCHEMA_VERSION  # v6 -> v7 (FTS) -> current
     match = (
         "SELECT e.id FROM explanations_fts f JOIN explanations e ON e.rowid = f.rowid "
         "WHERE explanations_fts MATCH ?"
