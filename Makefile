@@ -4,6 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# llama-cpp-python (the dev extra's OpenAI-compatible test server) compiles llama.cpp from source. A native
+# build uses every instruction the CPU advertises, AMX included, which some VMs do not allow: the server
+# then dies with "Illegal instruction" at its first real prompt. It is built once for a portable AVX2
+# target and the wheel kept, so a fresh venv (and CI) installs it without compiling again.
+LLAMA_VERSION := 0.3.36
+LLAMA_WHEELS := $(HOME)/.cache/autointerp/wheels-llama-avx2
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: demo test setup lint install chromium
 
@@ -12,7 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[local,openai,anthropic,viewer,dev,scale]"
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE)" \
+		$(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
+	$(BIN)/pip install -q --find-links $(LLAMA_WHEELS) --only-binary llama-cpp-python \
+		-e ".[local,openai,anthropic,viewer,dev,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)
