@@ -25,6 +25,8 @@ from autointerp.types import (
     Example,
     ExampleRows,
     Explanation,
+    HeadAttention,
+    HeadMetrics,
     LLMCallRecord,
     RunRecord,
     Score,
@@ -35,7 +37,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -216,6 +218,35 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _reserved_v7(db: sqlite_utils.Database) -> None:
+    """Version 7 is taken by a parallel branch's migration; on its own this branch changes nothing there."""
+
+
+_HEAD_METRIC_COLS = (
+    "previous_token", "induction", "duplicate_token", "bos", "self_attn", "entropy", "mean_distance"
+)  # fmt: skip
+
+
+def _add_heads_v8(db: sqlite_utils.Database) -> None:
+    """Attention heads: examples keep, per query position, the head's top source positions and weights
+    (a blob, see `encode_attn`; NULL for every other unit), and `head_metrics` holds the head detectors'
+    scores and categories per (model, layer, head)."""
+    db["examples"].add_column("attn", bytes)
+    db["head_metrics"].create(
+        {
+            "model": str,
+            "layer": int,
+            "head": int,
+            **dict.fromkeys(_HEAD_METRIC_COLS, float),
+            "categories": str,
+            "settings": str,
+            "code_version": str,
+            "created_at": str,
+        },
+        pk=("model", "layer", "head"),
+    )
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -224,6 +255,8 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
+    6: _reserved_v7,
+    7: _add_heads_v8,
 }
 
 
@@ -528,6 +561,24 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
+    # -- head detectors -------------------------------------------------------------------------
+    def put_head_metrics(self, metrics: Iterable[HeadMetrics]) -> None:
+        """Replace these heads' detector rows (by model, layer, head), in one transaction."""
+        rows = [
+            m.model_dump() | {"categories": dumps(m.categories), "settings": dumps(m.settings)}
+            for m in metrics
+        ]
+        with self._write():
+            self.db["head_metrics"].upsert_all(rows, pk=("model", "layer", "head"))
+
+    def head_metrics(self, model: str | None = None) -> list[HeadMetrics]:
+        """Stored head detector rows (of `model`, or all), by model, layer, head."""
+        where, args = ("model = ?", [model]) if model else (None, None)
+        rows = self.db["head_metrics"].rows_where(where, args, order_by="model, layer, head")
+        return [
+            HeadMetrics(**r | {k: json.loads(r[k]) for k in ("categories", "settings")}) for r in rows
+        ]
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -614,6 +665,7 @@ _EXAMPLE_COLS = (
     "max_pos",
     "quantile",
     "provenance",
+    "attn",
 )
 _ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
 
@@ -627,6 +679,14 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     acts = np.ascontiguousarray(x.acts, dtype=np.float32)
     provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
+    if x.attn_src is None or x.attn_w is None:
+        attn: Iterable[bytes | None] = itertools.repeat(None)
+    else:
+        rows = itertools.repeat(True) if x.attn_rows is None else x.attn_rows.tolist()
+        attn = (
+            encode_attn(s, w) if head else None
+            for s, w, head in zip(x.attn_src, x.attn_w, rows, strict=False)
+        )
     return zip(
         x.unit_ids.tolist(),
         x.kinds.tolist(),
@@ -637,8 +697,43 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
         acts.argmax(axis=1).tolist(),
         quantiles,
         itertools.repeat(provenance),
-        strict=False,  # the repeat is endless
+        attn,
+        strict=False,  # the repeats are endless
     )
+
+
+def encode_attn(src: np.ndarray, weights: np.ndarray) -> bytes:
+    """(T, K) source positions (int16, -1: none) and (T, K) weights -> one blob: T, K as int32, the
+    positions as int16, the weights as float32."""
+    t, k = src.shape
+    return (
+        np.array([t, k], dtype=np.int32).tobytes()
+        + np.ascontiguousarray(src, dtype=np.int16).tobytes()
+        + np.ascontiguousarray(weights, dtype=np.float32).tobytes()
+    )
+
+
+def decode_attn(blob: bytes) -> HeadAttention:
+    """`encode_attn`'s blob -> per query position, its source positions and weights (empty slots dropped)."""
+    t, k = np.frombuffer(blob[:8], dtype=np.int32).tolist()
+    src = np.frombuffer(blob[8 : 8 + 2 * t * k], dtype=np.int16).reshape(t, k)
+    w = np.frombuffer(blob[8 + 2 * t * k :], dtype=np.float32).reshape(t, k)
+    keep = src >= 0
+    return HeadAttention(
+        src=[row[m].tolist() for row, m in zip(src, keep, strict=True)],
+        weights=[row[m].tolist() for row, m in zip(w, keep, strict=True)],
+    )
+
+
+def _attn_blob(attn: HeadAttention | None) -> bytes | None:
+    if attn is None:
+        return None
+    k = max((len(s) for s in attn.src), default=0)
+    src = np.full((len(attn.src), k), -1, dtype=np.int16)
+    w = np.zeros((len(attn.src), k), dtype=np.float32)
+    for i, (s, ws) in enumerate(zip(attn.src, attn.weights, strict=True)):
+        src[i, : len(s)], w[i, : len(ws)] = s, ws
+    return encode_attn(src, w)
 
 
 def _example_row(e: Example) -> dict:
@@ -653,6 +748,7 @@ def _example_row(e: Example) -> dict:
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
+        "attn": _attn_blob(e.attn),
         "source_kind": e.source.kind if e.source else None,
         "source_rank": e.source.rank if e.source else None,
         "source_context": e.source.context_id if e.source else None,
@@ -674,4 +770,5 @@ def _example_from_row(row: dict) -> Example:
         source=SourceRef(kind=row["source_kind"], rank=row["source_rank"], context_id=row["source_context"])
         if row["source_kind"] is not None
         else None,
+        attn=decode_attn(row["attn"]) if row.get("attn") is not None else None,
     )
