@@ -131,7 +131,7 @@ def detect_heads(
     s = s or DetectSettings()
     check_heads(subject.head_counts, [], subject.name)  # a model without pattern hooks: one sentence
     n_ctx = subject.model.cfg.n_ctx
-    if max(s.ctx, 1 + 2 * s.repeat_len) > n_ctx:
+    if max(s.ctx if text is None else 0, 1 + 2 * s.repeat_len) > n_ctx:
         raise UserError(
             f"{subject.name} reads at most {n_ctx} tokens; lower the ctx ({s.ctx}) or the repeat length "
             f"({s.repeat_len}: 1 + 2 x {s.repeat_len} tokens) to fit."
