@@ -106,19 +106,23 @@ def summary(metrics: list[HeadMetrics]) -> dict:
 
 
 def run(steps: int = 1000, seed: int = 0) -> dict:
-    """Detect on the random init, train, detect again. One thread: on a shared 2-core CPU more threads
-    only contend (measured: 0.3-1.5 s a step with 2 threads under load, 0.08 s with one)."""
+    """Detect on the random init, train, detect again. One thread (restored after): on a shared 2-core
+    CPU more threads only contend (measured: 0.3-1.5 s a step with 2 threads under load, 0.08 s with one)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    model = toy_model(seed)
-    model.eval()
-    untrained = summary(detect(model, seed))
-    model.train()
-    t0 = time.perf_counter()
-    losses = train(model, steps, seed)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    trained = summary(detect(model, seed))
+    try:
+        torch.manual_seed(seed)
+        model = toy_model(seed)
+        model.eval()
+        untrained = summary(detect(model, seed))
+        model.train()
+        t0 = time.perf_counter()
+        losses = train(model, steps, seed)
+        seconds = time.perf_counter() - t0
+        model.eval()
+        trained = summary(detect(model, seed))
+    finally:
+        torch.set_num_threads(threads)
     return {
         "steps": steps,
         "seed": seed,
