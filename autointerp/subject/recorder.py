@@ -507,7 +507,8 @@ class Recorder:
             for src in self.sources:
                 sources = None
                 if src.head is not None:
-                    acts, *sources = src.head.read(hook_acts, key_mask)
+                    acts, src_pos, src_w = src.head.read(hook_acts, key_mask)
+                    sources = (src_pos, src_w)
                 elif src.from_tokens is not None:
                     acts = src.from_tokens(toks)
                 else:
