@@ -501,9 +501,17 @@ def show(
     table.add_column("#", justify="right")
     table.add_column("max", justify="right")
     table.add_column("context")
+    heads = unit.ref.is_head
+    if heads:  # where the head looked from its peak token
+        table.add_column("peak token <- sources (weight)")
     for e in examples:
         label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
-        table.add_row(label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max))
+        row = [label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max)]
+        if heads:
+            from autointerp.render import head_marked
+
+            row.append(escape(head_marked(e, width)[1]))
+        table.add_row(*row)
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")

@@ -54,6 +54,16 @@ def test_head_marked_shows_destination_and_sources() -> None:
     assert pairs == "[[ fox]] <- {{ red}} 0.90"  # the 0.05 self weight is below SOURCE_AT
 
 
+def test_show_a_head_names_its_sources(head_store: Store) -> None:
+    from typer.testing import CliRunner
+
+    from autointerp import cli
+
+    out = CliRunner().invoke(cli.app, ["show", UNIT, "--db", str(head_store.path), "--n", "2"])
+    assert out.exit_code == 0, out.output
+    assert "peak token <- sources" in out.output and "[[ fox]] <- {{ red}} 0.90" in out.output
+
+
 def fox_probs(prefix: str, candidates: list[str]) -> dict[str, float]:
     return {"9": 0.9, "0": 0.1} if prefix.endswith(" fox\t") else {"0": 0.9, "9": 0.1}
 
