@@ -122,7 +122,8 @@ def head_sources(example: Example, pos: int) -> list[tuple[int, float]]:
 def head_marked(example: Example, window: int) -> tuple[str, str]:
     """A head example as the explainer sees it: the window around its peak destination token, widened back
     to its marked sources, with the destination in [[ ]] and its sources in {{ }}; and a line naming the
-    pairs with their weights, e.g. `[[ cat]] <- {{ the}} 0.62`. Both escaped."""
+    pairs with their weights and the token before each source (what tells an induction head: it is the
+    destination token again), e.g. `[[ cat]] <- {{ the}} 0.62 (after ' saw')`. Both escaped."""
     tokens = example.context.tokens
     first = body_start(example)
     dest = example.max_pos
@@ -135,5 +136,8 @@ def head_marked(example: Example, window: int) -> tuple[str, str]:
         f"[[{t}]]" if i == dest else f"{{{{{t}}}}}" if i in marks else t
         for i, t in enumerate(tokens[lo:hi], lo)
     )
-    pairs = ", ".join(f"{{{{{show_token(tokens[s])}}}}} {w:.2f}" for s, w in sources) or "(no earlier token)"
-    return show_token(text), f"[[{show_token(tokens[dest])}]] <- {pairs}"
+    pairs = ", ".join(
+        f"{{{{{show_token(tokens[s])}}}}} {w:.2f}" + (f" (after {tokens[s - 1]!r})" if s > first else "")
+        for s, w in sources
+    )
+    return show_token(text), f"[[{show_token(tokens[dest])}]] <- {pairs or '(no earlier token)'}"

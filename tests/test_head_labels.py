@@ -51,7 +51,7 @@ def test_head_marked_shows_destination_and_sources() -> None:
     e = head_example("top", 0)
     text, pairs = head_marked(e, 8)
     assert "{{ red}}[[ fox]]" in text and text.count("[[") == 1
-    assert pairs == "[[ fox]] <- {{ red}} 0.90"  # the 0.05 self weight is below SOURCE_AT
+    assert pairs == "[[ fox]] <- {{ red}} 0.90 (after ' big')"  # the 0.05 self weight is below SOURCE_AT
 
 
 def test_show_a_head_names_its_sources(head_store: Store) -> None:
