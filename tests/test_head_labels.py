@@ -76,7 +76,7 @@ def test_label_a_head_with_the_head_prompts(head_store: Store, scripted) -> None
     )  # fmt: skip
     assert not summary.failures, summary.failures
     (exp,) = head_store.explanations(UNIT)
-    assert exp.text == "attends from fox to the previous word red" and exp.prompt == "explain-head@1"
+    assert exp.text == "attends from fox to the previous word red" and exp.prompt == "explain-head@2"
     chat = next(r for r in llm.requests if isinstance(r, ChatRequest)).messages[-1].content
     assert "Top pairs (count): [[ fox]] <- {{ red}} x" in chat and "{{ red}}[[ fox]]" in chat
     sims = [r for r in llm.requests if isinstance(r, TokenProbsRequest)]
