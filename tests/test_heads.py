@@ -246,3 +246,24 @@ def test_v6_store_migrates_to_v8_with_head_columns(tmp_path: Path) -> None:
     store.put_head_metrics([m.model_copy(update={"induction": 0.2})])  # replaced, not added
     (back,) = store.head_metrics("m")
     assert back.induction == 0.2 and back.categories == ["previous-token"] and back.settings == {"ctx": 64}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--heads", "3.x"], "LAYER.HEAD"),
+        (["--heads", "all", "--head-activation", "bogus"], "--head-activation 'bogus' is not one of"),
+    ],
+)
+def test_record_cli_rejects_bad_head_options_before_loading(tmp_path, monkeypatch, args, says) -> None:
+    from typer.testing import CliRunner
+
+    from autointerp import cli
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("autointerp.subject.recorder.load_subject", boom)
+    out = CliRunner().invoke(cli.app, ["record", "--db", str(tmp_path / "x.db"), *args])
+    assert out.exit_code == 2 and says in " ".join(out.output.split()), out.output
+    assert not (tmp_path / "x.db").exists()
