@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -191,19 +192,37 @@ def record(
             "--db; `autointerp merge` joins the n stores into what one run writes.",
         ),
     ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option(help="Attention heads as units: 'all' or LAYER.HEAD list, e.g. 3.1,5.0."),
+    ] = None,
+    head_activation: Annotated[
+        str,
+        typer.Option(
+            help="A head's activation at a token: max-attn (largest weight to a non-BOS key) or "
+            "out-norm (norm of the head's output)."
+        ),
+    ] = "max-attn",
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
     from autointerp.scale.shards import ShardSpec
 
     shard_spec = str(ShardSpec.parse(shard)) if shard is not None else None
     require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
+    from autointerp.subject.heads import HEAD_ACTIVATIONS, parse_heads
     from autointerp.subject.recorder import record_units
     from autointerp.subject.sae import parse_sae_specs
 
     saes = parse_sae_specs(sae or [])
-    if not hook and not saes:
+    if not hook and not saes and parse_heads(heads) is None:
         raise UserError(
-            "Give at least one --hook or --sae, e.g. --hook blocks.6.mlp.hook_post or --sae embedded."
+            "Give at least one --hook, --sae or --heads, e.g. --hook blocks.6.mlp.hook_post, "
+            "--sae embedded or --heads all."
+        )
+    if head_activation not in HEAD_ACTIVATIONS:
+        raise UserError(
+            f"--head-activation {head_activation!r} is not one of {', '.join(HEAD_ACTIVATIONS)}; "
+            "fix the value."
         )
     if ctx < 2 or tokens < ctx or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
@@ -233,6 +252,8 @@ def record(
             seed=seed,
             include_special=keep_bos,
             shard=shard_spec,
+            heads=heads,
+            head_activation=head_activation,
             progress=bar.update,
         )
     if result.already_complete:
@@ -564,9 +585,17 @@ def show(
     table.add_column("#", justify="right")
     table.add_column("max", justify="right")
     table.add_column("context")
+    heads = unit.ref.is_head
+    if heads:  # where the head looked from its peak token
+        table.add_column("peak token <- sources (weight)")
     for e in examples:
         label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
-        table.add_row(label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max))
+        row = [label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max)]
+        if heads:
+            from autointerp.render import head_marked
+
+            row.append(escape(head_marked(e, width)[1]))
+        table.add_row(*row)
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")
@@ -658,10 +687,14 @@ def label(
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
     simulator_mode: Annotated[
-        Literal["auto", "exact", "exact-follow", "json"],
-        typer.Option(help="exact (one pass), exact-follow (stepwise), json or auto."),
+        Literal["auto", "exact", "exact-follow", "json", "head-exact"],
+        typer.Option(
+            help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
+        ),
     ] = "auto",
-    methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
+    methods: Annotated[
+        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
+    ] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
@@ -1052,6 +1085,48 @@ def export(
     ids = resolve_unit_ids(store, unit, hook, units)
     paths = export_neuronpedia(store, out, ids)
     console.print(f"wrote {len(paths)} feature files and manifest.json to {escape(str(out))}")
+
+
+@app.command("heads")
+@user_errors
+def heads_command(
+    db: StoreOpt,
+    model: Annotated[
+        str | None, typer.Option(help="Subject model [default: the one the store recorded].")
+    ] = None,
+    model_path: ModelPathOpt = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="Text the text detectors read.")] = None,
+    ctx: Annotated[int, typer.Option(min=4, help="Tokens per text window.")] = 64,
+    recompute: Annotated[bool, typer.Option(help="Compute again even when the store has the table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """The head wiki: every attention head's detector scores (previous-token, induction, duplicate-token,
+    BOS, self, entropy, query-key distance) and categories; computed once and kept in the store."""
+    from autointerp.head_wiki import head_metrics
+    from autointerp.subject.head_detect import THRESHOLDS
+
+    open_store(db)
+    rows = head_metrics(
+        db, model=model, model_path=model_path, recompute=recompute, corpus=corpus or ["default"], ctx=ctx
+    )
+    if as_json:
+        print(json.dumps([m.model_dump(exclude={"settings"}) for m in rows]))
+        return
+    table = Table(show_header=True, header_style="bold", title=f"attention heads of {escape(rows[0].model)}")
+    for col in ("head", "prev", "induct", "dup", "bos", "self", "entropy", "dist", "categories"):
+        table.add_column(col, justify="left" if col in ("head", "categories") else "right")
+    for m in rows:
+        nums = (m.previous_token, m.induction, m.duplicate_token, m.bos, m.self_attn)
+        table.add_row(
+            f"{m.layer}.{m.head}",
+            *(f"{x:.2f}" for x in nums),
+            f"{m.entropy:.2f}",
+            f"{m.mean_distance:.1f}",
+            ", ".join(m.categories),
+        )
+    console.print(table)
+    rules = ", ".join(f"{name}: {metric} >= {t}" for name, (metric, t) in THRESHOLDS.items())
+    console.print(f"[dim]categories: {rules} (docs/heads.md)[/dim]")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -28,6 +28,8 @@ from autointerp.types import (
     Example,
     ExampleRows,
     Explanation,
+    HeadAttention,
+    HeadMetrics,
     LLMCallRecord,
     RunRecord,
     Score,
@@ -40,7 +42,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -253,6 +255,31 @@ def _add_merge_columns_v8(db: sqlite_utils.Database) -> None:
     db["units"].add_column("sumsq", float)
 
 
+_HEAD_METRIC_COLS = (
+    "previous_token", "induction", "duplicate_token", "bos", "self_attn", "entropy", "mean_distance"
+)  # fmt: skip
+
+
+def _add_heads_v9(db: sqlite_utils.Database) -> None:
+    """Attention heads: examples keep, per query position, the head's top source positions and weights
+    (a blob, see `encode_attn`; NULL for every other unit), and `head_metrics` holds the head detectors'
+    scores and categories per (model, layer, head)."""
+    db["examples"].add_column("attn", bytes)
+    db["head_metrics"].create(
+        {
+            "model": str,
+            "layer": int,
+            "head": int,
+            **dict.fromkeys(_HEAD_METRIC_COLS, float),
+            "categories": str,
+            "settings": str,
+            "code_version": str,
+            "created_at": str,
+        },
+        pk=("model", "layer", "head"),
+    )
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -263,6 +290,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     5: _add_example_source_v6,
     6: _explanations_fts_v7,
     7: _add_merge_columns_v8,
+    8: _add_heads_v9,
 }
 
 
@@ -827,6 +855,22 @@ class Store:
         finally:
             conn.execute("DETACH DATABASE src")
 
+    # -- head detectors -------------------------------------------------------------------------
+    def put_head_metrics(self, metrics: Iterable[HeadMetrics]) -> None:
+        """Replace these heads' detector rows (by model, layer, head), in one transaction."""
+        rows = [
+            m.model_dump() | {"categories": dumps(m.categories), "settings": dumps(m.settings)}
+            for m in metrics
+        ]
+        with self._write():
+            self.db["head_metrics"].upsert_all(rows, pk=("model", "layer", "head"))
+
+    def head_metrics(self, model: str | None = None) -> list[HeadMetrics]:
+        """Stored head detector rows (of `model`, or all), by model, layer, head."""
+        where, args = ("model = ?", [model]) if model else (None, None)
+        rows = self.db["head_metrics"].rows_where(where, args, order_by="model, layer, head")
+        return [HeadMetrics(**r | {k: json.loads(r[k]) for k in ("categories", "settings")}) for r in rows]
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -959,6 +1003,7 @@ _EXAMPLE_COLS = (
     "quantile",
     "provenance",
     "window_pos",
+    "attn",
 )
 _ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
 
@@ -973,6 +1018,14 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
     windows = itertools.repeat(None) if x.windows is None else x.windows.tolist()
+    if x.attn_src is None or x.attn_w is None:
+        attn: Iterable[bytes | None] = itertools.repeat(None)
+    else:
+        rows = itertools.repeat(True) if x.attn_rows is None else x.attn_rows.tolist()
+        attn = (
+            encode_attn(s, w) if head else None
+            for s, w, head in zip(x.attn_src, x.attn_w, rows, strict=False)
+        )
     return zip(
         x.unit_ids.tolist(),
         x.kinds.tolist(),
@@ -984,8 +1037,43 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
         quantiles,
         itertools.repeat(provenance),
         windows,
+        attn,
         strict=False,  # the repeats are endless
     )
+
+
+def encode_attn(src: np.ndarray, weights: np.ndarray) -> bytes:
+    """(T, K) source positions (int16, -1: none) and (T, K) weights -> one blob: T, K as int32, the
+    positions as int16, the weights as float32."""
+    t, k = src.shape
+    return (
+        np.array([t, k], dtype=np.int32).tobytes()
+        + np.ascontiguousarray(src, dtype=np.int16).tobytes()
+        + np.ascontiguousarray(weights, dtype=np.float32).tobytes()
+    )
+
+
+def decode_attn(blob: bytes) -> HeadAttention:
+    """`encode_attn`'s blob -> per query position, its source positions and weights (empty slots dropped)."""
+    t, k = np.frombuffer(blob[:8], dtype=np.int32).tolist()
+    src = np.frombuffer(blob[8 : 8 + 2 * t * k], dtype=np.int16).reshape(t, k)
+    w = np.frombuffer(blob[8 + 2 * t * k :], dtype=np.float32).reshape(t, k)
+    keep = src >= 0
+    return HeadAttention(
+        src=[row[m].tolist() for row, m in zip(src, keep, strict=True)],
+        weights=[row[m].tolist() for row, m in zip(w, keep, strict=True)],
+    )
+
+
+def _attn_blob(attn: HeadAttention | None) -> bytes | None:
+    if attn is None:
+        return None
+    k = max((len(s) for s in attn.src), default=0)
+    src = np.full((len(attn.src), k), -1, dtype=np.int16)
+    w = np.zeros((len(attn.src), k), dtype=np.float32)
+    for i, (s, ws) in enumerate(zip(attn.src, attn.weights, strict=True)):
+        src[i, : len(s)], w[i, : len(ws)] = s, ws
+    return encode_attn(src, w)
 
 
 def _example_row(e: Example) -> dict:
@@ -1001,6 +1089,7 @@ def _example_row(e: Example) -> dict:
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
         "window_pos": e.window,
+        "attn": _attn_blob(e.attn),
         "source_kind": e.source.kind if e.source else None,
         "source_rank": e.source.rank if e.source else None,
         "source_context": e.source.context_id if e.source else None,
@@ -1023,4 +1112,5 @@ def _example_from_row(row: dict) -> Example:
         if row["source_kind"] is not None
         else None,
         window=row.get("window_pos"),
+        attn=decode_attn(row["attn"]) if row.get("attn") is not None else None,
     )

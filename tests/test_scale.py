@@ -231,8 +231,10 @@ def test_v7_store_gains_the_merge_columns(tmp_path):
     s = Store(tmp_path / "x.db")
     for table, col in (("examples", "window_pos"), ("units", "sum"), ("units", "sumsq")):
         s.db.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    s.db.execute("ALTER TABLE examples DROP COLUMN attn")  # v9's (attention heads)
+    s.db.execute("DROP TABLE head_metrics")
     s.db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     s = Store(tmp_path / "x.db")
-    assert s.schema_version() == SCHEMA_VERSION == 8
+    assert s.schema_version() == SCHEMA_VERSION == 9
     assert {"window_pos"} <= {c.name for c in s.db["examples"].columns}
     assert {"sum", "sumsq"} <= {c.name for c in s.db["units"].columns}

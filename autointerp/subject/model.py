@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from autointerp import assets
 from autointerp.errors import UserError
+from autointerp.types import HEAD_HOOK_RE
 
 if TYPE_CHECKING:
     import torch
@@ -59,8 +60,13 @@ def known_hook_widths(name: str, path: str | None = None) -> dict[str, int] | No
 
 def check_hook(widths: dict[str, int], hook: str, model: str) -> int:
     """The hook's width among `widths`, or a UserError listing the valid hooks."""
+    if m := HEAD_HOOK_RE.match(hook):
+        raise UserError(
+            f"{hook!r} names the attention heads of layer {m['layer']}, not a hook; record them with "
+            f"--heads {m['layer']}.0 (or --heads all)."
+        )
     if hook not in widths:
-        layer0 = sorted(h for h in widths if h.startswith("blocks.0."))
+        layer0 = sorted(h for h in widths if h.startswith("blocks.0.") and not HEAD_HOOK_RE.match(h))
         n_layers = 1 + max((int(m[1]) for h in widths if (m := _LAYER_RE.match(h))), default=0)
         raise UserError(
             f"{hook!r} is not a hook of {model} with one vector per token; valid hooks are "
@@ -228,6 +234,15 @@ def check_hook_by_shape(shape: ModelShape, hook: str, model: str) -> int | None:
     return {"d_model": shape.d_model, "d_mlp": shape.d_mlp, "one": 1}.get(kinds[rest])
 
 
+def known_head_counts(name: str, path: str | None = None) -> dict[str, int] | None:
+    """Unit hook (`blocks.L.attn`) -> number of query heads, as a previous load wrote them, or None."""
+    widths = known_hook_widths(name, path)
+    if widths is None:
+        return None
+    counts = {h: n for h, n in widths.items() if HEAD_HOOK_RE.match(h)}
+    return counts or None  # a cache from before heads were units: unknown
+
+
 def precheck_hooks(name: str, path: str | None, hooks: list[str], units: list[int] | None) -> None:
     """Check hooks (and neuron indices of `hooks`) before the model loads: against the widths a previous
     load wrote, else against the model's configuration (number of layers, TransformerLens' hook names)."""
@@ -304,8 +319,21 @@ class SubjectModel:
         if self.cache is not None:
             with contextlib.suppress(OSError):  # only a shortcut for the next run
                 self.cache.parent.mkdir(parents=True, exist_ok=True)
-                self.cache.write_text(json.dumps(widths))
+                self.cache.write_text(json.dumps(widths | self.head_counts))
         return widths
+
+    @cached_property
+    def head_counts(self) -> dict[str, int]:
+        """`blocks.L.attn` -> its number of query heads, for each layer whose attention pattern
+        TransformerLens exposes per query head (`blocks.L.attn.hook_pattern`)."""
+        from autointerp.units import head_hook
+
+        hooks = self.model.hook_dict
+        return {
+            head_hook(layer): self.model.cfg.n_heads
+            for layer in range(self.n_layers)
+            if f"blocks.{layer}.attn.hook_pattern" in hooks
+        }
 
     def check_hook(self, hook: str) -> int:
         """The hook's width, or a clear error listing valid hooks."""

@@ -31,7 +31,22 @@ from autointerp import corpus
 from autointerp.errors import UserError
 from autointerp.scale.shards import ShardSpec
 from autointerp.store import Store
-from autointerp.subject.model import SubjectModel, check_indices, load_subject, precheck_hooks
+from autointerp.subject.heads import (
+    TOP_SOURCES,
+    HeadReader,
+    check_heads,
+    head_hook,
+    head_names,
+    head_readers,
+    parse_heads,
+)
+from autointerp.subject.model import (
+    SubjectModel,
+    check_indices,
+    known_head_counts,
+    load_subject,
+    precheck_hooks,
+)
 from autointerp.types import Context, ExampleRows, RecordSettings, RunRecord, Unit, UnitRef, UnitStats, now
 from autointerp.version import code_version
 
@@ -91,19 +106,36 @@ class KeyedTopK:
     Windows must come in stream order (each batch after the previous one), as the recorder streams them.
     """
 
-    def __init__(self, k: int, n_units: int, ctx: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self, k: int, n_units: int, ctx: int, device: torch.device | str = "cpu", n_sources: int = 0
+    ):
+        """`n_sources` > 0 (attention heads): each slot also keeps, per position, that many source
+        positions (`src`, int16, -1: none) and their weights (`srcw`)."""
         self.keys = torch.full((n_units, k), -math.inf, device=device)
         self.acts = torch.zeros((n_units, k, ctx), device=device)
         self.toks = torch.zeros((n_units, k, ctx), dtype=torch.int32, device=device)
         self.wids = torch.full((n_units, k), -1, dtype=torch.long, device=device)
+        self.src = (
+            torch.full((n_units, k, ctx, n_sources), -1, dtype=torch.int16, device=device)
+            if n_sources
+            else None
+        )
+        self.srcw = torch.zeros((n_units, k, ctx, n_sources), device=device) if n_sources else None
 
     @property
     def k(self) -> int:
         return self.keys.shape[1]
 
-    def update(self, keys: torch.Tensor, acts: torch.Tensor, toks: torch.Tensor, wids: torch.Tensor) -> None:
-        """keys (B, U), acts (B, T, U), toks (B, T), wids (B,) ascending, after every kept window: merge
-        this batch into the buffers."""
+    def update(
+        self,
+        keys: torch.Tensor,
+        acts: torch.Tensor,
+        toks: torch.Tensor,
+        wids: torch.Tensor,
+        sources: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """keys (B, U), acts (B, T, U), toks (B, T), wids (B,) ascending, after every kept window; sources:
+        positions and weights (B, T, U, K) when the buffer keeps them: merge this batch into the buffers."""
         if self.k == 0:
             return
         keys = keys.T  # (U, B)
@@ -128,6 +160,9 @@ class KeyedTopK:
         self.acts[unit, slot] = acts[window, :, unit]
         self.toks[unit, slot] = toks[window]
         self.wids[unit, slot] = wids[window]
+        if self.src is not None and self.srcw is not None and sources is not None:
+            self.src[unit, slot] = sources[0][window, :, unit]
+            self.srcw[unit, slot] = sources[1][window, :, unit]
 
     def entries(self, unit: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """(key, acts, token ids) of the filled slots of one unit, in descending key order."""
@@ -146,18 +181,29 @@ class KeyedTopK:
             self.wids.gather(1, order).cpu().numpy(),
         )
 
+    def sorted_sources(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Source positions and weights (U, k, T, K) in `sorted` order, or None when not kept."""
+        if self.src is None or self.srcw is None:
+            return None
+        order = lexi_order(self.keys, self.wids)  # the order of `sorted`
+        idx = order[:, :, None, None].expand_as(self.src)
+        return self.src.gather(1, idx).cpu().numpy(), self.srcw.gather(1, idx).cpu().numpy()
+
     @property
     def filled(self) -> list[int]:
         return (self.keys > -math.inf).sum(dim=1).tolist()
 
     def state(self) -> dict:
-        return {"keys": self.keys, "acts": self.acts, "toks": self.toks, "wids": self.wids}
+        out = {"keys": self.keys, "acts": self.acts, "toks": self.toks, "wids": self.wids}
+        return out | ({"src": self.src, "srcw": self.srcw} if self.src is not None else {})
 
     def load(self, state: dict) -> None:
         device = self.keys.device
         self.keys, self.acts, self.toks, self.wids = (
             state[k].to(device) for k in ("keys", "acts", "toks", "wids")
         )
+        if "src" in state:
+            self.src, self.srcw = state["src"].to(device), state["srcw"].to(device)
 
 
 class UnitStatsAcc:
@@ -275,10 +321,20 @@ class UnitSource:
     # the model (synthetic ground-truth units); `hook` is then only a name. When every source has one,
     # the recorder skips the forward pass.
     from_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Attention heads of one layer (`hook` is then the unit name blocks.L.attn, `indices` the heads): reads
+    # the layer's attention hooks, and the kept examples carry each position's top source positions.
+    head: HeadReader | None = None
 
     @property
     def key(self) -> str:
         return source_key(self.hook, self.sae)
+
+    @property
+    def hooks(self) -> list[str]:
+        """The model hooks this source reads."""
+        if self.head is not None:
+            return self.head.hooks
+        return [] if self.from_tokens is not None else [self.hook]
 
     def unit_acts(self, hook_acts: torch.Tensor) -> torch.Tensor:
         """(B, T, d) hook activations -> (B, T, U) float32 unit activations, a new tensor (never a view of
@@ -309,14 +365,19 @@ class SourceState:
 
     @classmethod
     def new(
-        cls, s: RecordSettings, indices: list[int], key: str = "", device: torch.device | str = "cpu"
+        cls,
+        s: RecordSettings,
+        indices: list[int],
+        key: str = "",
+        device: torch.device | str = "cpu",
+        n_sources: int = 0,
     ) -> SourceState:
         n_units = len(indices)
         return cls(
-            top=KeyedTopK(s.top_k, n_units, s.ctx, device),
-            quantile=KeyedTopK(s.quantile_pool, n_units, s.ctx, device),
-            random=KeyedTopK(s.n_random, n_units, s.ctx, device),
-            negative=KeyedTopK(s.n_negative, n_units, s.ctx, device),
+            top=KeyedTopK(s.top_k, n_units, s.ctx, device, n_sources),
+            quantile=KeyedTopK(s.quantile_pool, n_units, s.ctx, device, n_sources),
+            random=KeyedTopK(s.n_random, n_units, s.ctx, device, n_sources),
+            negative=KeyedTopK(s.n_negative, n_units, s.ctx, device, n_sources),
             stats=UnitStatsAcc(n_units, s.fire_threshold, device),
             units=torch.tensor(indices, dtype=torch.long, device=device),
             seed=s.seed,
@@ -332,26 +393,31 @@ class SourceState:
         toks: torch.Tensor,
         wids: torch.Tensor,
         special: tuple[torch.Tensor, torch.Tensor] | None = None,
+        sources: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """acts (B, T, U) float32, toks (B, T) int32, wids (B,) the windows' positions in the stream,
-        all on this state's device.
+        all on this state's device; sources (attention heads): top source positions and weights
+        (B, T, U, K).
 
         `special`: (window, position) index tensors of positions to leave out (special tokens); `acts`
-        is then rewritten there in place (see `exclude_positions`).
+        is then rewritten there in place (see `exclude_positions`), and their sources are dropped.
         """
         b, _, n_units = acts.shape
         if special is not None and special[0].numel():
             win_max = exclude_positions(acts, special, self.stats)
+            if sources is not None:
+                sources[0][special] = -1
+                sources[1][special] = 0.0
         else:
             win_max = acts.amax(dim=1)  # (B, U)
             self.stats.update(acts.reshape(-1, n_units), win_max)
         fires = win_max > self.stats.threshold
         rand = sample_keys(self.seed, self.salt, wids, self.units)  # (B, U)
         shared = sample_keys(self.seed, RANDOM_SALT, wids).expand(b, n_units)  # one key per window
-        self.top.update(win_max, acts, toks, wids)
-        self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks, wids)
-        self.random.update(shared, acts, toks, wids)
-        self.negative.update(torch.where(fires, -math.inf, rand), acts, toks, wids)
+        self.top.update(win_max, acts, toks, wids, sources)
+        self.quantile.update(torch.where(fires, rand, -math.inf), acts, toks, wids, sources)
+        self.random.update(shared, acts, toks, wids, sources)
+        self.negative.update(torch.where(fires, -math.inf, rand), acts, toks, wids, sources)
 
 
 def exclude_positions(
@@ -394,9 +460,11 @@ class RecordResult:
 
 def run_id_for(settings: RecordSettings, extra: dict | None = None) -> str:
     """The run's name: a hash of its settings (and of `extra`, e.g. synthetic unit definitions)."""
-    # Defaults added later (utf-8 corpus files, no shard) stay out of the hash: old run ids stay
+    # Defaults added later (utf-8 corpus files, no shard, no heads) stay out of the hash: old run ids stay
     exclude = {"encoding"} if settings.encoding == "utf-8" else set()
-    dump = settings.model_dump(exclude=exclude | ({"shard"} if settings.shard is None else set()))
+    exclude |= {"shard"} if settings.shard is None else set()
+    exclude |= set() if settings.heads else {"heads", "head_activation"}
+    dump = settings.model_dump(exclude=exclude)
     blob = json.dumps(dump | ({"extra": extra} if extra else {}), sort_keys=True).encode()
     return "rec-" + hashlib.sha1(blob).hexdigest()[:12]
 
@@ -454,11 +522,13 @@ class Recorder:
         self.settings = settings
         self.sources = sources
         self.run_key = run_key
-        self.hooks = sorted({s.hook for s in sources if s.from_tokens is None})
+        self.hooks = sorted({h for s in sources for h in s.hooks})
         # Buffers, statistics, SAE encoders and keys live where the model runs: no per-batch host copy.
         self.device = torch.device(getattr(subject.model.cfg, "device", None) or "cpu")
         ids = [] if settings.include_special else subject.special_ids
         self.special_ids = torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
+        # Keys a head's activation and sources leave out: BOS and special tokens, also with --keep-bos.
+        self.key_ids = torch.tensor(subject.special_ids, dtype=torch.long, device=self.device)
 
     def special_positions(self, toks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(window, position) indices of the special tokens in `toks` (B, T), or None to keep them all."""
@@ -495,7 +565,10 @@ class Recorder:
         check_shard_store(store, s)
         t0 = time.perf_counter()
         dev = self.device
-        states = {src.key: SourceState.new(s, src.indices, src.key, dev) for src in self.sources}
+        states = {
+            src.key: SourceState.new(s, src.indices, src.key, dev, TOP_SOURCES if src.head else 0)
+            for src in self.sources
+        }
         ckpt = checkpoint_path(store.path, run_id)
         done_windows = 0
         if ckpt.exists():
@@ -531,12 +604,17 @@ class Recorder:
             start = first + done_windows
             wids = torch.arange(start, start + toks.shape[0], device=dev)
             special = self.special_positions(toks)
+            key_mask = torch.isin(toks, self.key_ids) if self.key_ids.numel() else None
             for src in self.sources:
-                if src.from_tokens:
+                sources = None
+                if src.head is not None:
+                    acts, src_pos, src_w = src.head.read(hook_acts, key_mask)
+                    sources = (src_pos, src_w)
+                elif src.from_tokens is not None:
                     acts = src.from_tokens(toks.cpu()).to(dev)
                 else:
                     acts = src.unit_acts(hook_acts[src.hook])
-                states[src.key].update(acts.float(), toks32, wids, special)
+                states[src.key].update(acts.float(), toks32, wids, special, sources)
             done_windows += toks.shape[0]
             if progress:
                 progress(done_windows * s.ctx, max_windows * s.ctx)
@@ -609,7 +687,8 @@ class Recorder:
         """Units and their examples from the buffers, column-wise (no Python object per example)."""
         units: list[Unit] = []
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("unit_ids", "kinds", "ranks", "quantiles")}
-        acts_parts, toks_parts, wid_parts = [], [], []
+        acts_parts, toks_parts, wid_parts, src_parts, srcw_parts, head_parts = [], [], [], [], [], []
+        with_sources = any(src.head is not None for src in self.sources)
         for src in self.sources:
             st = states[src.key]
             refs = [
@@ -631,6 +710,13 @@ class Recorder:
                 acts_parts.append(acts[keep])
                 toks_parts.append(toks[keep])
                 wid_parts.append(wids[keep])
+                if with_sources:  # rows of other units get empty sources, and no attn in the store
+                    src_w = buf.sorted_sources()
+                    n = int(keep.sum())
+                    shape = (n, self.settings.ctx, TOP_SOURCES)
+                    src_parts.append(src_w[0][keep] if src_w else np.full(shape, -1, dtype=np.int16))
+                    srcw_parts.append(src_w[1][keep] if src_w else np.zeros(shape, dtype=np.float32))
+                    head_parts.append(np.full(n, src_w is not None))
         context_ids, contexts = self._contexts(np.concatenate(toks_parts), np.concatenate(wid_parts))
         return units, ExampleRows(
             **{k: np.concatenate(v) for k, v in cols.items()},
@@ -639,6 +725,9 @@ class Recorder:
             provenance={"run_id": run_id, "special_tokens": special_tokens(self.settings)},
             contexts=contexts,
             windows=np.concatenate(wid_parts),
+            attn_src=np.concatenate(src_parts) if with_sources else None,
+            attn_w=np.concatenate(srcw_parts) if with_sources else None,
+            attn_rows=np.concatenate(head_parts) if with_sources else None,
         )
 
     def _contexts(self, toks: np.ndarray, wids: np.ndarray) -> tuple[np.ndarray, dict[str, Context]]:
@@ -720,6 +809,15 @@ def neuron_sources(subject: SubjectModel, hooks: list[str], units: list[int] | N
     return out
 
 
+def head_sources(subject: SubjectModel, spec: list[str], activation: str) -> list[UnitSource]:
+    """One source per layer among the heads of `spec` (["all"] or ["L.H", ...]), each head checked."""
+    heads = check_heads(subject.head_counts, parse_heads(",".join(spec)) or [], subject.name)
+    return [
+        UnitSource(hook=head_hook(r.layer), indices=r.heads, head=r)
+        for r in head_readers(subject.model, heads, activation)
+    ]
+
+
 def record_units(
     db: str | Path,
     hooks: list[str],
@@ -729,9 +827,14 @@ def record_units(
     subject: SubjectModel | None = None,
     progress: Callable[[int, int], None] | None = None,
     saes: dict[str, str] | None = None,
+    heads: str | None = None,
     **settings,
 ) -> RecordResult:
     """Record neurons of `hooks` (all, or the `units` indices) into the store at `db`.
+
+    `heads` ("all" or "3.1,5.0": LAYER.HEAD) also records those attention heads as units
+    `MODEL/blocks.L.attn/head:H`, in the same forward pass; `head_activation` ("max-attn", the default,
+    or "out-norm") is a setting (see `autointerp.subject.heads`).
 
     `saes` maps a hook to an SAE directory (or "embedded"): that hook records the SAE's latents
     (all, or the `units` latent indices) instead of its neurons; its hook need not be in `hooks`.
@@ -751,8 +854,18 @@ def record_units(
         sae_paths = {h: str(resolve_sae_path(p).resolve()) for h, p in saes.items()}
         sae_hashes = {h: sae_sha256(p) for h, p in sae_paths.items()}
     all_hooks = list(dict.fromkeys([*hooks, *sae_paths]))
+    head_list = parse_heads(heads)
+    head_spec = [] if head_list is None else (head_names(head_list) or ["all"])
+    if not all_hooks and not head_spec:
+        raise UserError("Nothing to record; give a hook, an SAE or heads (e.g. --heads all).")
     s = RecordSettings(
-        model=name, hooks=all_hooks, units=units, sae=sae_paths, sae_sha256=sae_hashes, **settings
+        model=name,
+        hooks=all_hooks,
+        units=units,
+        sae=sae_paths,
+        sae_sha256=sae_hashes,
+        heads=head_spec,
+        **settings,
     )
     # Everything that can fail without the model fails here, before the ~30 s load.
     existing = store.get_run(run_id_for(s))
@@ -763,6 +876,8 @@ def record_units(
     if subject is None:  # a given subject checks its hooks itself below, at no cost
         precheck_hooks(name, model_path, [h for h in all_hooks if h not in sae_paths], units)
         precheck_hooks(name, model_path, list(sae_paths), None)
+        if head_list and (counts := known_head_counts(name, model_path)):
+            check_heads(counts, head_list, name)
         subject = load_subject(model, model_path)
     sae_sources = []
     if sae_paths:
@@ -770,4 +885,6 @@ def record_units(
 
         sae_sources = [sae_source(subject, p, hook=h, latents=units)[0] for h, p in sae_paths.items()]
     sources = neuron_sources(subject, [h for h in all_hooks if h not in s.sae], units) + sae_sources
+    if head_spec:
+        sources += head_sources(subject, head_spec, s.head_activation)
     return Recorder(subject, s, sources).run(store, progress=progress)
