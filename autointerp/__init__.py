@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from autointerp.errors import UserError
 
 if TYPE_CHECKING:
+    from autointerp.head_wiki import head_table
     from autointerp.listing import results
     from autointerp.pipeline import label
     from autointerp.subject.recorder import record_units
 
-__all__ = ["UserError", "label", "record_units", "results"]
+__all__ = ["UserError", "head_table", "label", "record_units", "results"]
 _LAZY = {
+    "head_table": "autointerp.head_wiki",
     "label": "autointerp.pipeline",
     "record_units": "autointerp.subject.recorder",
     "results": "autointerp.listing",

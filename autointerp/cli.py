@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -78,21 +78,44 @@ RetriesOpt = Annotated[
     ),
 ]
 SimulatorModeOpt = Annotated[
-    Literal["auto", "exact", "exact-follow", "json"],
-    typer.Option(help="exact (one pass), exact-follow (stepwise), json or auto."),
+    Literal["auto", "exact", "exact-follow", "json", "head-exact"],
+    typer.Option(
+        help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
+    ),
 ]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
 
 
+@contextlib.contextmanager
+def option_errors() -> Iterator[None]:
+    """Settings built from options: a value pydantic refuses is one sentence naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        msg = first["msg"][:1].lower() + first["msg"][1:]
+        raise UserError(f"{option}: {msg} (got {first.get('input')!r}); fix the value.") from None
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn a UserError into one red sentence on stderr and exit code 2."""
+    """Turn a UserError (or an LLM provider's out-of-credit refusal) into one red sentence on stderr and
+    exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        db = kwargs.get("db")
+        new_db = db if isinstance(db, Path) and not db.exists() else None  # created by this command?
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            if new_db is not None:  # a command refused on its input leaves no empty store behind
+                from autointerp.store import discard_if_blank
+
+                discard_if_blank(new_db)
             err.print(f"[red]error:[/red] {escape(str(e))}")  # a message is text, not markup
             raise typer.Exit(2) from None
         except (OSError, sqlite3.DatabaseError) as e:  # a full disk, a read-only store or folder
@@ -103,21 +126,16 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]: run the same command again to resume.")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if "autointerp.llm.base" in sys.modules:  # imported lazily: only a run that used an LLM
+                from autointerp.llm.base import OutOfCreditError
+
+                if isinstance(e, OutOfCreditError):  # the provider's own message; no call can succeed
+                    err.print(f"[red]error:[/red] {escape(str(e))}")
+                    raise typer.Exit(2) from None
+            raise
 
     return wrapper
-
-
-def tokens_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} tokens"),
-        TextColumn("{task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 @app.command()
@@ -175,16 +193,44 @@ def record(
             "(left out by default).",
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: record only the i-th of n contiguous blocks of the window stream, into its own "
+            "--db; `autointerp merge` joins the n stores into what one run writes.",
+        ),
+    ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option(help="Attention heads as units: 'all' or LAYER.HEAD list, e.g. 3.1,5.0."),
+    ] = None,
+    head_activation: Annotated[
+        str,
+        typer.Option(
+            help="A head's activation at a token: max-attn (largest weight to a non-BOS key) or "
+            "out-norm (norm of the head's output)."
+        ),
+    ] = "max-attn",
 ) -> None:
     """Stream the corpus through the subject model and keep, per unit, examples and statistics."""
+    from autointerp.scale.shards import ShardSpec
+
+    shard_spec = str(ShardSpec.parse(shard)) if shard is not None else None
     require_local("autointerp record", SAE_STACK if sae else LOCAL_STACK)
+    from autointerp.subject.heads import HEAD_ACTIVATIONS, parse_heads
     from autointerp.subject.recorder import record_units
     from autointerp.subject.sae import parse_sae_specs
 
     saes = parse_sae_specs(sae or [])
-    if not hook and not saes:
+    if not hook and not saes and parse_heads(heads) is None:
         raise UserError(
-            "Give at least one --hook or --sae, e.g. --hook blocks.6.mlp.hook_post or --sae embedded."
+            "Give at least one --hook, --sae or --heads, e.g. --hook blocks.6.mlp.hook_post, "
+            "--sae embedded or --heads all."
+        )
+    if head_activation not in HEAD_ACTIVATIONS:
+        raise UserError(
+            f"--head-activation {head_activation!r} is not one of {', '.join(HEAD_ACTIVATIONS)}; "
+            "fix the value."
         )
     if ctx < 2 or tokens < ctx or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens >= --ctx and --batch-size >= 1; fix the values.")
@@ -192,22 +238,12 @@ def record(
 
     check_encoding(encoding)
     unit_list = parse_units(units)
+    from autointerp.progress import RateProgress
+
     # The bar (and its clock) starts at the first report, once the model has loaded: the rate counts
-    # streaming only, and a run that stops before (bad input, already complete) prints no bar.
-    bar = tokens_progress()
-    task = bar.add_task("recording", total=tokens, rate=0.0, start=False)
-    first: list[tuple[float, int]] = []
-
-    def on_progress(done: int, total: int) -> None:
-        if not first:
-            first.append((time.perf_counter(), done))
-            bar.start()
-            bar.start_task(task)
-        t0, done0 = first[0]
-        rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, completed=done, total=total, rate=rate)
-
-    try:
+    # streaming only, and a run that stops before (bad input, already complete) prints no bar. Piped or
+    # logged, one plain line every ~10 s instead.
+    with RateProgress(err, "recording", total=tokens) as bar:
         result = record_units(
             db=db,
             model=model,
@@ -223,10 +259,11 @@ def record(
             top_k=top_k,
             seed=seed,
             include_special=keep_bos,
-            progress=on_progress,
+            shard=shard_spec,
+            heads=heads,
+            head_activation=head_activation,
+            progress=bar.update,
         )
-    finally:
-        bar.stop()
     if result.already_complete:
         console.print(f"run {result.run_id} is already complete in {db}; nothing to do.")
         return
@@ -235,6 +272,89 @@ def record(
         f"recorded {result.n_units:,} units over {result.n_tokens:,} tokens in {result.seconds:.1f} s"
         f"{resumed} -> {db} (run {result.run_id})"
     )
+
+
+@app.command()
+@user_errors
+def merge(
+    out: Annotated[Path, typer.Argument(help="The merged store to create (a new file).")],
+    shards: Annotated[list[Path], typer.Argument(help="The shard stores (record --shard or label --shard).")],
+) -> None:
+    """Join shard stores into OUT: exactly what one `record` or `label` run would have written."""
+    from autointerp.scale.merge import merge_stores
+
+    result = merge_stores(out, shards)
+    what = (
+        f"{result.units:,} units of {len(result.record_runs)} sharded recording(s)"
+        if result.record_runs
+        else ""
+    )
+    labels = f"{len(result.label_runs)} label run(s)" if result.label_runs else ""
+    console.print(
+        f"merged {result.inputs} stores ({', '.join(x for x in (what, labels) if x) or 'no runs'}) -> {out}"
+    )
+
+
+scale_app = typer.Typer(
+    help="Run record or label as n shards on a Ray cluster (or a local Ray), retry failed shards, merge.",
+    no_args_is_help=True,
+)
+app.add_typer(scale_app, name="scale")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+RayOpt = Annotated[
+    str, typer.Option("--ray", help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto) or 'local'.")
+]
+ShardsOpt = Annotated[int, typer.Option(min=1, help="Number of shards (Ray tasks).")]
+RetriesShardOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed shard.")]
+
+
+def run_scaled_command(
+    kind: str, args: list[str], db: Path, out: Path, shards: int, ray: str, retries: int
+) -> None:
+    from autointerp.scale.ray_driver import run_scaled
+
+    result = run_scaled(
+        kind, args, db=db, out=out, shards=shards, address=ray, max_retries=retries, log=err.print
+    )
+    failed = [o.spec for o in result.shards if o.exit_code]
+    console.print(
+        f"{len(result.shards)} {kind} shards merged -> {out}"
+        + (f" ({result.merged.units:,} units)" if result.merged.units else "")
+        + (f"; shards {', '.join(failed)} ended with failed units (see `autointerp units`)" if failed else "")
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@scale_app.command("record", context_settings=PASS_THROUGH)
+@user_errors
+def scale_record(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The merged store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp record` as n shards (GPU tasks when the cluster has GPUs), merged into --db.
+
+    Every other option is passed to `record` (e.g. --hook, --sae, --units, --tokens, --corpus)."""
+    run_scaled_command("record", list(ctx.args), db, db, shards, ray, max_retries)
+
+
+@scale_app.command("label", context_settings=PASS_THROUGH)
+@user_errors
+def scale_label(
+    ctx: typer.Context,
+    db: Annotated[Path, typer.Option("--db", help="The recorded store to label (read, not written).")],
+    out: Annotated[Path, typer.Option(help="The merged labelled store to create (a new file).")],
+    ray: RayOpt = "local",
+    shards: ShardsOpt = 2,
+    max_retries: RetriesShardOpt = 2,
+) -> None:
+    """`autointerp label` as n CPU shards (units split by a hash of their id), merged into --out.
+
+    Every other option is passed to `label` (e.g. --explainer openai:MODEL --base-url URL, --limit)."""
+    run_scaled_command("label", list(ctx.args), db, out, shards, ray, max_retries)
 
 
 @app.command("train-sae")
@@ -325,6 +445,7 @@ def counterfactuals(
     and hard negatives, for recorded units (resumable)."""
     require_local("autointerp counterfactuals")
     from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
+    from autointerp.progress import CountProgress
     from autointerp.store import Store
     from autointerp.subject.model import load_subject
 
@@ -332,41 +453,27 @@ def counterfactuals(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     ids = resolve_unit_ids(store, unit, hook, units)
-    s = CounterfactualSettings(
-        n_examples=n_examples,
-        n_on=n_on,
-        keep_frac=keep_frac,
-        off_frac=off_frac,
-        on_frac=on_frac,
-        n_hard=n_hard,
-        corpus_windows=corpus_windows,
-    )
+    with option_errors():
+        s = CounterfactualSettings(
+            n_examples=n_examples,
+            n_on=n_on,
+            keep_frac=keep_frac,
+            off_frac=off_frac,
+            on_frac=on_frac,
+            n_hard=n_hard,
+            corpus_windows=corpus_windows,
+        )
     client = None
     if not no_llm:
         from autointerp.llm import get_llm
 
         client = get_llm(llm, store)
     subject = load_subject(model, model_path)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TextColumn("{task.fields[stage]}"),
-        TextColumn("verified {task.fields[verified]}/{task.fields[cands]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task("counterfactuals", total=len(ids), stage="", verified=0, cands=0)
+    with CountProgress(err, "counterfactuals", total=len(ids)) as bar:
 
         def on_progress(ev: ProgressEvent) -> None:
-            done = ev.unit_index + (ev.stage in ("done", "skipped"))
-            bar.update(
-                task,
-                completed=done,
-                stage=f"{ev.unit_id} {ev.stage}",
-                verified=ev.verified,
-                cands=ev.candidates,
-            )
+            if ev.stage in ("done", "skipped"):
+                bar.advance(f"{escape(ev.unit_id)} {ev.stage} · verified {ev.verified}/{ev.candidates}")
 
         summary = generate_counterfactuals(store, subject, ids, client, s, on_progress)
     t = summary.totals()
@@ -399,7 +506,7 @@ def open_store(db: Path):  # noqa: ANN201 - autointerp.store.Store
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    return Store(db)
+    return Store(db, read_only=True)
 
 
 def score_cell(score) -> str:  # noqa: ANN001 - autointerp.types.Score | None
@@ -492,9 +599,17 @@ def show(
     table.add_column("#", justify="right")
     table.add_column("max", justify="right")
     table.add_column("context")
+    heads = unit.ref.is_head
+    if heads:  # where the head looked from its peak token
+        table.add_column("peak token <- sources (weight)")
     for e in examples:
         label = f"{e.rank}" + (f" q{e.quantile}" if e.quantile is not None else "")
-        table.add_row(label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max))
+        row = [label, f"{e.max_act:.3g}", highlight(*peak_slice(e, width), s.max)]
+        if heads:
+            from autointerp.render import head_marked
+
+            row.append(escape(head_marked(e, width)[1]))
+        table.add_row(*row)
     console.print(table)
     if not examples:
         console.print(f"(no {kind} examples)")
@@ -535,10 +650,7 @@ def units_command(
     if not rows:
         console.print(f"{db} holds no recorded units; run `autointerp record --db {db} ...` first.")
         return
-    groups: dict[str, list] = {}  # one table per source (model/hook[/sae:NAME]): ids shown as the index
-    for r in rows:
-        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
-    for source, members in groups.items():
+    for source, members in by_source(rows).items():
         n = f"{len(members)} unit{'s' * (len(members) != 1)}"
         console.print(f"[bold]{escape(source)}/[/bold]INDEX  ({n} in {escape(str(db))})")
         console.print(units_table(members))
@@ -589,7 +701,9 @@ def label(
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
     simulator_mode: SimulatorModeOpt = "auto",
-    methods: Annotated[str, typer.Option(help="Explainer methods: top,highlight,contrastive.")] = "highlight",
+    methods: Annotated[
+        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
+    ] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
@@ -612,14 +726,30 @@ def label(
             "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: label only the selected units of shard i of n (by a hash of the unit id), into "
+            "a copy of --db (--out); `autointerp merge` joins the shard stores.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
+    ] = None,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
+    from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    shard_spec = ShardSpec.parse(shard) if shard is not None else None
+    if out is not None and shard_spec is None:
+        raise UserError("--out names a shard's store; give --shard i/n with it.")
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
@@ -635,6 +765,10 @@ def label(
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    if shard_spec:
+        ids = [u for u in ids if shard_spec.has_unit(u)]
+        db = label_shard_store(db, shard_spec, out)
+        err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
@@ -667,6 +801,7 @@ def label(
             concurrency=concurrency,
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+            shard=str(shard_spec) if shard_spec else None,
         )
     print_summary(summary)
     if report:
@@ -811,25 +946,34 @@ def chat(
     )
 
 
+def by_source(rows: list) -> dict[str, list]:
+    """Rows with a `unit_id`, grouped by source (model/hook[/sae:NAME]): one table each, the unit shown by
+    its index, so ids stay whole at 80 columns."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.unit_id.rsplit("/", 1)[0], []).append(r)
+    return groups
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
-    table = Table(title="explanations", show_header=True, header_style="bold")
-    table.add_column("unit")
-    table.add_column("method")
-    table.add_column("explanation")
     scorers = sorted({k for r in summary.results for k in r.scores})
-    for sc in scorers:
-        table.add_column(sc, justify="right")
-    for r in summary.results:
-        if r.skip_reason:
-            continue  # counted below; a store can hold thousands of dead latents
-        # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
-        cells = [
-            f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
-            for sc in scorers
-        ]
-        text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
-        table.add_row(r.unit_id, r.method, text, *cells)
-    console.print(table)
+    shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
+    for source, members in by_source(shown).items():
+        table = Table(title=f"explanations of {escape(source)}/INDEX", show_header=True, header_style="bold")
+        table.add_column("index", justify="right", no_wrap=True)
+        table.add_column("method")
+        table.add_column("explanation", ratio=1)
+        for sc in scorers:
+            table.add_column(sc, justify="right")
+        for r in members:
+            # only numbers that measure something: an undefined score reads "nan", a failed one "failed"
+            cells = [
+                f"{r.scores[sc]:.3f}" if r.scores.get(sc) is not None else r.status.get(sc, "nan")
+                for sc in scorers
+            ]
+            text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
+        console.print(table)
     done = [r for r in summary.results if not (r.error or r.skip_reason)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
@@ -957,36 +1101,41 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark explanation methods on ground-truth (or real) units: scores, CIs, matches, meta-eval."""
-    from autointerp.llm import connection
+    from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    for spec in (explainer, simulator or explainer):
+        parse_spec(spec)
     require_local("autointerp bench")
     from autointerp.bench.report import tables, write_report
     from autointerp.bench.run import run_bench
     from autointerp.explain import EXPLAINERS
+    from autointerp.progress import PhaseProgress
     from autointerp.score import SCORERS
 
     method_list = names(methods, "--methods", EXPLAINERS)
     scorer_list = names(scorers, "--scorers", SCORERS)
 
-    result = run_bench(
-        db,
-        suite=suite,
-        methods=method_list,
-        explainer=explainer,
-        simulator=simulator,
-        scorers=scorer_list,
-        seed=seed,
-        n_units=units,
-        tokens=tokens,
-        ctx=ctx,
-        concurrency=concurrency,
-        timeout=timeout,
-        retries=retries,
-        meta=not no_meta,
-        delphi=delphi,
-        progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
-    )
+    with PhaseProgress(err) as bars:
+        result = run_bench(
+            db,
+            suite=suite,
+            methods=method_list,
+            explainer=explainer,
+            simulator=simulator,
+            scorers=scorer_list,
+            seed=seed,
+            n_units=units,
+            tokens=tokens,
+            ctx=ctx,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            meta=not no_meta,
+            delphi=delphi,
+            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+            phases=bars.start,
+        )
     paths = write_report(result, out or db.with_name(db.stem + "-bench"))
     if as_json:
         print(result.model_dump_json(indent=1))
@@ -1001,6 +1150,124 @@ def bench(
             table.add_row(*row)
         console.print(table)
     console.print(f"report: {paths['html']} (+ .md, .png, .json)")
+
+
+def open_reader(db: Path):  # noqa: ANN201 - autointerp.store.Store
+    """The existing store at `db` on a connection that cannot write; an older schema is upgraded first."""
+    from autointerp.store import Store
+
+    if not db.exists():
+        raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
+    try:
+        return Store.reader(db)
+    except UserError:
+        Store(db)  # an older store gains the current schema (or this says why it cannot)
+        return Store.reader(db)
+
+
+@app.command()
+@user_errors
+def serve(
+    db: StoreOpt,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    live: Annotated[
+        bool, typer.Option("--live", help="Load the subject model (on first use) to read units on new text.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
+    ] = None,
+    model_path: ModelPathOpt = None,
+) -> None:
+    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    import socket
+
+    from autointerp.errors import VIEWER_STACK
+
+    require_local("autointerp serve", VIEWER_STACK, extra="viewer")
+    if live:
+        require_local("autointerp serve --live", SAE_STACK)
+    open_reader(db)
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"Cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host."
+        ) from None
+    import uvicorn
+
+    from autointerp.viewer.app import create_app
+    from autointerp.viewer.live import LiveModel
+
+    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def export(
+    db: StoreOpt,
+    out: Annotated[Path, typer.Option(help="Folder to write the files into.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="neuronpedia: one JSON file per unit.")
+    ] = "neuronpedia",
+    unit: Annotated[list[str] | None, typer.Option(help="A unit id (repeatable).")] = None,
+    hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
+    units: Annotated[str | None, typer.Option(help="Only these indices, e.g. 0:512 or 3,17,42.")] = None,
+) -> None:
+    """Export units with their examples, explanations and scores (Neuronpedia's feature JSON)."""
+    if fmt != "neuronpedia":
+        raise UserError(f"--format {fmt!r} is not an export format; use neuronpedia.")
+    from autointerp.neuronpedia import export_neuronpedia
+
+    store = open_reader(db)
+    ids = resolve_unit_ids(store, unit, hook, units)
+    paths = export_neuronpedia(store, out, ids)
+    console.print(f"wrote {len(paths)} feature files and manifest.json to {escape(str(out))}")
+
+
+@app.command("heads")
+@user_errors
+def heads_command(
+    db: StoreOpt,
+    model: Annotated[
+        str | None, typer.Option(help="Subject model [default: the one the store recorded].")
+    ] = None,
+    model_path: ModelPathOpt = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="Text the text detectors read.")] = None,
+    ctx: Annotated[int, typer.Option(min=4, help="Tokens per text window.")] = 64,
+    recompute: Annotated[bool, typer.Option(help="Compute again even when the store has the table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """The head wiki: every attention head's detector scores (previous-token, induction, duplicate-token,
+    BOS, self, entropy, query-key distance) and categories; computed once and kept in the store."""
+    from autointerp.head_wiki import head_metrics
+    from autointerp.subject.head_detect import THRESHOLDS
+
+    open_store(db)
+    rows = head_metrics(
+        db, model=model, model_path=model_path, recompute=recompute, corpus=corpus or ["default"], ctx=ctx
+    )
+    if as_json:
+        print(json.dumps([m.model_dump(exclude={"settings"}) for m in rows]))
+        return
+    table = Table(show_header=True, header_style="bold", title=f"attention heads of {escape(rows[0].model)}")
+    for col in ("head", "prev", "induct", "dup", "bos", "self", "entropy", "dist", "categories"):
+        table.add_column(col, justify="left" if col in ("head", "categories") else "right")
+    for m in rows:
+        nums = (m.previous_token, m.induction, m.duplicate_token, m.bos, m.self_attn)
+        table.add_row(
+            f"{m.layer}.{m.head}",
+            *(f"{x:.2f}" for x in nums),
+            f"{m.entropy:.2f}",
+            f"{m.mean_distance:.1f}",
+            ", ".join(m.categories),
+        )
+    console.print(table)
+    rules = ", ".join(f"{name}: {metric} >= {t}" for name, (metric, t) in THRESHOLDS.items())
+    console.print(f"[dim]categories: {rules} (docs/heads.md)[/dim]")
 
 
 def main() -> None:  # pragma: no cover - console entry point

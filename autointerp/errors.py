@@ -8,19 +8,21 @@ from importlib.util import find_spec
 # What running a subject model here needs, from the `local` extra (found by name, nothing is imported).
 LOCAL_STACK = ("torch", "transformers", "transformer_lens")
 SAE_STACK = (*LOCAL_STACK, "sae_lens")
+VIEWER_STACK = ("fastapi", "uvicorn", "jinja2")  # the `viewer` extra: autointerp serve
 
 
 class UserError(Exception):
     """Bad input or a missing prerequisite; the CLI prints the message and exits non-zero."""
 
 
-def require_local(what: str, modules: tuple[str, ...] = LOCAL_STACK) -> None:
+def require_local(what: str, modules: tuple[str, ...] = LOCAL_STACK, extra: str = "local") -> None:
     """Raise a UserError naming the extra to install when a module `what` needs is not installed."""
     missing = [m for m in modules if find_spec(m) is None]
     if missing:
+        needs = "runs a model here and needs" if extra == "local" else "needs"
         raise UserError(
-            f"{what} runs a model here and needs the local extra ({', '.join(missing)} missing): "
-            "pip install 'autointerp[local]'."
+            f"{what} {needs} the {extra} extra ({', '.join(missing)} missing): "
+            f"pip install 'autointerp[{extra}]'."
         )
 
 

@@ -3,7 +3,8 @@
 An `Explainer` takes one unit's sample and returns one explanation; explainers are registered by name
 in `EXPLAINERS` (the `--methods` of `label` and `bench`). Built in (prompt templates in templates/):
 `top` (token<TAB>activation records), `highlight` (activating tokens in [[ ]] plus the top tokens with
-counts), `contrastive` (activating vs non-activating or counterfactual text). An empty or unusable
+counts), `contrastive` (activating vs non-activating or counterfactual text), `head` (attention heads:
+the destination token in [[ ]], the earlier tokens it attends to in {{ }}). An empty or unusable
 answer raises ExplanationError; it is never stored.
 """
 
@@ -19,7 +20,16 @@ from pydantic import BaseModel
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message
 from autointerp.prompts import Prompt, prompt
 from autointerp.registry import Registry
-from autointerp.render import MARK_AT, crop, marked, marked_errors, normalize, show_token
+from autointerp.render import (
+    MARK_AT,
+    crop,
+    head_marked,
+    head_sources,
+    marked,
+    marked_errors,
+    normalize,
+    show_token,
+)
 from autointerp.sampling import UnitSample
 from autointerp.types import Example
 
@@ -27,6 +37,7 @@ METHODS = {
     "top": "explain_top.j2",
     "highlight": "explain_highlight.j2",
     "contrastive": "explain_contrastive.j2",
+    "head": "explain_head.j2",  # attention heads: destination [[ ]] and its sources {{ }}
 }
 CONTRAST_SHOWN = 6  # the contrastive explainer reads this many positives and this many contrasts
 
@@ -80,6 +91,19 @@ def render(method: str, sample: UnitSample, window: int) -> tuple[Prompt, list]:
             return p, p.messages(top_tokens=top_tokens, examples=texts)
         negatives = [show_token("".join(crop(e, window)[0])) for e in sample.contrast[:CONTRAST_SHOWN]]
         return p, p.messages(top_tokens=top_tokens, positives=texts[:CONTRAST_SHOWN], negatives=negatives)
+    if method == "head":
+        if any(e.attn is None for e in sample.explain):
+            raise ExplanationError(
+                f"{sample.unit.id} is not an attention head; the head method explains only "
+                "MODEL/blocks.L.attn/head:H units."
+            )
+        pairs = Counter(
+            f"[[{show_token(e.context.tokens[e.max_pos])}]] <- {{{{{show_token(e.context.tokens[src])}}}}}"
+            for e in sample.explain
+            for src, _ in head_sources(e, e.max_pos)[:1]
+        )
+        top_pairs = ", ".join(f"{p} x{n}" for p, n in pairs.most_common(6)) or "(none)"
+        return p, p.messages(top_pairs=top_pairs, examples=[head_marked(e, window) for e in sample.explain])
     raise ExplanationError(f"unknown explainer method {method!r}; use one of {', '.join(METHODS)}")
 
 

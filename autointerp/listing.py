@@ -112,7 +112,7 @@ def results(db: str | Path) -> pd.DataFrame:
         raise UserError("autointerp.results needs pandas; install it with `pip install pandas`.") from None
     if not Path(db).exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    store = Store(db)
+    store = Store(db, read_only=True)
     rows = store.unit_label_rows(explained_only=True)
     scores = store.latest_scores()
     names = {name for by in scores.values() for name in by}

@@ -26,7 +26,7 @@ from autointerp.aio import run_sync
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
 from autointerp.llm import get_llm
-from autointerp.llm.base import LLM, LLMError, Usage
+from autointerp.llm.base import LLM, LLMError, OutOfCreditError, Usage
 from autointerp.render import normalize
 from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
 from autointerp.score import SCORERS, ScoreRecord
@@ -342,6 +342,8 @@ class Labeller:
             t0 = time.perf_counter()
             try:
                 out.append(await scorer(record))
+            except OutOfCreditError:
+                raise  # every further call would fail the same way: stop the run (see `run`)
             except LLMError as e:
                 out.append(scoring.failed(name, e, **record.row(scorer)))
             out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
@@ -368,6 +370,8 @@ class Labeller:
         t0 = time.perf_counter()
         try:
             text, prompt_id, extra = await self.explain(sample, method)
+        except OutOfCreditError:
+            raise
         except LLMError as e:
             return UnitResult(unit_id=unit_id, method=method, error=f"{type(e).__name__}: {e}")
         settings = {
@@ -398,10 +402,17 @@ class Labeller:
         )
 
     async def run(
-        self, unit_ids: list[str], progress: Callable[[UnitResult], None] | None = None
+        self,
+        unit_ids: list[str],
+        progress: Callable[[UnitResult], None] | None = None,
+        shard: str | None = None,
     ) -> LabelSummary:
         """Label the units (each once, in order); the run's row ends `complete` or `failed`, whatever
-        happens: an exception or Ctrl-C marks it `failed` with the error, and the rerun resumes."""
+        happens: an exception or Ctrl-C marks it `failed` with the error, and the rerun resumes.
+        An `OutOfCreditError` stops the whole run at once (the units in flight are cancelled) and is
+        raised with the provider's message: every further call would fail the same way.
+        `shard` ("i/n"): the units are that shard's; its summary says so (what `merge` checks)."""
+        extra = {"shard": shard} if shard else {}
         t0 = time.perf_counter()
         unit_ids = list(dict.fromkeys(unit_ids))  # a unit given twice is labelled and counted once
         self.store.start_run(
@@ -416,9 +427,17 @@ class Labeller:
         sem = asyncio.Semaphore(self.s.concurrency)
         finished: list[UnitResult] = []
 
+        stop: list[OutOfCreditError] = []  # set once the provider refuses for lack of credit
+
         async def one(uid: str, method: str) -> UnitResult:
             async with sem:
-                result = await self.label_one(uid, method)
+                if stop:  # the run is stopping: start nothing new
+                    raise stop[0]
+                try:
+                    result = await self.label_one(uid, method)
+                except OutOfCreditError as e:
+                    stop.append(e)
+                    raise
             finished.append(result)
             if progress:
                 progress(result)
@@ -435,7 +454,7 @@ class Labeller:
             self.store.finish_run(
                 self.run_id,
                 "failed",
-                {"error": error, "finished_units": len(finished), "usage": self.usage_dump()},
+                {"error": error, "finished_units": len(finished), "usage": self.usage_dump(), **extra},
             )
             raise
         summary = LabelSummary(
@@ -444,7 +463,8 @@ class Labeller:
             seconds=time.perf_counter() - t0,
             usage={role: m.usage for role, m in self.meters.items()},
         )
-        self.store.finish_run(self.run_id, "complete" if summary.ok else "failed", summary.record())
+        status = "complete" if summary.ok else "failed"
+        self.store.finish_run(self.run_id, status, summary.record() | extra)
         return summary
 
     def usage_dump(self) -> dict:
@@ -531,6 +551,7 @@ async def alabel(
     no_cache: bool = False,
     progress: Callable[[UnitResult], None] | None = None,
     counterfactuals: bool = False,
+    shard: str | None = None,
     **settings,
 ) -> LabelSummary:
     """Explain and score units of a recorded store: the async core of `label` (await it in async code).
@@ -538,13 +559,22 @@ async def alabel(
     Units: those given, or every recorded one, chosen by `select_units` (`hooks`, `min_count`, `order`,
     `limit`). `counterfactuals=True` first generates verified counterfactuals, minimal examples and hard
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
-    `timeout` / `retries`: per API request (see `llm.connection`).
+    `timeout` / `retries`: per API request (see `llm.connection`). `shard` ("i/n"): label only the
+    selected units that fall in that shard (`ShardSpec.has_unit`: shards partition any selection).
     """
+    from autointerp.scale.shards import ShardSpec
+
+    spec = ShardSpec.parse(shard) if shard else None
     if not Path(db).exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     s = LabelSettings(explainer=explainer, simulator=simulator or explainer, **settings)
-    unit_ids = select_units(store, units, hooks=hooks, min_count=min_count, order=order, limit=limit)
+    if spec and units is not None and not units:  # a shard that got none of the selected units
+        unit_ids = []
+    else:
+        unit_ids = select_units(store, units, hooks=hooks, min_count=min_count, order=order, limit=limit)
+    if spec:
+        unit_ids = [u for u in unit_ids if spec.has_unit(u)]
     llm_options = dict(
         base_url=base_url, concurrency=s.concurrency, no_cache=no_cache, timeout=timeout, retries=retries
     )
@@ -556,7 +586,7 @@ async def alabel(
         meter = TokenMeter(exp_llm)
         await add_counterfactuals(store, live, meter)
         labeller.meters["counterfactuals"] = meter
-    return await labeller.run(unit_ids, progress)
+    return await labeller.run(unit_ids, progress, str(spec) if spec else None)
 
 
 def label(db: str | Path, units: list[str] | None = None, **kwargs) -> LabelSummary:

@@ -104,3 +104,40 @@ def window_text(e: Example, n: int) -> str:
 def marked_at(tokens: list[str], marks: set[int]) -> str:
     """The tokens with those at the positions `marks` in [[ ]]; escaped."""
     return show_token("".join(f"[[{t}]]" if i in marks else t for i, t in enumerate(tokens)))
+
+
+SOURCE_AT = 0.1  # an attention head's source is marked {{ }} at >= this attention weight
+SOURCES_SHOWN = 3  # at most this many sources are marked per destination
+
+
+def head_sources(example: Example, pos: int) -> list[tuple[int, float]]:
+    """The sources (position, weight) a head example marks for destination `pos`: at most SOURCES_SHOWN,
+    each with weight >= SOURCE_AT, strongest first; none for a unit that is no head."""
+    if example.attn is None or pos >= len(example.attn.src):
+        return []
+    pairs = zip(example.attn.src[pos], example.attn.weights[pos], strict=True)
+    return [(s, w) for s, w in pairs if w >= SOURCE_AT][:SOURCES_SHOWN]
+
+
+def head_marked(example: Example, window: int) -> tuple[str, str]:
+    """A head example as the explainer sees it: the window around its peak destination token, widened back
+    to its marked sources, with the destination in [[ ]] and its sources in {{ }}; and a line naming the
+    pairs with their weights and the token before each source (what tells an induction head: it is the
+    destination token again), e.g. `[[ cat]] <- {{ the}} 0.62 (after ' saw')`. Both escaped."""
+    tokens = example.context.tokens
+    first = body_start(example)
+    dest = example.max_pos
+    sources = head_sources(example, dest)
+    lo = min([crop_start(example, window), *(s for s, _ in sources)])
+    lo = max(lo, first)
+    hi = crop_start(example, window) + window if window else len(tokens)
+    marks = {s for s, _ in sources}
+    text = "".join(
+        f"[[{t}]]" if i == dest else f"{{{{{t}}}}}" if i in marks else t
+        for i, t in enumerate(tokens[lo:hi], lo)
+    )
+    pairs = ", ".join(
+        f"{{{{{show_token(tokens[s])}}}}} {w:.2f}" + (f" (after {tokens[s - 1]!r})" if s > first else "")
+        for s, w in sources
+    )
+    return show_token(text), f"[[{show_token(tokens[dest])}]] <- {pairs or '(no earlier token)'}"

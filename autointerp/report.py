@@ -1,8 +1,10 @@
-"""A small self-contained HTML report of a store's explanations and scores."""
+"""A small self-contained HTML report of a store's explanations and scores; each unit links to its page
+in the viewer (`autointerp serve`)."""
 
 from __future__ import annotations
 
 import html
+import urllib.parse
 from pathlib import Path
 
 import jinja2
@@ -15,10 +17,13 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>autointerp report</title>
 body{font:14px system-ui;margin:2em} td,th{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top}
 .ex{font-family:monospace;white-space:pre-wrap} .nan{color:#999}
 </style>
-<h1>autointerp report</h1><p>{{ store }} &middot; {{ rows|length }} explanations</p>
+<h1>autointerp report</h1><p>{{ store }} &middot; {{ rows|length }} explanations
+{% if viewer %}&middot; unit links open the viewer:
+<code>autointerp serve --db {{ store }}</code>{% endif %}</p>
 <table><tr><th>unit</th><th>method</th><th>explanation</th>
 {% for s in scorers %}<th>{{ s }}</th>{% endfor %}<th>top example</th></tr>
-{% for r in rows %}<tr><td>{{ r.unit }}</td>
+{% for r in rows %}<tr><td>{% if viewer %}<a href="{{ viewer }}/unit/{{ r.unit_path }}">{{ r.unit }}</a>
+{%- else %}{{ r.unit }}{% endif %}</td>
 <td>{{ r.method }}<br><small>{{ r.model }}<br>{{ r.prompt }}</small></td><td><b>{{ r.text }}</b></td>
 {% for s in scorers %}<td class="{{ 'nan' if r.scores.get(s) is string }}">
 {{ r.scores.get(s, '') }}</td>{% endfor %}
@@ -35,7 +40,11 @@ def _example_html(tokens: list[str], acts: list[float], top: float) -> str:
     return "".join(out)
 
 
-def write_report(store: Store, path: str | Path) -> Path:
+VIEWER_URL = "http://127.0.0.1:8000"  # where `autointerp serve` listens by default
+
+
+def write_report(store: Store, path: str | Path, viewer_url: str | None = VIEWER_URL) -> Path:
+    """Write the report to `path`; unit ids link to `viewer_url`'s unit pages (None: no links)."""
     rows, scorers = [], set()
     for exp in store.explanations():
         scores = {}
@@ -50,6 +59,7 @@ def write_report(store: Store, path: str | Path) -> Path:
         rows.append(
             {
                 "unit": exp.unit_id,
+                "unit_path": urllib.parse.quote(exp.unit_id),
                 "method": exp.method,
                 "model": exp.model,
                 "prompt": exp.prompt,
@@ -60,5 +70,6 @@ def write_report(store: Store, path: str | Path) -> Path:
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(TEMPLATE.render(store=store.path, rows=rows, scorers=sorted(scorers)))
+    viewer = viewer_url.rstrip("/") if viewer_url else None
+    path.write_text(TEMPLATE.render(store=store.path, rows=rows, scorers=sorted(scorers), viewer=viewer))
     return path

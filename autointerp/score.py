@@ -165,7 +165,9 @@ async def _judge(llm: LLM, template: str, explanation: str, texts: list[str], ba
         return Verdicts(p_yes=p_yes, mass=mass)
 
     async def ask(head: str, n: int) -> list[int]:
-        req = ChatRequest(messages=[Message(role="user", content=head)], max_tokens=4 * n + 8)
+        req = ChatRequest(
+            messages=[Message(role="user", content=head)], max_tokens=4 * n + 8, json_answer=True
+        )
         return parse_answers((await llm.chat(req)).text, n)
 
     answered = await asyncio.gather(*(ask(h, len(c)) for h, c in zip(heads, chunks, strict=True)))

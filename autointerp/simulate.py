@@ -11,6 +11,8 @@ A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `
 - `exact-follow`: the same listing, but after each TAB the model continues with its own most likely
   digit (teacher-forced, one forward step per token with the key/value cache). Measured worse on the
   synthetic suite: a wrong high digit makes the next ones high too (eval/bench_simulator.py).
+- `head-exact`: `exact` with a prompt for attention heads (activation: how strongly the head attends
+  from a token to an earlier one).
 - `json`: the model writes the activations as a JSON list (APIs without logprobs); checked for length
   and range, retried once, and otherwise a SimulationError, never zeros.
 """
@@ -106,6 +108,17 @@ class ExactSimulator:
         ]
 
 
+class HeadSimulator(ExactSimulator):
+    """`exact` for attention heads: the listing asks, per token, how strongly the head attends from it
+    (as the destination) to an earlier token."""
+
+    name = "head-exact"
+
+    def __init__(self, llm: LLM):
+        super().__init__(llm)
+        self.prompt = prompt("simulate_head.j2")
+
+
 class FollowingSimulator(ExactSimulator):
     """The exact listing read stepwise: after each TAB the model's own most likely digit follows."""
 
@@ -158,6 +171,7 @@ class JsonSimulator:
                 temperature=0.0 if attempt == 0 else 0.7,
                 seed=attempt,
                 max_tokens=4 * len(tokens) + 16,
+                json_answer=True,
             )
             resp = await self.llm.chat(req)
             try:
@@ -192,6 +206,7 @@ SIMULATORS: Registry[Callable[[LLM], Simulator]] = Registry("simulator mode")
 SIMULATORS.register("exact")(ExactSimulator)
 SIMULATORS.register("exact-follow")(FollowingSimulator)
 SIMULATORS.register("json")(JsonSimulator)
+SIMULATORS.register("head-exact")(HeadSimulator)
 
 
 def make_simulator(llm: LLM, mode: str = "auto") -> Simulator:

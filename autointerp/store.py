@@ -10,7 +10,10 @@ import contextlib
 import errno
 import itertools
 import json
+import os
+import re
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -26,12 +29,16 @@ from autointerp.types import (
     ExampleRows,
     Experiment,
     Explanation,
+    HeadAttention,
+    HeadMetrics,
     Investigation,
     LLMCallRecord,
     RunRecord,
     Score,
     SourceRef,
     Unit,
+    UnitIndexRow,
+    UnitQuery,
     UnitRef,
     UnitStats,
     now,
@@ -218,8 +225,61 @@ def _add_example_source_v6(db: sqlite_utils.Database) -> None:
     )
 
 
-def _reserved(db: sqlite_utils.Database) -> None:
-    """Versions 7 to 9 belong to parallel branches' migrations; on its own this branch changes nothing."""
+def _explanations_fts_v7(db: sqlite_utils.Database) -> None:
+    """Full-text search over explanation texts (FTS5, an index of `explanations.text` kept in step by
+    triggers; porter stemming, so "months" finds "month"), and indexes for sorting units."""
+    db.execute(
+        "CREATE VIRTUAL TABLE explanations_fts USING fts5(text, content='explanations', "
+        "content_rowid='rowid', tokenize='porter unicode61')"
+    )
+    delete = (
+        "INSERT INTO explanations_fts(explanations_fts, rowid, text) VALUES ('delete', old.rowid, old.text);"
+    )
+    insert = "INSERT INTO explanations_fts(rowid, text) VALUES (new.rowid, new.text);"
+    for name, event, body in (
+        ("ai", "INSERT", insert),
+        ("ad", "DELETE", delete),
+        ("au", "UPDATE", delete + insert),
+    ):
+        db.execute(f"CREATE TRIGGER explanations_fts_{name} AFTER {event} ON explanations BEGIN {body} END")
+    db.execute("INSERT INTO explanations_fts(explanations_fts) VALUES ('rebuild')")
+    # the viewer's index pages sort and page on these without reading every unit
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_order ON units (model, hook, sae, idx)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_frac_firing ON units (frac_firing, id)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_units_max ON units (max, id)")
+
+
+def _add_merge_columns_v8(db: sqlite_utils.Database) -> None:
+    """What a lossless merge of record shards needs: each recorded example's window (its position in the
+    run's window stream) and each unit's raw sums. NULL in rows recorded before."""
+    db["examples"].add_column("window_pos", int)
+    db["units"].add_column("sum", float)
+    db["units"].add_column("sumsq", float)
+
+
+_HEAD_METRIC_COLS = (
+    "previous_token", "induction", "duplicate_token", "bos", "self_attn", "entropy", "mean_distance"
+)  # fmt: skip
+
+
+def _add_heads_v9(db: sqlite_utils.Database) -> None:
+    """Attention heads: examples keep, per query position, the head's top source positions and weights
+    (a blob, see `encode_attn`; NULL for every other unit), and `head_metrics` holds the head detectors'
+    scores and categories per (model, layer, head)."""
+    db["examples"].add_column("attn", bytes)
+    db["head_metrics"].create(
+        {
+            "model": str,
+            "layer": int,
+            "head": int,
+            **dict.fromkeys(_HEAD_METRIC_COLS, float),
+            "categories": str,
+            "settings": str,
+            "code_version": str,
+            "created_at": str,
+        },
+        pk=("model", "layer", "head"),
+    )
 
 
 def _add_investigations_v10(db: sqlite_utils.Database) -> None:
@@ -285,9 +345,9 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     3: _finite_json_v4,
     4: _unit_labels_view_v5,
     5: _add_example_source_v6,
-    6: _reserved,
-    7: _reserved,
-    8: _reserved,
+    6: _explanations_fts_v7,
+    7: _add_merge_columns_v8,
+    8: _add_heads_v9,
     9: _add_investigations_v10,
 }
 
@@ -303,11 +363,20 @@ ORDER BY u.model, u.hook, u.sae, u.idx, e.created_at, e.rowid"""
 class Store:
     """A project's SQLite file."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S):
-        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock."""
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False):
+        """Open (creating or migrating) the store; a writer waits up to `busy_timeout` s for the lock.
+
+        A store file this process may not write is refused at once (UserError) unless `read_only`: a
+        command that only reads it (units, show, results) may. SQLite itself would only fail at the
+        first write, after a model load or an LLM call. (`Store.reader` opens one that cannot write.)"""
         self.path, self.busy_timeout = Path(path), busy_timeout
         if self.path.exists() and self.path.is_dir():
             raise UserError(f"{self.path} is a directory; pass a file path such as runs/x.db to --db.")
+        if not read_only and self.path.exists() and not os.access(self.path, os.W_OK):
+            raise UserError(
+                f"{self.path} cannot be written: the file is read-only (its mode or attributes); make it "
+                "writable (chmod u+w) or pass another --db."
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: every transaction is explicit, and writers begin it IMMEDIATE (_write)
@@ -326,6 +395,35 @@ class Store:
                 or environment_error(e, self.path)
                 or UserError(f"{self.path} could not be opened as a store ({e}).")
             ) from e
+
+    @classmethod
+    def reader(cls, path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S) -> Store:
+        """An existing store at the current schema on a connection that cannot write (SQLite `mode=ro`
+        and `query_only`): what the viewer serves from."""
+        store = cls.__new__(cls)
+        store.path, store.busy_timeout = Path(path), busy_timeout
+        store._open_read_only()
+        return store
+
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise UserError(f"No store at {self.path}; run `autointerp record --db {self.path} ...` first.")
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: bounded, whatever the store size
+            self.db = sqlite_utils.Database(conn)
+            version = self.schema_version()
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"{self.path} could not be read ({e}).") from e
+        if version == -1:
+            raise UserError(f"{self.path} is an SQLite file but not an autointerp store; pass another --db.")
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} has store schema v{version}, not v{SCHEMA_VERSION}; open it once with write "
+                "access (e.g. `autointerp units --db ...`) to upgrade it."
+            )
 
     def _file_error(self, e: sqlite3.Error | OSError) -> UserError | None:
         """One sentence for what went wrong with the file (locked, read-only, disk full, not a store), or
@@ -584,6 +682,146 @@ class Store:
     def count_units(self) -> int:
         return self.db["units"].count
 
+    # -- the viewer's index ---------------------------------------------------------------------
+    def unit_index(self, q: UnitQuery) -> tuple[int, list[UnitIndexRow]]:
+        """One page of units matching `q` and how many match in all; `score` is each unit's best latest
+        `q.scorer` value over its explanations (None without a scorer or an ok score)."""
+        inner, args = [], []
+        if q.source:
+            hook, _, sae = q.source.partition("/sae:")
+            inner.append("u.hook = ? AND " + ("u.sae = ?" if sae else "u.sae IS NULL"))
+            args += [hook, sae] if sae else [hook]
+        for col, op, val in (
+            ("frac_firing", ">=", q.min_freq),
+            ("frac_firing", "<=", q.max_freq),
+            ("max", ">=", q.min_max),
+            ("max", "<=", q.max_max),
+        ):
+            if val is not None:
+                inner.append(f"u.{col} {op} ?")
+                args.append(val)
+        if match := fts_query(q.search):
+            inner.append(
+                "u.id IN (SELECT e.unit_id FROM explanations_fts f JOIN explanations e ON e.rowid = f.rowid "
+                "WHERE explanations_fts MATCH ?)"
+            )
+            args.append(match)
+        if q.explained is not None:
+            inner.append(
+                ("" if q.explained else "NOT ")
+                + "EXISTS (SELECT 1 FROM explanations e WHERE e.unit_id = u.id)"
+            )
+        where = ("WHERE " + " AND ".join(inner)) if inner else ""
+        n_expl = "(SELECT COUNT(*) FROM explanations e WHERE e.unit_id = u.id)"
+        score = _BEST_SCORE if q.scorer else "NULL"
+        cols = "u.id, u.model, u.hook, u.sae, u.idx, u.n_tokens, u.frac_firing, u.max"
+        score_args = [q.scorer] if q.scorer else []
+        direction = "DESC" if q.descending else "ASC"
+        natural = "DESC" if q.descending and q.sort == "index" else "ASC"  # ties: in index order
+        ties = f"model {natural}, hook {natural}, sae {natural}, idx {natural}"
+        page = [q.per_page, (q.page - 1) * q.per_page]
+        if q.sort in ("explanations", "score") or (q.min_score is not None and q.scorer):
+            # every matching unit's explanation count and best score, then sort and page
+            key = "n_explanations" if q.sort == "explanations" else "score"
+            order = f"{key} IS NULL, {key} {direction}, " if q.sort in ("explanations", "score") else ""
+            sql = f"SELECT {cols}, {n_expl} AS n_explanations, {score} AS score FROM units u {where}"
+            if q.min_score is not None and q.scorer:
+                sql, args = f"SELECT * FROM ({sql}) WHERE score >= ?", [*score_args, *args, q.min_score]
+            else:
+                args = [*score_args, *args]
+            # one pass: the window count is taken before LIMIT (a page past the end counts again)
+            found = self.db.execute(
+                f"SELECT *, COUNT(*) OVER () FROM ({sql}) ORDER BY {order}{ties} LIMIT ? OFFSET ?",
+                [*args, *page],
+            ).fetchall()
+            total = (
+                found[0][-1]
+                if found
+                else self.db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
+            )
+            cur = iter(r[:-1] for r in found)
+        else:
+            # sort and page on the units table (indexed), then count explanations for the page only
+            key = {"freq": "frac_firing", "max": "max"}.get(q.sort)
+            order = f"{key} {direction}, {ties}" if key else ties
+            total = self.db.execute(f"SELECT COUNT(*) FROM units u {where}", args).fetchone()[0]
+            one_page = f"SELECT {cols} FROM units u {where} ORDER BY {order} LIMIT ? OFFSET ?"
+            cur = self.db.execute(
+                f"SELECT u.*, {n_expl}, {score} FROM ({one_page}) u ORDER BY {order}",
+                [*score_args, *args, *page],
+            )
+        rows = [
+            UnitIndexRow(
+                unit_id=r[0],
+                model=r[1],
+                hook=r[2],
+                sae=r[3],
+                index=r[4],
+                n_tokens=r[5],
+                frac_firing=r[6],
+                max=r[7],
+                n_explanations=r[8],
+                score=r[9],
+            )  # fmt: skip
+            for r in cur
+        ]
+        return total, rows
+
+    def latest_labels(self, unit_ids: list[str]) -> list[tuple[Explanation, list[Score]]]:
+        """The explanations of these units (oldest first), each with its latest score per scorer, without
+        settings or score details: what an index page shows, in two queries."""
+        out: dict[str, tuple[Explanation, list[Score]]] = {}
+        for chunk in _chunks(unit_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            cur = self.db.execute(
+                "SELECT e.id, e.unit_id, e.text, e.method, e.model, e.prompt, e.run_id, e.created_at, "
+                "s.scorer, s.value, s.status, s.simulator, s.prompt FROM explanations e "
+                f"LEFT JOIN scores s ON s.explanation_id = e.id AND {_LATEST} WHERE e.unit_id IN ({marks}) "
+                "ORDER BY e.created_at, e.rowid",
+                chunk,
+            )
+            for eid, uid, text, method, model, prompt, run, at, scorer, value, status, sim, sprompt in cur:
+                if eid not in out:
+                    e = Explanation(
+                        id=eid, unit_id=uid, text=text, method=method, model=model, prompt=prompt,
+                        run_id=run, created_at=at,
+                    )  # fmt: skip
+                    out[eid] = (e, [])
+                if scorer is not None:
+                    out[eid][1].append(
+                        Score(
+                            explanation_id=eid,
+                            unit_id=uid,
+                            scorer=scorer,
+                            value=value,
+                            status=status,
+                            simulator=sim,
+                            prompt=sprompt,
+                        )  # fmt: skip
+                    )
+        return sorted(out.values(), key=lambda x: x[0].created_at)
+
+    def existing_unit_ids(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that are recorded units."""
+        out: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            cur = self.db.execute(f"SELECT id FROM units WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update(r[0] for r in cur.fetchall())
+        return out
+
+    def scorer_names(self) -> list[str]:
+        """Every scorer with a score in the store, sorted."""
+        return [s for (s,) in self.db.execute("SELECT DISTINCT scorer FROM scores ORDER BY scorer")]
+
+    def unit_sources(self) -> list[str]:
+        """Every recorded source: a hook (its neurons) or HOOK/sae:NAME (an SAE's latents), sorted; read
+        again only when the file has changed since the last call (a scan of every unit)."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0], self.db["units"].count
+        if getattr(self, "_sources", (None, None))[0] != version:
+            cur = self.db.execute("SELECT DISTINCT hook, sae FROM units ORDER BY hook, sae")
+            self._sources = version, [f"{hook}/sae:{sae}" if sae else hook for hook, sae in cur.fetchall()]
+        return self._sources[1]
+
     def examples(self, unit_id: str, kind: str | None = None) -> list[Example]:
         sql = (
             "SELECT e.*, c.token_ids, c.tokens FROM examples e JOIN contexts c ON c.id = e.context_id "
@@ -631,6 +869,104 @@ class Store:
         )
         return [Experiment(**{**r, **{k: json.loads(r[k]) for k in _EXPERIMENT_JSON}}) for r in rows]
 
+    def example_rows(self, unit_ids: list[str], kinds: Iterable[str]) -> list[tuple]:
+        """(unit id, kind, context id, window position, float32 activations as bytes) of the examples of
+        these kinds of these units, by unit, kind and rank: raw rows, no object per example (a merge
+        reads hundreds of thousands)."""
+        kinds = list(kinds)
+        out: list[tuple] = []
+        for chunk in _chunks(unit_ids, 500):
+            unit_marks, kind_marks = ",".join("?" * len(chunk)), ",".join("?" * len(kinds))
+            out += self.db.execute(
+                "SELECT unit_id, kind, context_id, window_pos, acts FROM examples "
+                f"WHERE unit_id IN ({unit_marks}) AND kind IN ({kind_marks}) ORDER BY unit_id, kind, rank",
+                [*chunk, *kinds],
+            ).fetchall()
+        return out
+
+    def contexts(self, ids: Iterable[str]) -> dict[str, Context]:
+        """The stored windows with these ids."""
+        out: dict[str, Context] = {}
+        for chunk in _chunks(list(ids), 500):
+            cur = self.db.execute(
+                f"SELECT id, token_ids, tokens FROM contexts WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for cid, token_ids, tokens in cur.fetchall():
+                out[cid] = Context.model_construct(
+                    id=cid, token_ids=json.loads(token_ids), tokens=json.loads(tokens)
+                )
+        return out
+
+    def units_of_run(self, run_id: str) -> list[Unit]:
+        """The units a run recorded, by model, hook, SAE and index."""
+        rows = self.db["units"].rows_where("run_id = ?", [run_id], order_by="model, hook, sae, idx")
+        return [_unit_from_row(r) for r in rows]
+
+    def copy_to(self, dest: str | Path) -> None:
+        """Write a consistent copy of this store to the new file `dest` (SQLite's online backup)."""
+        target = sqlite3.connect(dest)
+        try:
+            self.db.conn.backup(target)
+        except sqlite3.Error as e:
+            raise self._file_error(e) or UserError(f"Copying {self.path} to {dest} failed ({e}).") from e
+        finally:
+            target.close()
+
+    def put_run(self, run: RunRecord) -> None:
+        """Write a run's row as it is (status and summary included)."""
+        with self._write():
+            self.db["records"].upsert(_run_row(run), pk="id")
+
+    def absorb(self, other: str | Path, skip_runs: Iterable[str] = ()) -> None:
+        """Copy every row of the store at `other` that this one lacks (by primary key), in one
+        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls.
+        Runs in `skip_runs`, and the units (with examples) they recorded, are left out."""
+        skip = list(skip_runs)
+        marks = ",".join("?" * len(skip))
+        cols = {t: [c.name for c in self.db[t].columns] for t in _ABSORB_TABLES}
+        where = (
+            {
+                "records": f"id NOT IN ({marks})",
+                "units": f"run_id NOT IN ({marks})",
+                "examples": f"unit_id NOT IN (SELECT id FROM src.units WHERE run_id IN ({marks}))",
+                "contexts": f"""id IN (SELECT context_id FROM src.examples WHERE unit_id NOT IN
+                (SELECT id FROM src.units WHERE run_id IN ({marks})))""",
+            }
+            if skip
+            else {}
+        )
+        conn = self.db.conn
+        conn.execute("ATTACH DATABASE ? AS src", [str(Path(other).resolve())])
+        try:
+            with self._write():
+                for table in _ABSORB_TABLES:
+                    names = ", ".join(f'"{c}"' for c in cols[table])
+                    clause = where.get(table, "1")
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM src.{table} "
+                        f"WHERE {clause}",
+                        skip if table in where else [],
+                    )
+        finally:
+            conn.execute("DETACH DATABASE src")
+
+    # -- head detectors -------------------------------------------------------------------------
+    def put_head_metrics(self, metrics: Iterable[HeadMetrics]) -> None:
+        """Replace these heads' detector rows (by model, layer, head), in one transaction."""
+        rows = [
+            m.model_dump() | {"categories": dumps(m.categories), "settings": dumps(m.settings)}
+            for m in metrics
+        ]
+        with self._write():
+            self.db["head_metrics"].upsert_all(rows, pk=("model", "layer", "head"))
+
+    def head_metrics(self, model: str | None = None) -> list[HeadMetrics]:
+        """Stored head detector rows (of `model`, or all), by model, layer, head."""
+        where, args = ("model = ?", [model]) if model else (None, None)
+        rows = self.db["head_metrics"].rows_where(where, args, order_by="model, layer, head")
+        return [HeadMetrics(**r | {k: json.loads(r[k]) for k in ("categories", "settings")}) for r in rows]
+
     # -- LLM call cache -------------------------------------------------------------------------
     def get_llm_call(self, request_hash: str) -> LLMCallRecord | None:
         rows = list(self.db["llm_calls"].rows_where("hash = ?", [request_hash]))
@@ -647,6 +983,47 @@ class Store:
         row["response"] = dumps(row["response"])
         with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
+
+
+# What `absorb` copies, parents before children (foreign keys).
+_ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
+
+
+def discard_if_blank(path: str | Path) -> bool:
+    """Remove the store at `path` (and its WAL files) when it holds nothing: no run, unit, explanation or
+    LLM call. What a command that failed on its input leaves behind when it created the file. True when
+    removed; a store with anything in it, or that cannot be read, is kept."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            held = [t for t in ("records", "units", "explanations", "llm_calls") if t in tables]
+            if any(conn.execute(f"SELECT 1 FROM [{t}] LIMIT 1").fetchone() for t in held):
+                return False
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+    return True
+
+
+# The best latest score of one scorer (the first ?) over a unit's explanations: per explanation, the
+# newest row of that scorer (as `latest_scores`), then the maximum.
+_LATEST = """NOT EXISTS (SELECT 1 FROM scores t WHERE t.explanation_id = s.explanation_id
+    AND t.scorer = s.scorer
+    AND (t.created_at > s.created_at OR (t.created_at = s.created_at AND t.rowid > s.rowid)))"""
+_BEST_SCORE = f"(SELECT MAX(s.value) FROM scores s WHERE s.unit_id = u.id AND s.scorer = ? AND {_LATEST})"
+
+
+def fts_query(text: str) -> str:
+    """Words of a search box -> an FTS5 query that needs every word (each also as a prefix); "" for none.
+    Each word is quoted, so no user text is read as FTS5 syntax."""
+    return " ".join(f'"{w}"*' for w in re.findall(r"\w+", text))
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
@@ -687,6 +1064,8 @@ def _unit_row(u: Unit) -> dict:
         "frac_firing": s.frac_firing,
         "fire_threshold": s.fire_threshold,
         "hist": dumps({"edges": s.hist_edges, "counts": s.hist_counts}),  # outer edges: null
+        "sum": s.sum,
+        "sumsq": s.sumsq,
     }
 
 
@@ -701,6 +1080,8 @@ def _unit_from_row(row: dict) -> Unit:
         fire_threshold=row["fire_threshold"],
         hist_edges=_edges(hist["edges"]),
         hist_counts=hist["counts"],
+        sum=row.get("sum"),
+        sumsq=row.get("sumsq"),
     )
     ref = UnitRef(model=row["model"], hook=row["hook"], index=row["idx"], sae=row["sae"])
     return Unit(ref=ref, run_id=row["run_id"], stats=stats)
@@ -721,6 +1102,8 @@ _EXAMPLE_COLS = (
     "max_pos",
     "quantile",
     "provenance",
+    "window_pos",
+    "attn",
 )
 _ALL_EXAMPLE_COLS = (*_EXAMPLE_COLS, *_SOURCE_KEYS)
 
@@ -734,6 +1117,15 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
     acts = np.ascontiguousarray(x.acts, dtype=np.float32)
     provenance = dumps(x.provenance)
     quantiles = [None if q < 0 else q for q in x.quantiles.tolist()]
+    windows = itertools.repeat(None) if x.windows is None else x.windows.tolist()
+    if x.attn_src is None or x.attn_w is None:
+        attn: Iterable[bytes | None] = itertools.repeat(None)
+    else:
+        rows = itertools.repeat(True) if x.attn_rows is None else x.attn_rows.tolist()
+        attn = (
+            encode_attn(s, w) if head else None
+            for s, w, head in zip(x.attn_src, x.attn_w, rows, strict=False)
+        )
     return zip(
         x.unit_ids.tolist(),
         x.kinds.tolist(),
@@ -744,8 +1136,44 @@ def _example_rows(x: ExampleRows) -> Iterable[tuple]:
         acts.argmax(axis=1).tolist(),
         quantiles,
         itertools.repeat(provenance),
-        strict=False,  # the repeat is endless
+        windows,
+        attn,
+        strict=False,  # the repeats are endless
     )
+
+
+def encode_attn(src: np.ndarray, weights: np.ndarray) -> bytes:
+    """(T, K) source positions (int16, -1: none) and (T, K) weights -> one blob: T, K as int32, the
+    positions as int16, the weights as float32."""
+    t, k = src.shape
+    return (
+        np.array([t, k], dtype=np.int32).tobytes()
+        + np.ascontiguousarray(src, dtype=np.int16).tobytes()
+        + np.ascontiguousarray(weights, dtype=np.float32).tobytes()
+    )
+
+
+def decode_attn(blob: bytes) -> HeadAttention:
+    """`encode_attn`'s blob -> per query position, its source positions and weights (empty slots dropped)."""
+    t, k = np.frombuffer(blob[:8], dtype=np.int32).tolist()
+    src = np.frombuffer(blob[8 : 8 + 2 * t * k], dtype=np.int16).reshape(t, k)
+    w = np.frombuffer(blob[8 + 2 * t * k :], dtype=np.float32).reshape(t, k)
+    keep = src >= 0
+    return HeadAttention(
+        src=[row[m].tolist() for row, m in zip(src, keep, strict=True)],
+        weights=[row[m].tolist() for row, m in zip(w, keep, strict=True)],
+    )
+
+
+def _attn_blob(attn: HeadAttention | None) -> bytes | None:
+    if attn is None:
+        return None
+    k = max((len(s) for s in attn.src), default=0)
+    src = np.full((len(attn.src), k), -1, dtype=np.int16)
+    w = np.zeros((len(attn.src), k), dtype=np.float32)
+    for i, (s, ws) in enumerate(zip(attn.src, attn.weights, strict=True)):
+        src[i, : len(s)], w[i, : len(ws)] = s, ws
+    return encode_attn(src, w)
 
 
 def _example_row(e: Example) -> dict:
@@ -760,6 +1188,8 @@ def _example_row(e: Example) -> dict:
         "max_pos": int(acts.argmax()),
         "quantile": e.quantile,
         "provenance": dumps(e.provenance),
+        "window_pos": e.window,
+        "attn": _attn_blob(e.attn),
         "source_kind": e.source.kind if e.source else None,
         "source_rank": e.source.rank if e.source else None,
         "source_context": e.source.context_id if e.source else None,
@@ -781,4 +1211,6 @@ def _example_from_row(row: dict) -> Example:
         source=SourceRef(kind=row["source_kind"], rank=row["source_rank"], context_id=row["source_context"])
         if row["source_kind"] is not None
         else None,
+        window=row.get("window_pos"),
+        attn=decode_attn(row["attn"]) if row.get("attn") is not None else None,
     )

@@ -13,7 +13,10 @@ from autointerp.errors import UserError
 
 ExampleKind = Literal["top", "quantile", "random", "negative", "counterfactual", "minimal", "hard_negative"]
 
-_UNIT_RE = re.compile(r"^(?P<model>[^/]+)/(?P<hook>[^/]+)/(?:sae:(?P<sae>[^/]+)/)?(?P<index>\d+)$")
+_UNIT_RE = re.compile(
+    r"^(?P<model>[^/]+)/(?P<hook>[^/]+)/(?:sae:(?P<sae>[^/]+)/)?(?P<head>head:)?(?P<index>\d+)$"
+)
+HEAD_HOOK_RE = re.compile(r"^blocks\.(?P<layer>\d+)\.attn$")  # the "hook" of attention-head units
 
 
 def now() -> str:
@@ -22,7 +25,8 @@ def now() -> str:
 
 class UnitRef(BaseModel):
     """A unit addressed by a stable id: `model/hook/index` or `model/hook/sae:NAME/index` (NAME: the SAE's
-    folder name and the first 8 hex digits of its content hash, e.g. `res6-1a2b3c4d`)."""
+    folder name and the first 8 hex digits of its content hash, e.g. `res6-1a2b3c4d`), or an attention
+    head `model/blocks.L.attn/head:H` (hook `blocks.L.attn`, index H)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -32,9 +36,20 @@ class UnitRef(BaseModel):
     sae: str | None = None
 
     @property
+    def is_head(self) -> bool:
+        return self.sae is None and HEAD_HOOK_RE.match(self.hook) is not None
+
+    @property
+    def layer(self) -> int | None:
+        """The block index of a head unit (None for other units)."""
+        m = HEAD_HOOK_RE.match(self.hook)
+        return int(m["layer"]) if m and self.sae is None else None
+
+    @property
     def id(self) -> str:
         sae = f"sae:{self.sae}/" if self.sae else ""
-        return f"{self.model}/{self.hook}/{sae}{self.index}"
+        head = "head:" if self.is_head else ""
+        return f"{self.model}/{self.hook}/{sae}{head}{self.index}"
 
     @classmethod
     def parse(cls, unit_id: str) -> UnitRef:
@@ -43,6 +58,11 @@ class UnitRef(BaseModel):
             raise UserError(
                 f"{unit_id!r} is not a unit id; write MODEL/HOOK/INDEX, "
                 "e.g. gemma-3-270m/blocks.6.mlp.hook_post/1234."
+            )
+        if bool(m["head"]) != (not m["sae"] and HEAD_HOOK_RE.match(m["hook"]) is not None):
+            raise UserError(
+                f"{unit_id!r} is not a unit id; an attention head is MODEL/blocks.L.attn/head:H "
+                "(e.g. gemma-3-270m/blocks.3.attn/head:1) and only heads take `head:`."
             )
         return cls(model=m["model"], hook=m["hook"], index=int(m["index"]), sae=m["sae"])
 
@@ -73,6 +93,15 @@ class SourceRef(BaseModel):
         return cls(kind=example.kind, rank=example.rank, context_id=example.context.id)
 
 
+class HeadAttention(BaseModel):
+    """Where an attention head looked from each query position of an example: per position, its top
+    source (key) positions, strongest first, and their attention weights (sparse: BOS and weights below
+    the recording's floor left out)."""
+
+    src: list[list[int]]
+    weights: list[list[float]]
+
+
 class Example(BaseModel):
     """A unit's activations over one context window."""
 
@@ -84,6 +113,8 @@ class Example(BaseModel):
     quantile: int | None = None  # which activation quantile a `quantile` example was drawn from
     provenance: dict[str, str | float | int | None] = Field(default_factory=dict)
     source: SourceRef | None = None  # what a derived example was made from (None: recorded)
+    window: int | None = None  # a recorded example's window: its position in the run's window stream
+    attn: HeadAttention | None = None  # attention heads: the top source positions per query position
 
     @property
     def max_act(self) -> float:
@@ -109,8 +140,13 @@ class ExampleRows(BaseModel):
     context_ids: np.ndarray  # (N,) object: str
     acts: np.ndarray  # (N, T) float32
     quantiles: np.ndarray  # (N,) int, -1 where not a quantile example
+    windows: np.ndarray | None = None  # (N,) int: each window's position in the run's window stream
     provenance: dict[str, str | float | int | None]
     contexts: dict[str, Context]
+    # Attention heads: per example and query position, the top K source positions (-1: none) and weights.
+    attn_src: np.ndarray | None = None  # (N, T, K) int16
+    attn_w: np.ndarray | None = None  # (N, T, K) float32
+    attn_rows: np.ndarray | None = None  # (N,) bool: the rows that are head examples (None: all)
 
     def __len__(self) -> int:
         return len(self.ranks)
@@ -128,6 +164,10 @@ class UnitStats(BaseModel):
     fire_threshold: float
     hist_edges: list[float]  # len(hist_counts) + 1 edges; the outer ones are -inf / +inf
     hist_counts: list[int]
+    # The raw float64 sums behind mean and std (None in stores recorded before schema v8): what lets
+    # `autointerp merge` combine shards exactly.
+    sum: float | None = None
+    sumsq: float | None = None
 
 
 class Unit(BaseModel):
@@ -163,6 +203,30 @@ class RecordSettings(BaseModel):
     # False: positions holding a special token (BOS, ...) are left out of window maxima, statistics and
     # example selection, and stored with an activation that is never the window's peak (0.0).
     include_special: bool = False
+    # "i/n": record only the i-th of n contiguous blocks of the window stream (`autointerp merge` joins
+    # the n shard stores into what one run would have written). None: the whole stream.
+    shard: str | None = None
+    heads: list[str] = Field(default_factory=list)  # attention heads as "L.H" (left out of the hash if none)
+    head_activation: Literal["max-attn", "out-norm"] = "max-attn"
+
+
+class HeadMetrics(BaseModel):
+    """One attention head's detector scores (see autointerp.subject.head_detect) and its categories."""
+
+    model: str
+    layer: int
+    head: int
+    previous_token: float  # mean attention to the previous token (text)
+    induction: float  # mean attention to the token after the earlier copy (repeated random tokens)
+    duplicate_token: float  # mean attention to the earlier copy of the same token (repeated random tokens)
+    bos: float  # mean attention to BOS (text)
+    self_attn: float  # mean attention to the query's own position (text)
+    entropy: float  # mean entropy of the attention distribution, nats (text)
+    mean_distance: float  # mean query-key distance in tokens, attention-weighted (text)
+    categories: list[str] = Field(default_factory=list)
+    settings: dict = Field(default_factory=dict)
+    code_version: str = ""
+    created_at: str = Field(default_factory=now)
 
 
 class RunRecord(BaseModel):
@@ -265,3 +329,39 @@ class Investigation(BaseModel):
     code_version: str = ""
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
+
+
+IndexSort = Literal["index", "freq", "max", "explanations", "score"]
+
+
+class UnitQuery(BaseModel):
+    """A page of the unit index: filters, full-text search over explanations, sort and page."""
+
+    search: str = ""  # words that must all occur in one of the unit's explanations (prefixes match)
+    source: str = ""  # a hook, or HOOK/sae:NAME for an SAE's latents ("": every source)
+    min_freq: float | None = Field(default=None, ge=0, le=1)
+    max_freq: float | None = Field(default=None, ge=0, le=1)
+    min_max: float | None = None  # the unit's max activation
+    max_max: float | None = None
+    explained: bool | None = None  # True: only units with an explanation; False: only without
+    scorer: str = ""  # the scorer `sort=score` and `min_score` use ("": none)
+    min_score: float | None = None  # the unit's best `scorer` value
+    sort: IndexSort = "index"
+    descending: bool = False
+    page: int = Field(default=1, ge=1)
+    per_page: int = Field(default=50, ge=1, le=500)
+
+
+class UnitIndexRow(BaseModel):
+    """One unit of an index page: its statistics, how many explanations, its best `scorer` value."""
+
+    unit_id: str
+    model: str
+    hook: str
+    sae: str | None
+    index: int
+    n_tokens: int
+    frac_firing: float
+    max: float
+    n_explanations: int
+    score: float | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from autointerp.errors import UserError
 from autointerp.store import Store
 from autointerp.types import UnitRef
@@ -26,11 +28,56 @@ def parse_units(spec: str | None) -> list[int] | None:
     return sorted(set(out))
 
 
+_HEAD_RE = re.compile(r"^(\d+)\.(\d+)$")
+
+
+def head_hook(layer: int) -> str:
+    """The unit "hook" of layer `layer`'s heads (a name, not a TransformerLens hook point)."""
+    return f"blocks.{layer}.attn"
+
+
+def parse_heads(spec: str | None) -> list[tuple[int, int]] | None:
+    """`3.1,5.0` -> [(3, 1), (5, 0)] (sorted, unique); `all` -> [] (every head); None or "" -> None."""
+    if not spec:
+        return None
+    if spec.strip() == "all":
+        return []
+    out = set()
+    for part in spec.split(","):
+        m = _HEAD_RE.match(part.strip())
+        if not m:
+            raise UserError(
+                f"--heads {spec!r} is not `all` or a list of LAYER.HEAD like 3.1,5.0; fix the value."
+            )
+        out.add((int(m[1]), int(m[2])))
+    return sorted(out)
+
+
+def head_names(heads: list[tuple[int, int]]) -> list[str]:
+    return [f"{layer}.{h}" for layer, h in heads]
+
+
 def resolve_unit_ids(
-    store: Store, unit: list[str] | None = None, hook: str | None = None, units: str | None = None
+    store: Store,
+    unit: list[str] | None = None,
+    hook: str | None = None,
+    units: str | None = None,
+    heads: str | None = None,
 ) -> list[str]:
-    """Recorded unit ids: `unit` ids (each checked), or those of `hook` (all hooks if None) whose index
-    is in the `units` spec (all if None)."""
+    """Recorded unit ids: `unit` ids (each checked), or the recorded heads of the `heads` spec (`all`,
+    `3.1,5.0`), or those of `hook` (all hooks if None) whose index is in the `units` spec (all if None)."""
+    if heads:
+        wanted_heads = parse_heads(heads)
+        recorded = [u for u in store.units() if u.ref.is_head]
+        if wanted_heads:
+            keep_heads = set(wanted_heads)
+            recorded = [u for u in recorded if (u.ref.layer, u.ref.index) in keep_heads]
+        if not recorded:
+            raise UserError(
+                f"No recorded attention heads match --heads {heads} in {store.path}; "
+                "record them with `autointerp record --heads ...`."
+            )
+        return [u.id for u in recorded]
     if unit:
         ids = [UnitRef.parse(u).id for u in unit]
         missing = [u for u in ids if store.get_unit(u) is None]

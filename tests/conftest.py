@@ -49,16 +49,23 @@ def gemma():
     return load_subject("gemma-3-270m")
 
 
-def build_month_store(path: Path, n_units: int = 3, hook: str = "blocks.0.mlp.hook_post") -> Store:
-    """Units m/HOOK/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
+def recorded_store(path: Path, unit_max: float = 4.0, frac_firing: float = 0.05) -> tuple[Store, UnitStats]:
+    """A store with the record run `r1` of model `m`, and statistics for its units (1000 tokens)."""
     store = Store(path)
     store.start_run(
         RunRecord(id="r1", kind="record", settings={"model": "m"}, code_version="t", started_at="now")
     )
+    fire = round(1000 * frac_firing)
     stats = UnitStats(
-        n_tokens=1000, max=4.0, mean=0.1, std=0.5, frac_firing=0.05, fire_threshold=0.0,
-        hist_edges=[float("-inf"), 0.0, float("inf")], hist_counts=[950, 50],
+        n_tokens=1000, max=unit_max, mean=0.1, std=0.5, frac_firing=frac_firing, fire_threshold=0.0,
+        hist_edges=[float("-inf"), 0.0, float("inf")], hist_counts=[1000 - fire, fire],
     )  # fmt: skip
+    return store, stats
+
+
+def build_month_store(path: Path, n_units: int = 3, hook: str = "blocks.0.mlp.hook_post") -> Store:
+    """Units m/HOOK/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
+    store, stats = recorded_store(path)
     units, examples = [], []
     for u, hot in enumerate(HOT[:n_units]):
         unit = Unit(ref=UnitRef(model="m", hook=hook, index=u), run_id="r1", stats=stats)

@@ -233,3 +233,101 @@ def test_distractors_and_keyword_overlap():
 def test_builtin_months_are_month_names_not_the_verbs_may_and_march():
     months = next(u for u in BUILTIN if u.name == "months")
     assert months.acts([" In", " May", " it", " may", " march", " March"]) == [0, 1, 0, 0, 0, 1]
+
+
+def letter(c: str) -> dict:
+    return {"kind": "tokens", "tokens": [c]}
+
+
+# -- a whole bench on a tokenizer-only subject and a scripted LLM ----------------------------------------
+def tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm_spec: str, **kw):  # noqa: ANN001, ANN003, ANN201
+    """Two letter units over a small text file; a subject without a forward pass (the rules read tokens)."""
+    from types import SimpleNamespace
+
+    from autointerp.bench.run import run_bench
+    from autointerp.subject.model import SubjectModel
+
+    def no_embedder(*a, **k):  # noqa: ANN002, ANN003, ANN202 - the match falls back to keyword overlap
+        raise RuntimeError("no embedder in this test")
+
+    monkeypatch.setattr("autointerp.embed.embed", no_embedder)
+    subject = SubjectModel(
+        "tiny", SimpleNamespace(cfg=SimpleNamespace(default_prepend_bos=True)), char_tokenizer()
+    )
+    (tmp_path / "c.txt").write_text("the cat sat on a mat by the door and then a dog ran to it. " * 60)
+    suite = [
+        {"name": "a", "explanation": "the letter a", "near_miss": "the letter e", "rule": letter("a")},
+        {"name": "t", "explanation": "the letter t", "rule": letter("t")},
+    ]
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    return run_bench(
+        tmp_path / "b.db", suite=str(tmp_path / "suite.json"), methods=["top"], explainer=llm_spec,
+        tokens=3000, ctx=16, subject=subject, corpus=[str(tmp_path / "c.txt")], **kw,
+    )  # fmt: skip
+
+
+def test_bench_rows_of_the_truth_distractors_and_floor_show_their_tokens(
+    tmp_path, char_tokenizer, monkeypatch, scripted
+):
+    from autointerp.bench.report import tables
+
+    r = tiny_bench(tmp_path, char_tokenizer, monkeypatch, scripted().spec)
+    rows = {m.method: m for m in r.methods}
+    assert set(rows) == {
+        "top",
+        "true",
+        "distractor:other",
+        "distractor:negated",
+        "distractor:near_miss",
+        "random",
+    }
+    for m in rows.values():
+        assert m.prompt_tokens > 0 or m.cached_calls > 0, m.method  # every row says what it spent
+    assert rows["true"].prompt_tokens > 0 and rows["distractor:negated"].prompt_tokens > 0
+    header, *body = tables(r)["methods"]
+    col = header.index("prompt tok")
+    shown = {row[0]: row[col] for row in body}
+    assert shown["true"] == f"{rows['true'].prompt_tokens:,}" and "cached tok (calls)" in header
+    again = tiny_bench(tmp_path, char_tokenizer, monkeypatch, scripted().spec)  # all stored: nothing spent
+    assert all(m.prompt_tokens == 0 for m in again.methods)
+
+
+def test_bench_phases_count_every_unit_and_given_explanation(tmp_path, char_tokenizer, monkeypatch, scripted):
+    """What a piped `bench` shows: each phase with its total, ticked once per item (also when resumed)."""
+    for _ in range(2):  # the second run finds everything stored: the phases still count to their totals
+        seen: dict[str, list[int]] = {}
+
+        def phases(label: str, total: int, seen=seen):  # noqa: ANN202
+            seen[label] = [total, 0]
+            return lambda: seen[label].__setitem__(1, seen[label][1] + 1)
+
+        r = tiny_bench(tmp_path, char_tokenizer, monkeypatch, scripted().spec, phases=phases)
+        given = sum(m.n_units for m in r.methods if m.method != "top")
+        assert seen == {
+            "method top": [2, 2],
+            "given explanations (truth, distractors, the random floor)": [given] * 2,
+        }
+
+
+def test_out_of_credit_stops_a_bench_and_its_run_row_ends_failed(
+    tmp_path, char_tokenizer, monkeypatch, scripted
+):
+    from autointerp.llm import OutOfCreditError
+    from autointerp.store import Store
+
+    def refuse(request):  # noqa: ANN001, ANN202
+        raise OutOfCreditError("scripted:test: refused for lack of credit (quota exceeded); add credit.")
+
+    llm = scripted(respond=refuse)
+    with pytest.raises(OutOfCreditError, match="lack of credit"):
+        tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm.spec)
+    assert len(llm.requests) == 1  # the first refusal stopped everything
+    (run,) = Store(tmp_path / "b.db").runs("bench")
+    assert run.status == "failed" and "lack of credit" in run.summary["error"]
+
+
+def test_builtin_truths_say_what_their_rules_fire_on():
+    """A true explanation says exactly what its rule fires on: the import keyword, not whole statements."""
+    imp = next(u for u in BUILTIN if u.name == "import")
+    assert imp.explanation == "the import keyword in Python code"
+    assert imp.acts(["from", " os", " import", " path"]) == [0, 0, 1, 0]

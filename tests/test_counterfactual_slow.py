@@ -47,10 +47,11 @@ def test_padded_batches_equal_one_sequence_at_a_time(probe, db):
     ids = top.context.token_ids
     seqs = [ids, ids[:5], ids[:17], [ids[0], *ids[9:20]]]
     batched = probe.acts(seqs)
+    scale = 0.02 * top.max_act + 1e-3  # bf16 noise is relative to the unit's peak, not the window's max
     for seq, got in zip(seqs, batched, strict=True):
         alone = probe.acts([seq])[0]
         assert got.shape == (len(seq),)
-        assert np.allclose(got, alone, atol=0.02 * abs(alone).max() + 1e-3)
+        assert np.allclose(got, alone, atol=scale)
     assert np.allclose(batched[0], top.acts, atol=0.02 * max(top.acts) + 1e-3)  # what the recorder saw
 
 

@@ -279,3 +279,38 @@ def test_report_shows_the_floor_row():
         skipped_units={}, methods=rows,
     )  # fmt: skip
     assert [row[0] for row in tables(r)["methods"][1:]] == ["top", "random explanation (floor)"]
+
+
+def test_truth_and_distractor_rows_show_their_tokens_spent_and_cached(month_store, scripted):
+    from autointerp.bench.run import score_given_by_kind, usage_fields
+    from autointerp.llm import CachedLLM
+    from autointerp.pipeline import LabelSettings
+
+    llm = CachedLLM(scripted(), month_store)
+    uid = month_store.units()[0].id
+    s = LabelSettings(explainer=llm.spec, simulator=llm.spec)
+    # the same text as truth and as a distractor: the distractor's scoring is served from the cache
+    items = [(uid, "true", "months of the year"), (uid, "distractor:other", "months of the year")]
+    spent = asyncio.run(score_given_by_kind(month_store, s, llm, llm, items))
+    true, other = usage_fields(spent["true"]), usage_fields(spent["distractor:other"])
+    assert true["prompt_tokens"] > 0 and other["prompt_tokens"] == other["completion_tokens"] == 0
+    assert other["cached_tokens"] == true["prompt_tokens"] + true["completion_tokens"] + true["cached_tokens"]
+    assert other["cached_calls"] > true["cached_calls"]
+    stat = ScorerStat(n=1, mean=0.9, ci_low=0.9, ci_high=0.9, n_nan=0, n_failed=0)
+    rows = [
+        MethodRow(method=m, n_units=1, failures=0, stats={"correlation": stat}, **usage_fields(spent[m]))
+        for m in ("true", "distractor:other")
+    ]
+    r = BenchResult(
+        settings=BenchSettings(methods=["top"]),
+        db="x.db",
+        run_id="b",
+        units=[],
+        skipped_units={},
+        methods=rows,
+    )
+    header, *body = tables(r)["methods"]
+    col = {name: i for i, name in enumerate(header)}
+    assert body[0][col["prompt tok"]] == f"{true['prompt_tokens']:,}" != "0"
+    assert body[1][col["prompt tok"]] == "0"
+    assert body[1][col["cached tok (calls)"]] == f"{other['cached_tokens']:,} ({other['cached_calls']})"

@@ -296,3 +296,75 @@ def test_a_constant_judge_is_nan_in_a_label_run(month_store, scripted):
         (det,) = [x for x in month_store.scores(exp.id) if x.scorer == "detection"]
         assert "same verdict" in det.reason and 'P("1") = 0.000' in det.reason
     assert summary.stats("detection")["n"] == 0  # not averaged in as 0.5
+
+
+# -- JSON the caller parses itself; out of credit in a label run ------------------------------------
+def test_garbage_answers_to_json_requests_without_a_schema_are_not_cached(tmp_path, scripted):
+    store = Store(tmp_path / "c.db")
+    llm = scripted(respond=None)
+    llm.enqueue("I would say 5, then 3", "Sure: [5, 3]")
+    cached = CachedLLM(llm, store)
+    request = ask(json_answer=True)
+    assert request.cache_key("scripted", "test") == ask().cache_key("scripted", "test")  # keys unchanged
+    assert chat(cached, request).text == "I would say 5, then 3"  # the caller sees it (and fails) ...
+    assert store.get_llm_call(request.cache_key("scripted", "test")) is None  # ... and it is not kept
+    assert chat(cached, request).text == "Sure: [5, 3]"  # the rerun asks again: JSON inside, kept
+    assert chat(cached, request).usage.cached and len(llm.requests) == 2
+
+
+def test_the_json_simulator_and_chat_judges_ask_for_json_answers(month_store, scripted):
+    from autointerp.llm import ChatRequest as Request
+
+    llm = scripted(
+        token_probs=False, respond=lambda r: "[0, 9]" if "[[" not in r.messages[-1].content else "x"
+    )
+    label(
+        month_store.path,
+        [month_store.units()[0].id],
+        explainer=llm.spec,
+        scorers=["correlation", "detection"],
+    )
+    chats = [r for r in llm.requests if isinstance(r, Request)]
+    explain, others = chats[0], chats[1:]
+    assert not explain.json_answer and others and all(r.json_answer for r in others)
+
+
+def out_of_credit(request) -> str:  # noqa: ANN001 - a scripted answer
+    raise OutOfCreditError(
+        f"scripted:test: the API refused the call for lack of credit ({QUOTA}); add credit."
+    )
+
+
+@pytest.mark.parametrize("when", ["explainer", "simulator"])
+def test_out_of_credit_stops_the_whole_label_run_with_the_providers_message(month_store, scripted, when):
+    if when == "explainer":
+        llm = scripted(respond=out_of_credit)
+    else:  # explaining works; the simulator (a chat judge's JSON here) runs out of credit
+        llm = scripted(
+            respond=lambda r: "months" if len(llm.requests) == 1 else out_of_credit(r), token_probs=False
+        )
+    args = ["label", "--db", str(month_store.path), "--explainer", llm.spec, "--concurrency", "1"]
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert out.exit_code == 2, out.output
+    errors = [x for x in out.output.splitlines() if x.startswith("error:")]
+    assert errors == [
+        f"error: scripted:test: the API refused the call for lack of credit ({QUOTA}); add credit."
+    ]
+    assert "Traceback" not in out.output and "done" not in out.output  # no summary of failed units
+    assert len([r for r in llm.requests if isinstance(r, ChatRequest)]) == (1 if when == "explainer" else 2)
+    (run,) = Store(month_store.path).runs("label")
+    assert run.status == "failed" and "lack of credit" in run.summary["error"]
+
+
+def test_an_out_of_quota_server_stops_the_label_run_at_once(server, month_store):
+    quota = {
+        "error": {"message": QUOTA, "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}
+    }
+    server.script((429, quota, {"retry-after-ms": "1"}))
+    args = ["label", "--db", str(month_store.path), "--explainer", "openai:fake", "--concurrency", "1"]
+    args += ["--base-url", server.url + "/v1", "--simulator-mode", "json"]
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "lack of credit" in text and QUOTA in text and "Traceback" not in text
+    assert len(server.requests) == 1  # not once per unit, not retried

@@ -108,10 +108,13 @@ def test_chat_and_logprobs(llama_server, tmp_path):
     assert llm.capabilities.token_probs
     a = asyncio.run(llm.chat(_ask("Name a color.", top_logprobs=3)))
     b = asyncio.run(llm.chat(_ask("Name a color.", top_logprobs=3)))
-    assert a.text.strip() and a.text == b.text  # greedy at temperature 0
+    assert a.text.strip() and b.text.strip()
     assert a.usage.prompt_tokens > 0 and a.usage.completion_tokens == len(a.logprobs) > 0
     assert a.finish_reason in {"stop", "length"} and a.usage.cost_usd is None
-    for t in a.logprobs:  # greedy: every chosen token is the most likely one
+    # Greedy at temperature 0: every chosen token is the most likely one. (Two identical calls need not
+    # give the same text: the server's prompt cache evaluates the second prompt in another batch shape,
+    # which moves near-tied logits of a 135M model enough to pick another token.)
+    for t in [*a.logprobs, *b.logprobs]:
         assert t.logprob == pytest.approx(max(t.top.values()), abs=1e-4) and len(t.top) <= 3
 
 

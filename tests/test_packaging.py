@@ -193,6 +193,10 @@ def test_wheel_works_outside_the_checkout(installed, no_torch_site, tmp_path):
     assert {p.name for p in (pkg / "templates").glob("*.j2")} == {
         p.name for p in (REPO / "autointerp" / "templates").glob("*.j2")
     }
+    viewer = REPO / "autointerp" / "viewer"
+    for folder in ("templates", "static"):  # the viewer's pages, styles and script ship as package data
+        want = {p.name for p in (viewer / folder).iterdir() if p.is_file()}
+        assert {p.name for p in (pkg / "viewer" / folder).iterdir()} == want
 
     p = run(["-m", "autointerp", "--help"], [installed, no_torch_site], outside)
     assert p.returncode == 0 and "label" in p.stdout, p.stderr

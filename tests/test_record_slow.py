@@ -151,3 +151,27 @@ def test_bos_is_left_out_unless_keep_bos(gemma, recorded, monkeypatch):
     assert kept.id != default.run_id and kept.summary["special_tokens"] == "included"
     unit = store.get_unit(f"gemma-3-270m/{HOOK}/3")
     assert unit.run_id == kept.id and unit.stats.n_tokens == 3072
+
+
+def test_the_config_check_of_hooks_agrees_with_the_loaded_model(gemma):
+    """What a fresh machine checks before loading (the shape, TransformerLens' hook names) accepts every
+    per-token hook of the real model with its real width, and refuses every other hook it has."""
+    import json
+
+    from autointerp import assets
+    from autointerp.subject.model import EMBEDDED_SHAPES, check_hook_by_shape, shape_from_hf_config
+
+    shape = EMBEDDED_SHAPES["gemma-3-270m"]
+    assert (
+        shape_from_hf_config(json.loads((assets.bf16_dir("gemma-3-270m") / "config.json").read_text()))
+        == shape
+    )
+    widths = gemma.unit_hooks
+    assert len(widths) > 18 * 10
+    for hook, width in widths.items():
+        assert check_hook_by_shape(shape, hook, "gemma-3-270m") in (width, None), hook
+    flagged = {"hook_mlp_in", "unembed.hook_in", "unembed.hook_out"}  # fire only with a config flag
+    for hook in set(gemma.model.hook_dict) - set(widths):
+        if hook.split(".", 2)[-1] not in flagged and hook not in flagged:
+            with pytest.raises(UserError):
+                check_hook_by_shape(shape, hook, "gemma-3-270m")

@@ -3,10 +3,16 @@ sentence for a locked, read-only or full store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlite_utils
@@ -217,3 +223,83 @@ def test_a_full_disk_is_not_called_a_foreign_file(month_store):
                     hash=f"h{i}", backend="b", model="m", request={"x": "y" * 4000}, response={}
                 )
             )
+
+
+@contextlib.contextmanager
+def made_read_only(*paths: Path) -> Iterator[None]:
+    """Really make files or folders unwritable for this process: `chmod a-w` for a user; for root, whom
+    modes do not stop, the immutable attribute (`chattr +i`); skip where neither is possible."""
+    if os.geteuid() != 0:
+        modes = [p.stat().st_mode for p in paths]
+        for p in paths:
+            p.chmod(p.stat().st_mode & ~0o222)
+        try:
+            yield
+        finally:
+            for p, mode in zip(paths, modes, strict=True):
+                p.chmod(mode)
+        return
+    done = []
+    try:
+        for p in paths:
+            if (
+                shutil.which("chattr") is None
+                or subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode
+            ):
+                pytest.skip(
+                    "root ignores file modes and this file system has no immutable attribute (chattr +i)"
+                )
+            done.append(p)
+        yield
+    finally:
+        for p in done:
+            subprocess.run(["chattr", "-i", str(p)], check=True)
+
+
+def cli(*args: object):  # noqa: ANN201 - click Result
+    from typer.testing import CliRunner
+
+    from autointerp.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
+
+
+def one_sentence_error(out) -> str:  # noqa: ANN001 - click Result
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert text.startswith("error: ") and "Traceback" not in text and "not an autointerp store" not in text
+    return text
+
+
+def test_a_new_store_in_a_read_only_folder_is_one_sentence(tmp_path, scripted):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with made_read_only(folder):
+        out = cli("record", "--db", folder / "new.db", "--hook", "blocks.0.mlp.hook_post")
+        text = one_sentence_error(out)
+        assert f"{folder / 'new.db'} cannot be written: the file or its directory is read-only" in text
+
+
+def test_a_store_in_a_read_only_folder_is_one_sentence(tmp_path, scripted):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    build_month_store(folder / "m.db").db.conn.close()  # closed: its -wal and -shm files are gone
+    with made_read_only(folder):
+        text = one_sentence_error(cli("label", "--db", folder / "m.db", "--explainer", scripted().spec))
+        assert f"{folder / 'm.db'} cannot be written: the file or its directory is read-only" in text
+
+
+def test_a_read_only_store_file_is_refused_at_open_by_writers_and_read_by_readers(tmp_path, scripted):
+    db = tmp_path / "m.db"
+    build_month_store(db)
+    llm = scripted()
+    with made_read_only(db):
+        text = one_sentence_error(cli("label", "--db", db, "--explainer", llm.spec))
+        assert text == (
+            f"error: {db} cannot be written: the file is read-only (its mode or attributes); make it "
+            "writable (chmod u+w) or pass another --db."
+        )
+        assert llm.requests == []  # refused before any LLM call
+        listed = cli("units", "--db", db)  # reading needs no write access
+        assert listed.exit_code == 0 and "3 units" in listed.output, listed.output
+    assert cli("label", "--db", db, "--explainer", llm.spec).exit_code == 0  # writable again: it runs

@@ -20,12 +20,17 @@ def stream(n_batches=7, b=5, t=6, u=9, seed=0):
         yield acts, toks
 
 
+def wids_of(toks: torch.Tensor) -> torch.Tensor:
+    """The stream position of each window of `stream` (its first token id counts tokens before it)."""
+    return toks[:, 0].long() // toks.shape[1]
+
+
 @pytest.mark.parametrize("k", [1, 3, 8, 40])
 def test_topk_by_window_max_matches_brute_force(k):
     batches = list(stream())
     buf = KeyedTopK(k, 9, 6)
     for acts, toks in batches:
-        buf.update(acts.max(dim=1).values, acts, toks)
+        buf.update(acts.max(dim=1).values, acts, toks, wids_of(toks))
     all_acts = torch.cat([a for a, _ in batches])  # (N, T, U)
     all_toks = torch.cat([t for _, t in batches])
     for u in range(1, 9):
@@ -42,7 +47,7 @@ def test_topk_by_window_max_matches_brute_force(k):
 def test_topk_keeps_all_when_fewer_windows_than_k():
     buf = KeyedTopK(100, 9, 6)
     for acts, toks in stream(n_batches=2):
-        buf.update(acts.max(dim=1).values, acts, toks)
+        buf.update(acts.max(dim=1).values, acts, toks, wids_of(toks))
     assert len(buf.entries(3)) == 10
 
 
@@ -51,7 +56,7 @@ def test_masked_keys_never_enter():
     buf = KeyedTopK(4, 9, 6)
     for acts, toks in stream():
         keys = torch.where(acts.max(dim=1).values > 1.5, torch.rand(acts.shape[0], 9), -math.inf)
-        buf.update(keys, acts, toks)
+        buf.update(keys, acts, toks, wids_of(toks))
     for u in range(9):
         assert all(e[1].max() > 1.5 for e in buf.entries(u))
     assert buf.entries(0) == []
@@ -81,10 +86,9 @@ def test_stats_match_numpy():
 def test_reservoirs_are_uniform_and_respect_firing():
     """Quantile pool holds only firing windows, negatives only non-firing, random is shared by units."""
     s = RecordSettings(model="m", hooks=["h"], ctx=6, quantile_pool=30, n_negative=30, n_random=10)
-    st = SourceState.new(s, 9)
-    gen = torch.Generator().manual_seed(1)
+    st = SourceState.new(s, list(range(9)), "h")
     for acts, toks in stream(n_batches=40):
-        st.update(acts, toks, gen)
+        st.update(acts, toks, wids_of(toks))
     for u in range(1, 9):
         assert all(e[1].max() > 0 for e in st.quantile.entries(u))
         assert all(e[1].max() <= 0 for e in st.negative.entries(u))
@@ -145,8 +149,8 @@ def test_special_positions_are_left_out_of_maxima_stats_and_peaks(sparse, thresh
         n_negative=30,
         fire_threshold=threshold,
     )
-    st = SourceState.new(s, 9)
-    gen, g = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    st = SourceState.new(s, list(range(9)), "h")
+    g = torch.Generator().manual_seed(2)
     seen, masks = [], []
     for acts, toks in stream(n_batches=10):
         if sparse:
@@ -158,7 +162,7 @@ def test_special_positions_are_left_out_of_maxima_stats_and_peaks(sparse, thresh
         mask[:, 0] = mask[2, 3] = True
         seen.append(acts.clone())
         masks.append(mask)
-        st.update(acts, toks, gen, special=mask.nonzero(as_tuple=True))
+        st.update(acts, toks, wids_of(toks), special=mask.nonzero(as_tuple=True))
     x, mask = torch.cat(seen), torch.cat(masks)
     stats = st.stats.all_stats()
     for u in range(9):

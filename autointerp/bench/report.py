@@ -24,7 +24,14 @@ def tables(r: BenchResult) -> dict[str, list[list[str]]]:
     """The report's tables as rows of strings (first row: the header)."""
     sc = r.settings.scorers
     methods = [["method", "units", "failures"] + [f"{x} mean [95% CI] (n, nan)" for x in sc]]
-    methods[0] += ["matches truth", "prompt tok", "completion tok", "seconds", "resumed"]
+    methods[0] += [
+        "matches truth",
+        "prompt tok",
+        "completion tok",
+        "cached tok (calls)",
+        "seconds",
+        "resumed",
+    ]
     for m in r.methods:
         cells = [SHOWN.get(m.method, m.method), str(m.n_units), str(m.failures)]
         for x in sc:
@@ -34,7 +41,8 @@ def tables(r: BenchResult) -> dict[str, list[list[str]]]:
                 if st
                 else "–"
             )
-        cells += [_pct(m.match_share), str(m.prompt_tokens), str(m.completion_tokens), _f(m.seconds, 1)]
+        cells += [_pct(m.match_share), f"{m.prompt_tokens:,}", f"{m.completion_tokens:,}"]
+        cells += [f"{m.cached_tokens:,} ({m.cached_calls:,})", _f(m.seconds, 1)]
         cells.append(str(m.resumed))
         methods.append(cells)
     units = [["unit", "truth"] + [f"{m} (sim)" for m in r.settings.methods]]
@@ -149,7 +157,9 @@ def _intro(r: BenchResult) -> list[str]:
     )
     lines.append(
         "Seconds: compute time recorded with the stored rows; tokens: LLM tokens spent by this "
-        "invocation (units resumed from the store and cached LLM calls cost none)."
+        "invocation, for every row (the truth, distractor and floor rows: scoring them); cached: tokens "
+        "of the LLM calls served from the store's cache (they cost nothing; units resumed from the store "
+        "make no calls at all)."
     )
     if r.skipped_units:
         lines.append("Left out: " + "; ".join(f"{u} ({why})" for u, why in r.skipped_units.items()))

@@ -30,8 +30,8 @@ from autointerp.bench.meta import MetaEval
 from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synthetic_sources
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS
-from autointerp.llm import get_llm
-from autointerp.pipeline import Labeller, LabelSettings
+from autointerp.llm import LLM, get_llm
+from autointerp.pipeline import Labeller, LabelSettings, RoleUsage
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.score import SCORERS, ScoreSettings
 from autointerp.store import Store
@@ -133,8 +133,10 @@ class MethodRow(BaseModel):
     n_units: int
     failures: int  # explanations that failed (never stored as results)
     stats: dict[str, ScorerStat]
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # tokens of the LLM calls this invocation made (explaining and scoring)
     completion_tokens: int = 0
+    cached_calls: int = 0  # LLM calls served from the store's cache: they cost nothing
+    cached_tokens: int = 0  # prompt + completion tokens of those calls
     seconds: float = 0.0  # compute time recorded with the stored rows (explaining + scoring), summed
     resumed: int = 0  # units whose stored results were reused: their tokens are not counted again
     match_share: float | None = None  # generated explanations matching the truth
@@ -240,14 +242,21 @@ def given_id(unit_id: str, method: str, text: str, s: LabelSettings) -> str:
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, str, str]]) -> None:
-    """Score given texts (unit id, method, text) with the labeller's scorers; stored like any explanation."""
+async def score_given(
+    labeller: Labeller,
+    store: Store,
+    items: list[tuple[str, str, str]],
+    tick: Callable[[], None] = lambda: None,
+) -> None:
+    """Score given texts (unit id, method, text) with the labeller's scorers; stored like any explanation.
+    `tick` is called as each one is done (or found done)."""
     sem = asyncio.Semaphore(labeller.s.concurrency)
 
     async def one(unit_id: str, method: str, text: str) -> None:
         exp_id = given_id(unit_id, method, text, labeller.s)
         sample = sample_unit(store, unit_id, labeller.s.sample)
         if labeller.done(exp_id, sample):
+            tick()
             return
         async with sem:
             scores = await labeller.score_explanation(exp_id, unit_id, text, sample)
@@ -262,8 +271,27 @@ async def score_given(labeller: Labeller, store: Store, items: list[tuple[str, s
             run_id=labeller.run_id,
         )
         store.put_explanation(exp, scores)
+        tick()
 
     await asyncio.gather(*(one(*it) for it in items))
+
+
+async def score_given_by_kind(
+    store: Store,
+    s: LabelSettings,
+    explainer: LLM,
+    simulator: LLM,
+    items: list[tuple[str, str, str]],
+    tick: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, RoleUsage]]:
+    """`score_given` one kind (`true`, `distractor:KIND`, `random`) after the other, each by a labeller
+    with its own token meters: what each kind spent, by LLM role."""
+    spent: dict[str, dict[str, RoleUsage]] = {}
+    for kind in dict.fromkeys(m for _, m, _ in items):
+        metered = Labeller(store, s, explainer, simulator)
+        await score_given(metered, store, [it for it in items if it[1] == kind], tick)
+        spent[kind] = {role: m.usage for role, m in metered.meters.items()}
+    return spent
 
 
 # -- matching generated explanations to the truth --------------------------------------------------
@@ -317,6 +345,16 @@ def _collect(row: UnitRow, key: str, scores: dict[str, Score], spent: dict[str, 
     spent[key] = spent.get(key, 0.0) + sum(float(x.details.get("seconds", 0.0)) for x in scores.values())
 
 
+def usage_fields(usage: dict[str, RoleUsage]) -> dict[str, int]:
+    """A MethodRow's token fields from what each LLM role spent (cache hits apart)."""
+    return {
+        "prompt_tokens": sum(u.prompt_tokens for u in usage.values()),
+        "completion_tokens": sum(u.completion_tokens for u in usage.values()),
+        "cached_calls": sum(u.cached_calls for u in usage.values()),
+        "cached_tokens": sum(u.cached_prompt_tokens + u.cached_completion_tokens for u in usage.values()),
+    }
+
+
 def _stat(values: list[float | None], statuses: list[str], seed: int) -> ScorerStat:
     ok = [v for v in values if v is not None]
     lo, hi = meta.bootstrap_ci(ok, seed=seed)
@@ -346,6 +384,7 @@ async def arun_bench(
     seed: int = 0,
     n_units: int | None = None,
     progress: Callable[[str], None] | None = None,
+    phases: Callable[[str, int], Callable[[], None]] | None = None,
     subject=None,  # noqa: ANN001 - a loaded SubjectModel to reuse
     timeout: float | None = None,
     retries: int | None = None,
@@ -368,6 +407,14 @@ async def arun_bench(
     EXPLAINERS.check(s.methods)
     SCORERS.check(s.scorers)
     say = progress or (lambda _msg: None)
+
+    def phase(label: str, total: int) -> Callable[[], None]:
+        """Announce a phase; with `phases`, its count and ETA (`phases(label, total)` gives the tick)."""
+        if phases is None:
+            say(label)
+            return lambda: None
+        return phases(label, total)
+
     t0 = time.perf_counter()
     store = Store(db)
     sim_spec = s.simulator or s.explainer
@@ -413,134 +460,142 @@ async def arun_bench(
         )
     )
 
-    def label_settings(methods: list[str]) -> LabelSettings:
-        return LabelSettings(
-            explainer=s.explainer,
-            simulator=sim_spec,
-            methods=methods,
-            scorers=s.scorers,
-            concurrency=s.concurrency,
-            sample=sample_s,
-            score=(ScoreSettings.delphi if s.delphi else ScoreSettings)(
-                seed=s.seed, n_per_quantile=s.n_per_quantile
-            ),
-        )
+    try:  # whatever happens from here (an error, Ctrl-C, out of credit), the run's row ends
 
-    rows = {
-        uid: UnitRow(
-            unit_id=uid,
-            name=names[uid],
-            truth=truth[uid].explanation if uid in truth else None,
-            explanations={},
-            scores={},
-        )
-        for uid in usable
-    }
-    method_rows: list[MethodRow] = []
-    spent: dict[str, float] = {}  # candidate key -> recorded seconds
-    for method in s.methods:
-        say(f"explaining and scoring with method {method}")
-        labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
-        summary = await labeller.run(usable)
-        for r in summary.results:
-            row = rows[r.unit_id]
-            key = f"gen:{method}"
-            row.explanations[key] = r.explanation
-            if r.error:
-                row.errors[method] = r.error
-            else:
-                exp_id = r.explanation_id
-                _collect(row, key, stored_scores(store, labeller, exp_id), spent)
-                exp = store.get_explanation(exp_id)
-                spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
-        method_rows.append(
-            MethodRow(
-                method=method,
-                n_units=len(usable),
-                failures=len(summary.failures),
-                stats={},
-                prompt_tokens=summary.prompt_tokens,
-                completion_tokens=summary.completion_tokens,
-                resumed=sum(r.skipped for r in summary.results),
+        def label_settings(methods: list[str]) -> LabelSettings:
+            return LabelSettings(
+                explainer=s.explainer,
+                simulator=sim_spec,
+                methods=methods,
+                scorers=s.scorers,
+                concurrency=s.concurrency,
+                sample=sample_s,
+                score=(ScoreSettings.delphi if s.delphi else ScoreSettings)(
+                    seed=s.seed, n_per_quantile=s.n_per_quantile
+                ),
             )
-        )
 
-    given: list[tuple[str, str, str]] = []
-    if truth and s.meta:
-        ordered = [truth[u] for u in usable]
-        for i, uid in enumerate(usable):
-            given.append((uid, "true", truth[uid].explanation))
-            given += [(uid, f"distractor:{k}", text) for k, text in distractors(ordered, i).items()]
-    first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
-    given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
-    if given:
-        say(f"scoring {len(given)} given explanations (truth, distractors, the random floor)")
-        labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
-        await score_given(labeller, store, given)
-        for uid, method, text in given:
-            rows[uid].explanations[candidate_key(method)] = text
-            exp_id = given_id(uid, method, text, labeller.s)
-            _collect(rows[uid], candidate_key(method), stored_scores(store, labeller, exp_id), spent)
-        for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS), RANDOM]:
-            if any(m == kind for _, m, _ in given):
-                method_rows.append(
-                    MethodRow(
-                        method=kind,
-                        n_units=sum(1 for _, m, _ in given if m == kind),
-                        failures=0,
-                        stats={},
-                    )
-                )
-
-    # Per-method statistics from the stored rows (statuses include nan and failed).
-    for mr in method_rows:
-        key = candidate_key(mr.method)
-        mr.seconds = round(spent.get(key, 0.0), 1)
-        for sc in s.scorers:
-            have = [u for u in usable if key in rows[u].scores]
-            vals = [rows[u].scores[key].get(sc) for u in have]
-            statuses = [rows[u].status[key].get(sc, "failed") for u in have]
-            mr.stats[sc] = _stat(vals, statuses, s.seed)
-
-    match_measure = ""
-    near_miss_match_rate = None
-    if truth:
-        pairs = [
-            (uid, m, rows[uid].explanations.get(f"gen:{m}"), rows[uid].truth)
+        rows = {
+            uid: UnitRow(
+                unit_id=uid,
+                name=names[uid],
+                truth=truth[uid].explanation if uid in truth else None,
+                explanations={},
+                scores={},
+            )
             for uid in usable
-            for m in s.methods
-            if rows[uid].explanations.get(f"gen:{m}")
-        ]
-        # The near misses calibrate the measure: a wrong phrase that still "matches" is a false match.
-        near = [(truth[u].near_miss, truth[u].explanation) for u in usable if truth[u].near_miss]
-        all_pairs = [(g, t) for _, _, g, t in pairs] + near
-        sims, threshold, match_measure = similarities(all_pairs, s)  # type: ignore[arg-type]
-        for (uid, m, _, _), sim in zip(pairs, sims[: len(pairs)], strict=True):
-            rows[uid].match[m] = Match(similarity=round(sim, 4), matched=sim >= threshold)
-        near_sims = sims[len(pairs) :]
-        if near_sims:
-            near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
+        }
+        method_rows: list[MethodRow] = []
+        spent: dict[str, float] = {}  # candidate key -> recorded seconds
+        for method in s.methods:
+            tick = phase(f"method {method}", len(usable))
+            labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
+            summary = await labeller.run(usable, lambda _r, tick=tick: tick())
+            for r in summary.results:
+                row = rows[r.unit_id]
+                key = f"gen:{method}"
+                row.explanations[key] = r.explanation
+                if r.error:
+                    row.errors[method] = r.error
+                else:
+                    exp_id = r.explanation_id
+                    _collect(row, key, stored_scores(store, labeller, exp_id), spent)
+                    exp = store.get_explanation(exp_id)
+                    spent[key] += float(exp.settings.get("seconds", 0.0)) if exp else 0.0
+            method_rows.append(
+                MethodRow(
+                    method=method,
+                    n_units=len(usable),
+                    failures=len(summary.failures),
+                    stats={},
+                    resumed=sum(r.skipped for r in summary.results),
+                    **usage_fields(summary.usage),
+                )
+            )
+
+        given: list[tuple[str, str, str]] = []
+        if truth and s.meta:
+            ordered = [truth[u] for u in usable]
+            for i, uid in enumerate(usable):
+                given.append((uid, "true", truth[uid].explanation))
+                given += [(uid, f"distractor:{k}", text) for k, text in distractors(ordered, i).items()]
+        first = {u: rows[u].explanations.get(f"gen:{s.methods[0]}") for u in usable}
+        given += [(uid, RANDOM, text) for uid, text in random_explanations(usable, first, s.seed).items()]
+        if given:
+            tick = phase("given explanations (truth, distractors, the random floor)", len(given))
+            labeller = Labeller(store, label_settings([s.methods[0]]), exp_llm, sim_llm)
+            given_usage = await score_given_by_kind(store, labeller.s, exp_llm, sim_llm, given, tick)
+            for uid, method, text in given:
+                rows[uid].explanations[candidate_key(method)] = text
+                exp_id = given_id(uid, method, text, labeller.s)
+                _collect(rows[uid], candidate_key(method), stored_scores(store, labeller, exp_id), spent)
+            for kind in ["true", *(f"distractor:{k}" for k in DISTRACTORS), RANDOM]:
+                if any(m == kind for _, m, _ in given):
+                    method_rows.append(
+                        MethodRow(
+                            method=kind,
+                            n_units=sum(1 for _, m, _ in given if m == kind),
+                            failures=0,
+                            stats={},
+                            **usage_fields(given_usage.get(kind, {})),
+                        )
+                    )
+
+        # Per-method statistics from the stored rows (statuses include nan and failed).
         for mr in method_rows:
-            if mr.method in EXPLAINERS:
-                got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
-                mr.match_share = sum(got) / len(usable) if usable else None
+            key = candidate_key(mr.method)
+            mr.seconds = round(spent.get(key, 0.0), 1)
+            for sc in s.scorers:
+                have = [u for u in usable if key in rows[u].scores]
+                vals = [rows[u].scores[key].get(sc) for u in have]
+                statuses = [rows[u].status[key].get(sc, "failed") for u in have]
+                mr.stats[sc] = _stat(vals, statuses, s.seed)
 
-    meta_eval = None
-    if truth and s.meta:
-        meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+        match_measure = ""
+        near_miss_match_rate = None
+        if truth:
+            pairs = [
+                (uid, m, rows[uid].explanations.get(f"gen:{m}"), rows[uid].truth)
+                for uid in usable
+                for m in s.methods
+                if rows[uid].explanations.get(f"gen:{m}")
+            ]
+            # The near misses calibrate the measure: a wrong phrase that still "matches" is a false match.
+            near = [(truth[u].near_miss, truth[u].explanation) for u in usable if truth[u].near_miss]
+            all_pairs = [(g, t) for _, _, g, t in pairs] + near
+            sims, threshold, match_measure = similarities(all_pairs, s)  # type: ignore[arg-type]
+            for (uid, m, _, _), sim in zip(pairs, sims[: len(pairs)], strict=True):
+                rows[uid].match[m] = Match(similarity=round(sim, 4), matched=sim >= threshold)
+            near_sims = sims[len(pairs) :]
+            if near_sims:
+                near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
+            for mr in method_rows:
+                if mr.method in EXPLAINERS:
+                    got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
+                    mr.match_share = sum(got) / len(usable) if usable else None
 
-    result = BenchResult(
-        settings=s,
-        db=str(store.path),
-        run_id=run_id,
-        units=[rows[u] for u in usable],
-        skipped_units=skipped,
-        methods=method_rows,
-        meta=meta_eval,
-        match_measure=match_measure,
-        near_miss_match_rate=near_miss_match_rate,
-        seconds=round(time.perf_counter() - t0, 2),
-        code_version=code_version(),
-    )
-    store.finish_run(run_id, "complete", json.loads(result.model_dump_json(exclude={"units", "settings"})))
-    return result
+        meta_eval = None
+        if truth and s.meta:
+            meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+
+        result = BenchResult(
+            settings=s,
+            db=str(store.path),
+            run_id=run_id,
+            units=[rows[u] for u in usable],
+            skipped_units=skipped,
+            methods=method_rows,
+            meta=meta_eval,
+            match_measure=match_measure,
+            near_miss_match_rate=near_miss_match_rate,
+            seconds=round(time.perf_counter() - t0, 2),
+            code_version=code_version(),
+        )
+        store.finish_run(
+            run_id, "complete", json.loads(result.model_dump_json(exclude={"units", "settings"}))
+        )
+        return result
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt | asyncio.CancelledError)
+        store.finish_run(run_id, "failed", {"error": "interrupted" if interrupted else repr(e)})
+        raise

@@ -323,7 +323,7 @@ BUILTIN: list[SyntheticUnit] = [
     ),
     SyntheticUnit(
         name="import",
-        explanation="import statements in Python code",
+        explanation="the import keyword in Python code",
         rule=_tokens("import"),
         near_miss="function definitions in Python code",
     ),

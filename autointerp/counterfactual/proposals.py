@@ -89,8 +89,9 @@ def plan_jobs(
 
 async def ask(llm: LLM, jobs: list[EditJob], s: CounterfactualSettings) -> list[str | Exception]:
     """Each job's final answer. An unusable answer is sent back once per retry with the reason (the
-    conversation grows, so the request and its cache entry differ); an LLM error ends that job."""
-    from autointerp.llm import ChatRequest, LLMError, Message
+    conversation grows, so the request and its cache entry differ); an LLM error ends that job, and an
+    `OutOfCreditError` ends them all."""
+    from autointerp.llm import ChatRequest, LLMError, Message, OutOfCreditError
 
     async def one(job: EditJob) -> str | Exception:
         msgs = list(job.messages)
@@ -98,6 +99,8 @@ async def ask(llm: LLM, jobs: list[EditJob], s: CounterfactualSettings) -> list[
             req = ChatRequest(messages=msgs, temperature=s.temperature, max_tokens=s.max_tokens, seed=0)
             try:
                 answer = (await llm.chat(req)).text
+            except OutOfCreditError:
+                raise  # no further call can succeed: stop, not one failed job per unit
             except LLMError as e:
                 return e
             err = parse_edit(answer, job.text, s.max_edit_frac).error

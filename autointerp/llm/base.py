@@ -50,12 +50,16 @@ class ChatRequest(BaseModel):
     max_tokens: int = 256
     stop: list[str] | None = None
     json_schema: dict | None = None  # ask for a JSON answer matching this schema, where supported
+    # The caller parses JSON out of the answer itself (no schema): an answer holding none is not cached.
+    # Not sent to the backend and not part of the cache key.
+    json_answer: bool = False
     tools: list[Tool] | None = None
     top_logprobs: int = 0  # > 0: return that many alternatives per generated token, where supported
     seed: int | None = None
 
     def cache_key(self, backend: str, model: str) -> str:
-        blob = json.dumps({"backend": backend, "model": model, "req": self.model_dump()}, sort_keys=True)
+        req = self.model_dump(exclude={"json_answer"})
+        blob = json.dumps({"backend": backend, "model": model, "req": req}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -4,8 +4,8 @@ Each call is looked up in the store by the hash of its canonical request; a hit 
 `usage.cached=True`. A miss is performed, timed and written with its token counts, latency and cost.
 Identical requests in flight at the same time (also within one batch) are performed once; the
 other askers get a copy marked cached. A failed call raises `LLMError` and is never written; nor is
-an empty answer (no text, no tool call, no probabilities) or a JSON-schema answer that is not JSON:
-a rerun asks again.
+an empty answer (no text, no tool call, no probabilities), a JSON-schema answer that is not JSON, or
+an answer to a `json_answer` request (JSON the caller parses itself) that holds no JSON: a rerun asks again.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     TokenProbsResponse,
 )
-from autointerp.llm.util import parse_json_answer
+from autointerp.llm.util import holds_json, parse_json_answer
 from autointerp.store import Store
 from autointerp.types import LLMCallRecord
 
@@ -237,6 +237,6 @@ def _cacheable(request: BaseModel, resp: ChatResponse | TokenProbsResponse | Ste
                 parse_json_answer(resp.text, request.json_schema, resp.backend)
             except LLMError:
                 return False
-        return True
+        return not (isinstance(request, ChatRequest) and request.json_answer and not holds_json(resp.text))
     values = [p for dist in resp.probs for p in dist.values()] + list(resp.mass)
     return bool(resp.probs) and all(math.isfinite(v) for v in values)

@@ -65,6 +65,25 @@ def parse_json_answer(text: str, schema: dict, spec: str) -> dict:
     return obj
 
 
+def holds_json(text: str) -> bool:
+    """Whether `text` is, or holds, a JSON object or list (what a caller parsing JSON out of it can use)."""
+    s = text.strip()
+    try:
+        json.loads(s)
+        return True
+    except json.JSONDecodeError:
+        pass
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(s):
+        if ch in "[{":
+            try:
+                decoder.raw_decode(s, i)
+                return True
+            except json.JSONDecodeError:
+                continue
+    return False
+
+
 class PerLoop(Generic[T]):
     """One object per running event loop (asyncio primitives and HTTP clients must not cross loops)."""
 

@@ -389,6 +389,15 @@ class SaeEncoder:
             thr = sae.threshold.detach().float()[cols].clone() if arch == "jumprelu" else None
             return cls(W_enc=W_enc[:, cols].contiguous(), b_enc=b_enc[cols].clone(), threshold=thr, **common)
 
+    def to(self, device: torch.device | str) -> SaeEncoder:
+        """The encoder's tensors on `device` (the subject model's: latents never pass through the host)."""
+        for name in ("W_enc", "b_enc", "b_dec_in", "threshold", "dec_norm"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        self.fast_matmul = fast_matmul_ok(self.W_enc)  # a CPU (oneDNN) setting: off elsewhere
+        return self
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if self.layer_norm:
@@ -403,7 +412,7 @@ class SaeEncoder:
             out = torch.zeros_like(pre).scatter_(-1, idx, vals.clamp_(min=0))
             if self._all:
                 return out
-            return out[:, torch.tensor(self.latents, dtype=torch.long)]
+            return out[:, torch.tensor(self.latents, dtype=torch.long, device=out.device)]
         if self.architecture == "jumprelu":
             return torch.where(pre > self.threshold, pre.clamp(min=0), torch.zeros((), dtype=pre.dtype))
         return pre.clamp(min=0)
@@ -436,6 +445,6 @@ def sae_source(
         raise UserError(
             f"Latent {bad[0]} is out of range for SAE {info.name}, which has {info.d_sae} latents."
         )
-    enc = SaeEncoder.from_sae(sae, latents)
+    enc = SaeEncoder.from_sae(sae, latents).to(getattr(subject.model.cfg, "device", None) or "cpu")
     del sae  # the decoder is never needed to record
     return UnitSource(hook=info.hook, indices=latents, sae=info.name, encode=enc), info

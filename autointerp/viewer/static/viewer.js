@@ -1,0 +1,95 @@
+// The viewer's few behaviours: a hover read-out of token activations, the live text and steer boxes,
+// and the top output tokens (both need `serve --live`). Token text is always set as text, never as HTML.
+"use strict";
+
+const tip = document.getElementById("tip");
+document.addEventListener("mouseover", (ev) => {
+  const t = ev.target.closest(".tok");
+  if (!t) { tip.hidden = true; return; }
+  tip.textContent = JSON.stringify(t.textContent) + "  " + (t.title || t.dataset.act);
+  const r = t.getBoundingClientRect();
+  tip.style.left = r.left + "px";
+  tip.style.top = (r.bottom + 4) + "px";
+  tip.hidden = false;
+});
+
+function tokenSpans(tokens) {
+  const box = document.createElement("span");
+  box.className = "toks";
+  for (const t of tokens) {
+    const s = document.createElement("span");
+    s.className = "tok" + (t.peak ? " peak" : "");
+    s.textContent = t.text;
+    s.dataset.act = t.act;
+    s.title = String(t.act);
+    s.style.setProperty("--a", t.alpha);
+    box.appendChild(s);
+  }
+  return box;
+}
+
+const unitEl = document.getElementById("unit-id");
+const unitPath = unitEl ? encodeURIComponent(unitEl.dataset.unit).replace(/%2F/g, "/") : null;
+
+async function post(url, body) {
+  const res = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const data = await res.json();
+  if (!res.ok) throw new Error(data.error || data.detail || res.statusText);
+  return data;
+}
+
+function showError(box, err) {
+  box.replaceChildren();
+  const p = document.createElement("p");
+  p.className = "error";
+  p.textContent = err.message;
+  box.appendChild(p);
+}
+
+// A form that posts to the live model: `run(out)` fills `out`, an error shows in it.
+function liveBox(formId, outId, busy, run) {
+  const form = document.getElementById(formId);
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById(outId);
+    out.textContent = busy;
+    try { await run(out); } catch (err) { showError(out, err); }
+  });
+}
+
+liveBox("live-form", "live-out", "running…", async (out) => {
+  const data = await post("/api/live/" + unitPath, {text: document.getElementById("live-text").value});
+  const head = document.createElement("span");
+  head.className = "exhead";
+  head.textContent = "max " + data.max_act;
+  out.replaceChildren(head, tokenSpans(data.tokens));
+});
+
+liveBox("steer-form", "steer-out", "generating…", async (out) => {
+  const clamp = parseFloat(document.getElementById("steer-clamp").value);
+  const data = await post("/api/steer/" + unitPath, {
+    text: document.getElementById("steer-text").value, clamp: Number.isFinite(clamp) ? clamp : null});
+  out.replaceChildren();
+  for (const [label, text] of [["without", data.plain], ["clamped to " + data.clamp, data.steered]]) {
+    const h = document.createElement("h3"); h.textContent = label;
+    const p = document.createElement("p"); p.className = "completion"; p.textContent = data.prompt + text;
+    out.append(h, p);
+  }
+});
+
+const logitsNote = document.getElementById("logits-note");
+if (logitsNote && unitPath) {
+  fetch("/api/logits/" + unitPath).then((r) => r.json()).then((data) => {
+    if (data.error || data.note) { logitsNote.textContent = "Not available: " + (data.error || data.note) + "."; return; }
+    logitsNote.textContent = "The unit's output direction through the unembedding.";
+    for (const [id, rows] of [["promoted", data.promoted], ["suppressed", data.suppressed]]) {
+      const ol = document.getElementById(id);
+      for (const row of rows) {
+        const li = document.createElement("li");
+        li.textContent = JSON.stringify(row.token) + "  " + row.value;
+        ol.appendChild(li);
+      }
+    }
+  }).catch((err) => { logitsNote.textContent = "Not available: " + err.message; });
+}

@@ -1,0 +1,135 @@
+"""The viewer in a real browser: Playwright drives Debian's chromium against `serve`'s app on a free port.
+
+No subject model: the live panels run on a stand-in whose reading is fixed, so the page's script (posting
+text, drawing tokens, the steer box, the output tokens) is what is tested here; the real model's
+endpoints have a slow test of their own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from autointerp.store import Store
+from autointerp.types import Unit
+from autointerp.viewer.app import create_app
+from autointerp.viewer.live import LiveActs, LiveModel, SteerResult
+from autointerp.viewer.pages import OutputToken, tokens_view
+from tests.viewer_stores import SCRIPT, explained_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (`make test` installs it)"
+)
+
+
+class StandIn(LiveModel):
+    """Reads a word's length as its activation; steering appends a fixed phrase."""
+
+    def activations(self, store: Store, unit: Unit, text: str) -> LiveActs:
+        words = [" " + w for w in text.split()]
+        acts = [float(len(w) - 1) for w in words]
+        peak = acts.index(max(acts))
+        return LiveActs(unit_id=unit.id, tokens=tokens_view(words, acts, 4.0, peak), max_act=max(acts))
+
+    def steer(
+        self, store: Store, unit: Unit, text: str, clamp: float, max_new_tokens: int = 24
+    ) -> SteerResult:
+        return SteerResult(unit_id=unit.id, prompt=text, clamp=clamp, plain=" and so on", steered=" in March")
+
+    def output_tokens(self, store: Store, unit: Unit, k: int = 10):  # noqa: ANN201
+        return [OutputToken(token=" March", value=2.5)], [OutputToken(token=" the", value=-1.0)], ""
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Store]]:
+    store = explained_store(tmp_path / "v.db")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store.path, StandIn()), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the viewer did not start"
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_search_open_a_unit_hover_and_read_live_text(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store = served
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(url + "/")
+            expect(page.locator("#total")).to_have_text("3")
+            page.fill("#search", "months")
+            page.press("#search", "Enter")
+            expect(page.locator("#total")).to_have_text("1")
+            expect(page.locator("td.expl")).to_have_text("months of the year")
+            page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+
+            page.click("a.unit")
+            expect(page.locator("#unit-id")).to_have_attribute("data-unit", store.units()[0].id)
+            top = page.locator("#ex-top .tok")
+            assert top.count() == 12 * 20  # BOS left out of every window
+            peak = page.locator("#ex-top .tok.peak").first
+            expect(peak).to_have_text(" March")
+            colour = peak.evaluate("el => getComputedStyle(el).backgroundColor")
+            assert colour == "rgb(255, 140, 0)", colour  # full strength at the unit's max
+            quiet = page.locator("#ex-top .tok:not(.peak)").first.evaluate(
+                "el => getComputedStyle(el).backgroundColor"
+            )
+            assert quiet == "rgba(255, 140, 0, 0)", quiet
+            peak.hover()
+            expect(page.locator("#tip")).to_be_visible()
+            expect(page.locator("#tip")).to_contain_text("4.0")
+            bars = page.locator("#hist rect")
+            assert bars.count() == 2 and all(bars.nth(i).bounding_box()["height"] > 0 for i in range(2))
+            # the markup-looking token is text on the page, and nothing ran
+            expect(page.locator("#ex-top .tok", has_text=SCRIPT)).to_have_count(1)
+            assert dialogs == []
+            # the stand-in's output tokens, filled in by the page's script
+            expect(page.locator("#promoted li")).to_have_text('" March"  2.5')
+
+            page.fill("#live-text", "in the month of September")
+            page.click("#live-form button")
+            live = page.locator("#live-out .tok")
+            expect(live).to_have_count(5)
+            expect(page.locator("#live-out .tok.peak")).to_have_text(" September")
+            assert float(live.nth(4).get_attribute("data-act")) == 9.0
+            page.fill("#steer-text", "It happened")
+            page.click("#steer-form button")
+            expect(page.locator("#steer-out .completion").nth(1)).to_have_text("It happened in March")
+            page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+
+            page.goto(url + "/unit/m/blocks.0.mlp.hook_post/77")
+            expect(page.locator("h1")).to_have_text("404")
+        finally:
+            browser.close()
+    assert (tmp_path / "unit.png").stat().st_size > 10_000
