@@ -77,6 +77,14 @@ RetriesOpt = Annotated[
         envvar="AUTOINTERP_LLM_RETRIES",
     ),
 ]
+SimulatorModeOpt = Annotated[
+    Literal["auto", "exact", "exact-follow", "json", "head-exact"],
+    typer.Option(
+        help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
+    ),
+]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
 
 
 @contextlib.contextmanager
@@ -532,28 +540,26 @@ def show(
 
     from autointerp.listing import unit_explanations
     from autointerp.render import peak_slice
-    from autointerp.types import ExampleKind, UnitRef
+    from autointerp.types import ExampleKind
 
     kinds = get_args(ExampleKind)
     if kind not in kinds:
         raise UserError(f"--kind {kind!r} is not an example kind; choose from {', '.join(kinds)}.")
+    from autointerp.units import find_unit
+
     store = open_store(db)
-    found = store.find_unit_ids(unit_id)
-    if len(found) > 1:
-        raise UserError(f"{unit_id!r} matches {len(found)} units ({found[0]}, ...); give more of its id.")
-    if not found:
-        ref = UnitRef.parse(unit_id)  # a malformed id says how to write one
-        raise UserError(f"{ref.id} is not recorded in {db}; record its hook first (`autointerp record`).")
-    unit = store.get_unit(found[0])
+    unit = store.get_unit(find_unit(store, unit_id))
     s = unit.stats
     fired = s.frac_firing > 0
     explained = unit_explanations(store, unit.id)
+    investigations = store.investigations(unit.id)
     # a unit that never fired has no activating examples: its "top" windows would all read max 0
     examples = store.examples(unit.id, kind)[:n] if fired or kind not in ("top", "quantile") else []
     if as_json:
         from pydantic_core import to_json  # strict JSON: infinite histogram edges become null
 
         out = {"unit": unit, "fired": fired, "explanations": explained, "examples": examples}
+        out["investigations"] = [i.model_dump(exclude={"messages"}) for i in investigations]
         print(to_json(out, inf_nan_mode="null").decode())
         return
     firing = (
@@ -578,6 +584,14 @@ def show(
         console.print(table)
     else:
         console.print(f"(no explanations yet: `autointerp label --db {db} --unit {unit.id}`)")
+    if investigations:
+        table = Table(title="investigations", show_header=True, header_style="bold")
+        for col in ("id", "mode", "status", "steps", "explanation"):
+            table.add_column(col)
+        for inv in investigations:
+            text = inv.explanation or inv.reason
+            table.add_row(inv.id, inv.mode, inv.status, str(inv.steps), escape(text or ""))
+        console.print(table)
     if not fired and kind in ("top", "quantile"):
         console.print(f"(no {kind} examples: the unit never fired on the corpus)")
         return
@@ -686,12 +700,7 @@ def label(
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
-    simulator_mode: Annotated[
-        Literal["auto", "exact", "exact-follow", "json", "head-exact"],
-        typer.Option(
-            help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
-        ),
-    ] = "auto",
+    simulator_mode: SimulatorModeOpt = "auto",
     methods: Annotated[
         str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
     ] = "highlight",
@@ -703,12 +712,10 @@ def label(
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    base_url: BaseUrlOpt = None,
     timeout: TimeoutOpt = None,
     retries: RetriesOpt = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")
-    ] = False,
+    no_cache: NoCacheOpt = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
     counterfactuals: Annotated[
         bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
@@ -803,6 +810,140 @@ def label(
         console.print(f"report: {write_report(Store(db), report)}")
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def investigate(
+    db: StoreOpt,
+    unit_id: Annotated[
+        str | None, typer.Argument(help="The unit, e.g. gemma-3-270m/synthetic.months/0 (or its unique end).")
+    ] = None,
+    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator that scores (default: the agent).")
+    ] = None,
+    simulator_mode: SimulatorModeOpt = "auto",
+    scorers: Annotated[str, typer.Option(help="Scorers of the final explanation.")] = "correlation",
+    max_steps: Annotated[int, typer.Option(min=1, help="Agent turns at most.")] = 20,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Agent prompt + completion tokens at most.")
+    ] = None,
+    max_seconds: Annotated[float | None, typer.Option(min=0.001, help="Seconds at most.")] = None,
+    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 5,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this investigation (its id) from its last stored step.")
+    ] = None,
+    synthetic: Annotated[
+        Path | None, typer.Option(help="File defining the synthetic unit (default: the built-in suite).")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Investigate a unit with an agent: it reads examples, tests hypotheses on texts it writes, and ends
+    with an explanation (method `agent`) and its evidence, scored on the held-out test set.
+
+    Exit 1 when the investigation did not finish (budget, invalid actions, LLM failure: resume it)."""
+    from autointerp.agent.loop import AgentSettings, prepare
+    from autointerp.agent.view import end_view, step_view
+    from autointerp.aio import run_sync
+    from autointerp.llm import connection, parse_spec
+    from autointerp.score import SCORERS
+
+    connection(timeout, retries)  # bad values fail here, before anything loads
+    if unit_id is None and resume is None:
+        raise UserError("Name the unit to investigate (UNIT_ID), or pass --resume ID.")
+    for spec in (agent, simulator):
+        if spec is not None:
+            parse_spec(spec)
+    if synthetic is not None and not synthetic.is_file():
+        raise UserError(f"No synthetic unit file at {synthetic}; pass a .py, .json or .yaml file.")
+    s = AgentSettings(
+        agent=agent,
+        simulator=simulator,
+        simulator_mode=simulator_mode,
+        scorers=names(scorers, "--scorers", SCORERS),
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_seconds=max_seconds,
+        max_scores=max_scores,
+    )
+    investigator = prepare(
+        db,
+        unit_id or "",
+        s,
+        resume=resume,
+        units_file=str(synthetic) if synthetic else None,
+        on_step=lambda exp: console.print(step_view(exp)),
+        base_url=base_url,
+        timeout=timeout,
+        retries=retries,
+        no_cache=no_cache,
+    )
+    console.print(f"[bold]investigating {escape(investigator.inv.unit_id)}[/bold] ({investigator.inv.id})")
+    out = run_sync(investigator.run())
+    console.print(end_view(out.investigation, out.scores))
+    if out.investigation.status != "finished":
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def chat(
+    db: StoreOpt,
+    unit_id: Annotated[str | None, typer.Argument(help="The unit (or its unique end).")] = None,
+    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    simulator: Annotated[
+        str | None, typer.Option(help="LLM spec of the simulator of /score and /save (default: the agent).")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(min=1, help="Agent turns per question at most.")] = 8,
+    resume: Annotated[str | None, typer.Option(help="Continue this conversation (its id).")] = None,
+    synthetic: Annotated[
+        Path | None, typer.Option(help="File defining the synthetic unit (default: the built-in suite).")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Talk with an agent about a unit: plain questions go to it; /act "text", /compare "a" "b",
+    /examples top 5, /score "explanation" run tools; /save stores the hypothesis; /quit ends."""
+    from autointerp.agent.chat import HELP, ChatSession
+    from autointerp.agent.loop import AgentSettings, prepare
+    from autointerp.agent.view import step_view
+    from autointerp.aio import run_sync
+    from autointerp.llm import parse_spec
+
+    if unit_id is None and resume is None:
+        raise UserError("Name the unit to talk about (UNIT_ID), or pass --resume ID.")
+    for spec in (agent, simulator):
+        if spec is not None:
+            parse_spec(spec)
+    if synthetic is not None and not synthetic.is_file():
+        raise UserError(f"No synthetic unit file at {synthetic}; pass a .py, .json or .yaml file.")
+    s = AgentSettings(agent=agent, simulator=simulator, max_steps=max_steps)
+    investigator = prepare(
+        db,
+        unit_id or "",
+        s,
+        mode="chat",
+        resume=resume,
+        units_file=str(synthetic) if synthetic else None,
+        on_step=lambda exp: console.print(step_view(exp)),
+        base_url=base_url,
+    )
+    console.print(f"[bold]{escape(investigator.inv.unit_id)}[/bold] (conversation {investigator.inv.id})")
+    console.print(HELP, style="dim", markup=False)
+
+    def read() -> str | None:
+        try:
+            return console.input("[bold]> [/bold]")
+        except EOFError:
+            return None
+
+    run_sync(ChatSession(investigator, console.print).run(read))
+    console.print(
+        f"conversation {investigator.inv.id} stored; `--resume {investigator.inv.id}` continues it."
+    )
 
 
 def by_source(rows: list) -> dict[str, list]:

@@ -27,9 +27,11 @@ from autointerp.types import (
     Context,
     Example,
     ExampleRows,
+    Experiment,
     Explanation,
     HeadAttention,
     HeadMetrics,
+    Investigation,
     LLMCallRecord,
     RunRecord,
     Score,
@@ -42,7 +44,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -280,6 +282,61 @@ def _add_heads_v9(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_investigations_v10(db: sqlite_utils.Database) -> None:
+    """The agent's investigations and their experiments (one row per step)."""
+    db["investigations"].create(
+        {
+            "id": str,
+            "unit_id": str,
+            "agent": str,
+            "prompt": str,
+            "mode": str,
+            "status": str,
+            "reason": str,
+            "explanation": str,
+            "explanation_id": str,
+            "evidence": str,
+            "steps": int,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "seconds": float,
+            "settings": str,
+            "messages": str,
+            "code_version": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db["investigations"].create_index(["unit_id"], if_not_exists=True)
+    db["experiments"].create(
+        {
+            "investigation_id": str,
+            "id": str,
+            "step": int,
+            "tool": str,
+            "arguments": str,
+            "result": str,
+            "error": str,
+            "action": str,
+            "thought": str,
+            "source": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "seconds": float,
+            "created_at": str,
+        },
+        pk=("investigation_id", "id"),
+        foreign_keys=[("investigation_id", "investigations", "id")],
+        if_not_exists=True,
+    )
+
+
+_INVESTIGATION_JSON = ("evidence", "settings", "messages")
+_EXPERIMENT_JSON = ("arguments", "result")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1 (v = 0: an empty file).
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     0: _create_v1,
@@ -291,6 +348,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     6: _explanations_fts_v7,
     7: _add_merge_columns_v8,
     8: _add_heads_v9,
+    9: _add_investigations_v10,
 }
 
 
@@ -773,6 +831,44 @@ class Store:
         cols = [d[0] for d in cur.description]
         return [_example_from_row(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
 
+    # -- investigations -------------------------------------------------------------------------
+    def put_investigation(
+        self,
+        inv: Investigation,
+        experiments: Iterable[Experiment] = (),
+        explanation: Explanation | None = None,
+        scores: Iterable[Score] = (),
+    ) -> None:
+        """Write an investigation's row with new experiments (and its final explanation with its scores)
+        in one transaction: a step, or the end, is all or nothing."""
+        row = inv.model_dump()
+        for key in _INVESTIGATION_JSON:
+            row[key] = dumps(row[key])
+        with self._write():
+            if explanation is not None:
+                self.put_explanation(explanation, scores)
+            self.db["investigations"].upsert(row, pk="id")
+            for exp in experiments:
+                erow = exp.model_dump()
+                for key in _EXPERIMENT_JSON:
+                    erow[key] = dumps(erow[key])
+                self.db["experiments"].upsert(erow, pk=("investigation_id", "id"))
+
+    def get_investigation(self, investigation_id: str) -> Investigation | None:
+        rows = list(self.db["investigations"].rows_where("id = ?", [investigation_id]))
+        return _investigation_from_row(rows[0]) if rows else None
+
+    def investigations(self, unit_id: str | None = None) -> list[Investigation]:
+        where, args = ("unit_id = ?", [unit_id]) if unit_id else (None, None)
+        rows = self.db["investigations"].rows_where(where, args, order_by="created_at, rowid")
+        return [_investigation_from_row(r) for r in rows]
+
+    def experiments(self, investigation_id: str) -> list[Experiment]:
+        rows = self.db["experiments"].rows_where(
+            "investigation_id = ?", [investigation_id], order_by="step, rowid"
+        )
+        return [Experiment(**{**r, **{k: json.loads(r[k]) for k in _EXPERIMENT_JSON}}) for r in rows]
+
     def example_rows(self, unit_ids: list[str], kinds: Iterable[str]) -> list[tuple]:
         """(unit id, kind, context id, window position, float32 activations as bytes) of the examples of
         these kinds of these units, by unit, kind and rank: raw rows, no object per example (a merge
@@ -946,6 +1042,10 @@ def _run_from_row(row: dict) -> RunRecord:
     return RunRecord(
         **{**row, "settings": json.loads(row["settings"]), "summary": json.loads(row["summary"] or "{}")}
     )
+
+
+def _investigation_from_row(row: dict) -> Investigation:
+    return Investigation(**{**row, **{k: json.loads(row[k]) for k in _INVESTIGATION_JSON}})
 
 
 def _unit_row(u: Unit) -> dict:

@@ -288,6 +288,49 @@ class Score(BaseModel):
     created_at: str = Field(default_factory=now)
 
 
+class Experiment(BaseModel):
+    """One step of an investigation: the agent's action, the tool it ran, its typed result or error."""
+
+    id: str  # e1, e2, ... within its investigation: what the agent cites as evidence
+    investigation_id: str
+    step: int
+    tool: str  # "" when the action could not be read
+    arguments: dict = Field(default_factory=dict)
+    result: dict = Field(default_factory=dict)  # the tool's typed result as JSON ({} on error)
+    error: str = ""  # why the action or the tool failed ("" when it ran)
+    action: str = ""  # the agent's raw answer (its text, or its native tool call as JSON)
+    thought: str = ""
+    source: Literal["agent", "person"] = "agent"  # person: a tool run directly from the chat
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    created_at: str = Field(default_factory=now)
+
+
+class Investigation(BaseModel):
+    """An agent's investigation of one unit (`investigate` or `chat`): its transcript, budget and outcome."""
+
+    id: str
+    unit_id: str
+    agent: str  # LLM spec of the agent
+    prompt: str  # system prompt template name@version
+    mode: Literal["investigate", "chat"] = "investigate"
+    status: Literal["running", "finished", "exhausted", "failed"] = "running"
+    reason: str = ""  # why it ended (budget, malformed actions, LLM failure)
+    explanation: str | None = None  # the final (or saved) explanation
+    explanation_id: str | None = None  # its row in `explanations` (method `agent`)
+    evidence: dict[str, list[str]] = Field(default_factory=dict)  # supporting / refuting -> experiment ids
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    settings: dict = Field(default_factory=dict)
+    messages: list[dict] = Field(default_factory=list)  # the transcript as sent to the LLM (resume, audit)
+    code_version: str = ""
+    created_at: str = Field(default_factory=now)
+    updated_at: str = Field(default_factory=now)
+
+
 IndexSort = Literal["index", "freq", "max", "explanations", "score"]
 
 

@@ -96,3 +96,16 @@ def resolve_unit_ids(
             f"No recorded units match in {store.path}; check --hook/--units or run `autointerp record`."
         )
     return [u.id for u in recorded]
+
+
+def find_unit(store: Store, text: str) -> str:
+    """The recorded unit `text` names (its full id, or its end when unique, e.g. HOOK/INDEX)."""
+    found = store.find_unit_ids(text)
+    if len(found) > 1:
+        raise UserError(f"{text!r} matches {len(found)} units ({found[0]}, ...); give more of its id.")
+    if not found:
+        ref = UnitRef.parse(text)  # a malformed id says how to write one
+        raise UserError(
+            f"{ref.id} is not recorded in {store.path}; record its hook first (`autointerp record`)."
+        )
+    return found[0]

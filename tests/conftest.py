@@ -63,12 +63,12 @@ def recorded_store(path: Path, unit_max: float = 4.0, frac_firing: float = 0.05)
     return store, stats
 
 
-def build_month_store(path: Path, n_units: int = 3) -> Store:
-    """Units m/blocks.0.mlp.hook_post/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
+def build_month_store(path: Path, n_units: int = 3, hook: str = "blocks.0.mlp.hook_post") -> Store:
+    """Units m/HOOK/i firing on HOT[i]: 12 top, 12 random, 10 quantile, 6 negative."""
     store, stats = recorded_store(path)
     units, examples = [], []
     for u, hot in enumerate(HOT[:n_units]):
-        unit = Unit(ref=UnitRef(model="m", hook="blocks.0.mlp.hook_post", index=u), run_id="r1", stats=stats)
+        unit = Unit(ref=UnitRef(model="m", hook=hook, index=u), run_id="r1", stats=stats)
         units.append(unit)
         for kind, n in (("top", 12), ("random", 12), ("quantile", 10), ("negative", 6)):
             for r in range(n):

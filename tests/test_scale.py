@@ -235,6 +235,6 @@ def test_v7_store_gains_the_merge_columns(tmp_path):
     s.db.execute("DROP TABLE head_metrics")
     s.db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     s = Store(tmp_path / "x.db")
-    assert s.schema_version() == SCHEMA_VERSION == 9
+    assert s.schema_version() == SCHEMA_VERSION >= 9
     assert {"window_pos"} <= {c.name for c in s.db["examples"].columns}
     assert {"sum", "sumsq"} <= {c.name for c in s.db["units"].columns}

@@ -1,0 +1,35 @@
+"""The embedded Qwen2.5-Coder-1.5B investigates the synthetic `months` unit over Gemma's tokens (3 steps)."""
+
+import pytest
+
+from autointerp.agent.loop import AgentSettings, investigate
+from autointerp.bench.run import BenchSettings, record_suite
+from autointerp.bench.synthetic import BUILTIN
+from autointerp.sampling import SampleSettings
+from autointerp.score import ScoreSettings
+from autointerp.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def test_qwen_investigates_the_months_unit_and_every_step_is_stored(gemma, tmp_path):
+    db = tmp_path / "agent.db"
+    store = Store(db)
+    (uid,), _ = record_suite(store, BenchSettings(tokens=12_000, ctx=32), [BUILTIN[0]], subject=gemma)
+    small = SampleSettings(n_test_top=4, n_test_random=4)  # a short held-out scoring
+    s = AgentSettings(
+        agent="local:qwen2.5-coder-1.5b", max_steps=3, sample=small, score=ScoreSettings(n_per_quantile=0)
+    )
+    out = investigate(db, uid, s)
+    inv = Store(db).get_investigation(out.investigation.id)
+    print(inv.status, inv.reason, inv.explanation, [(e.tool, e.error, e.action) for e in out.experiments])
+    assert inv.status in ("finished", "exhausted", "failed") and 1 <= inv.steps <= 3
+    exps = Store(db).experiments(inv.id)
+    assert len(exps) == inv.steps and all(e.action for e in exps)  # every step, with the agent's answer
+    assert all(bool(e.tool and not e.error) or e.error for e in exps)  # each ran, or says why not
+    assert all(e.action.count('"thought"') <= 1 for e in exps)  # generation stops after one action
+    assert any(e.tool and not e.error for e in exps)  # the small model drives the tools
+    assert inv.prompt_tokens > 0 and len(inv.messages) == 2 + 2 * inv.steps
+    if inv.status == "finished":
+        (exp,) = Store(db).explanations(uid, method="agent")
+        assert exp.settings["steps"] == inv.steps and Store(db).scores(exp.id)
