@@ -264,3 +264,25 @@ def test_label_report_links_each_unit_to_its_viewer_page(store, tmp_path, client
     href = re.search(r'<a href="http://127.0.0.1:8000(/unit/[^"]+)">' + re.escape(u0) + "</a>", html)
     assert href and client.get(href[1]).status_code == 200  # the link is a page the viewer serves
     assert "<a href" not in write_report(store, tmp_path / "plain.html", viewer_url=None).read_text()
+
+
+def test_unit_page_shows_investigations_with_their_experiments(store):
+    from autointerp.types import Experiment, Investigation
+
+    u0 = store.units()[0].id
+    inv = Investigation(
+        id="inv-1", unit_id=u0, agent="scripted:t", prompt="agent-investigate@1", status="finished",
+        explanation="month names in dates", evidence={"supporting": ["e1"], "refuting": []}, steps=2,
+    )  # fmt: skip
+    exps = [
+        Experiment(id="e1", investigation_id="inv-1", step=1, tool="activations",
+                   arguments={"texts": ["In <March> it rained"]}, result={"max": 4.0}),
+        Experiment(id="e2", investigation_id="inv-1", step=2, tool="", error="unreadable action"),
+    ]  # fmt: skip
+    store.put_investigation(inv, exps)
+    html = TestClient(create_app(store.path)).get(f"/unit/{u0}").text
+    assert 'id="investigations"' in html and "month names in dates" in html and "supporting: e1" in html
+    assert "transcript (2 experiments)" in html and "unreadable action" in html
+    assert "In <March>" not in html and "In \\u003cMarch\\u003e" in html  # the agent's text is escaped
+    other = TestClient(create_app(store.path)).get(f"/unit/{store.units()[1].id}").text
+    assert 'id="investigations"' not in other

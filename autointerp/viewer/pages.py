@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from autointerp.listing import ScoredExplanation, best_explanation, main_scorer, unit_explanations
 from autointerp.render import crop
 from autointerp.store import Store
-from autointerp.types import Example, Score, Unit, UnitIndexRow, UnitQuery
+from autointerp.types import Example, Experiment, Investigation, Score, Unit, UnitIndexRow, UnitQuery
 
 KIND_ORDER = ("top", "quantile", "random", "negative", "minimal", "hard_negative")
 
@@ -102,6 +102,13 @@ class AttributionToken(BaseModel):
     drop: float  # how much the peak activation drops without this token
 
 
+class InvestigationView(BaseModel):
+    """An agent investigation (or chat) of the unit, with every experiment it ran."""
+
+    investigation: Investigation
+    experiments: list[Experiment]
+
+
 class UnitPage(BaseModel):
     unit: Unit
     n_firing: int
@@ -110,6 +117,7 @@ class UnitPage(BaseModel):
     counterfactuals: list[CounterfactualPair]
     attribution: list[AttributionToken]
     explanations: list[ExplanationView]
+    investigations: list[InvestigationView] = []
     neighbours: list[Neighbour] | None = None
     neighbours_note: str = ""
     promoted: list[OutputToken] | None = None
@@ -311,6 +319,10 @@ def unit_page(store: Store, unit: Unit) -> UnitPage:
         counterfactuals=pairs,
         attribution=_attribution(by_key.get(("top", 0))),
         explanations=views,
+        investigations=[
+            InvestigationView(investigation=inv, experiments=store.experiments(inv.id))
+            for inv in store.investigations(unit.id)
+        ],
     )
 
 
