@@ -528,7 +528,13 @@ class Recorder:
         ids = [] if settings.include_special else subject.special_ids
         self.special_ids = torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
         # Keys a head's activation and sources leave out: BOS and special tokens, also with --keep-bos.
-        self.key_ids = torch.tensor(subject.special_ids, dtype=torch.long, device=self.device)
+        # (None when no head is recorded: the per-batch mask is then never needed.)
+        heads = any(s.head is not None for s in sources)
+        self.key_ids = (
+            torch.tensor(subject.special_ids, dtype=torch.long, device=self.device)
+            if heads and subject.special_ids
+            else None
+        )
 
     def special_positions(self, toks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(window, position) indices of the special tokens in `toks` (B, T), or None to keep them all."""
@@ -604,7 +610,7 @@ class Recorder:
             start = first + done_windows
             wids = torch.arange(start, start + toks.shape[0], device=dev)
             special = self.special_positions(toks)
-            key_mask = torch.isin(toks, self.key_ids) if self.key_ids.numel() else None
+            key_mask = torch.isin(toks, self.key_ids) if self.key_ids is not None else None
             for src in self.sources:
                 sources = None
                 if src.head is not None:
