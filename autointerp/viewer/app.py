@@ -4,7 +4,6 @@ store."""
 from __future__ import annotations
 
 import queue
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from autointerp.errors import UserError
 from autointerp.store import Store
 from autointerp.types import Unit, UnitQuery
 from autointerp.viewer.decoder import neighbours
+from autointerp.viewer.links import unit_path
 from autointerp.viewer.live import LiveModel
 from autointerp.viewer.pages import IndexPage, UnitPage, index_page, unit_page
 
@@ -67,7 +67,7 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["num"] = _num
-    env.globals["unit_url"] = lambda uid: "/unit/" + urllib.parse.quote(uid)
+    env.globals["unit_url"] = unit_path
     templates = Jinja2Templates(env=env)
     app = FastAPI(title="autointerp viewer", docs_url="/api/docs", redoc_url=None)
     app.mount("/static", StaticFiles(packages=[("autointerp.viewer", "static")]), name="static")
@@ -117,7 +117,7 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
     @app.get("/unit/{unit_id:path}", response_class=HTMLResponse)
     def unit(request: Request, unit_id: str, store: Store = lend) -> Response:
         if store.get_unit(unit_id) is None and len(found := store.find_unit_ids(unit_id)) == 1:
-            return RedirectResponse("/unit/" + urllib.parse.quote(found[0]))
+            return RedirectResponse(unit_path(found[0]))
         return page(request, "unit.html", data=unit_data(store, unit_id))
 
     @app.get("/api/unit/{unit_id:path}")
