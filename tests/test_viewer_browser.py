@@ -58,12 +58,16 @@ class StandIn(LiveModel):
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Store]]:
-    store = explained_store(tmp_path / "v.db")
+    yield from serving(explained_store(tmp_path / "v.db"), StandIn())
+
+
+def serving(store: Store, live: LiveModel | None) -> Iterator[tuple[str, Store]]:
+    """The app on `store` served by uvicorn on a free port of 127.0.0.1, until the generator closes."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(store.path, StandIn()), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(store.path, live), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -133,3 +137,56 @@ def test_search_open_a_unit_hover_and_read_live_text(served, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "unit.png").stat().st_size > 10_000
+
+
+def test_hovering_a_head_token_highlights_its_sources_and_a_click_pins_them(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.viewer_stores import HEAD, head_store
+
+    gen = serving(head_store(tmp_path / "h.db"), None)
+    url, _ = next(gen)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(url + "/unit/" + HEAD.replace(":", "%3A"))
+                toks = page.locator("#ex-top .tok")
+                expect(toks).to_have_count(7)  # " Harry" " Potter" " met" " Harry" " Potter" " and" " <b>"
+                src = page.locator("#ex-top .tok.src")
+                expect(src).to_have_count(0)
+                toks.nth(4).hover()  # the second " Potter": looks back at the first " Potter" and " Harry"
+                expect(src).to_have_count(2)
+                expect(src.nth(0)).to_have_text(" Harry")
+                expect(src.nth(0)).to_have_attribute("data-w", "0.20")
+                expect(src.nth(1)).to_have_text(" Potter")
+                expect(src.nth(1)).to_have_attribute("data-w", "0.70")
+                first = src.nth(1).evaluate("el => el.previousSibling.textContent")
+                assert first == " Harry"  # the first " Potter", not the hovered one
+                expect(toks.nth(4)).to_have_class("tok peak dst")
+                strong = src.nth(1).evaluate("el => getComputedStyle(el).backgroundColor")
+                weak = src.nth(0).evaluate("el => getComputedStyle(el).backgroundColor")
+                assert strong != weak and strong.startswith("rgba(22, 163, 74"), (strong, weak)
+                tip = page.locator("#tip")
+                expect(tip).to_contain_text('attends to " Potter" 0.70, " Harry" 0.20')  # strongest first
+                page.screenshot(path=str(tmp_path / "head.png"), full_page=True)
+
+                toks.nth(6).hover()  # " <b>" attends to " and" only
+                expect(src).to_have_count(1)
+                expect(src).to_have_text(" and")
+                page.locator("h1").hover()  # leaving the example clears the highlight
+                expect(src).to_have_count(0)
+
+                toks.nth(4).click()  # pinned: moving away keeps it
+                page.locator("h1").hover()
+                expect(src).to_have_count(2)
+                toks.nth(1).hover()
+                expect(src).to_have_count(2)
+                toks.nth(4).click()  # a second click unpins
+                expect(src).to_have_count(0)
+            finally:
+                browser.close()
+    finally:
+        gen.close()
+    assert (tmp_path / "head.png").stat().st_size > 5_000
