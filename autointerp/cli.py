@@ -1190,8 +1190,18 @@ def serve(
         str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
     ] = None,
     model_path: ModelPathOpt = None,
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="With --live: the LLM spec of the agent in each unit page's chat panel ('' for no chat)."
+        ),
+    ] = "local:qwen2.5-coder-1.5b",
+    base_url: BaseUrlOpt = None,
 ) -> None:
-    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    """A local web viewer of the store: an index of every unit with search, and a page per unit.
+
+    Read-only on the store, but for the chat panel (--live): its conversations are stored as
+    investigations, as `autointerp chat` stores them."""
     import socket
 
     from autointerp.errors import VIEWER_STACK
@@ -1199,6 +1209,11 @@ def serve(
     require_local("autointerp serve", VIEWER_STACK, extra="viewer")
     if live:
         require_local("autointerp serve --live", SAE_STACK)
+    chat_agent = agent.strip() if live else ""
+    if chat_agent:
+        from autointerp.llm import parse_spec
+
+        parse_spec(chat_agent)
     open_reader(db)
     try:
         with socket.create_server((host, port)):
@@ -1212,7 +1227,15 @@ def serve(
     from autointerp.viewer.app import create_app
     from autointerp.viewer.live import LiveModel
 
-    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    live_model = LiveModel(model, model_path) if live else None
+    rooms = None
+    if live_model is not None and chat_agent:
+        from autointerp.agent.loop import AgentSettings
+        from autointerp.viewer.chat import ChatRooms
+
+        settings = AgentSettings(agent=chat_agent, max_steps=8)  # per question, as in `autointerp chat`
+        rooms = ChatRooms(db, settings, live_model.reader, base_url=base_url)
+    app_ = create_app(db, live_model, rooms)
     console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

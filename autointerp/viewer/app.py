@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 from autointerp.errors import UserError
 from autointerp.store import Store
 from autointerp.types import Unit, UnitQuery
+from autointerp.viewer.chat import ChatAsk, ChatReply, ChatRooms
 from autointerp.viewer.decoder import neighbours
 from autointerp.viewer.links import unit_path
 from autointerp.viewer.live import LiveModel
@@ -41,10 +42,10 @@ class BadRequest(Exception):
     """Invalid query parameters or live input: a 400 page (or JSON under /api)."""
 
 
-def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
+def create_app(db: str | Path, live: LiveModel | None = None, chat: ChatRooms | None = None) -> FastAPI:
     """The app over the store `db` (read-only connections, each lent to one request at a time and kept
     warm between requests); `live`: a subject model for the live text box, steering and output tokens
-    (None: those panels say so)."""
+    (None: those panels say so); `chat`: the agent's conversations (the only writer of the store)."""
     db = Path(db)
     idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
     idle.put(Store.reader(db))  # fail now, not on the first request
@@ -73,7 +74,7 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(packages=[("autointerp.viewer", "static")]), name="static")
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
-        context |= {"db": db.name, "live": live is not None}
+        context |= {"db": db.name, "live": live is not None, "chat": chat.agent if chat else None}
         return templates.TemplateResponse(request, name, context, status_code=status)
 
     @app.exception_handler(NotFound)
@@ -145,6 +146,12 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
         model, unit = need_live(), get_unit(store, unit_id)
         clamp = unit.stats.max if body.clamp is None else body.clamp
         return user_input(model.steer, store, unit, body.text, clamp, body.max_new_tokens)
+
+    @app.post("/api/chat/{unit_id:path}")
+    def api_chat(unit_id: str, body: ChatAsk, store: Store = lend) -> ChatReply:
+        if chat is None:
+            raise NotFound("The chat is off; run `autointerp serve --live` to talk with the agent.")
+        return user_input(chat.ask, store, get_unit(store, unit_id), body)
 
     @app.get("/api/logits/{unit_id:path}")
     def api_logits(unit_id: str, store: Store = lend) -> dict:

@@ -147,3 +147,54 @@ if (logitsNote && unitPath) {
     }
   }).catch((err) => { logitsNote.textContent = "Not available: " + err.message; });
 }
+
+// The chat panel (`serve --live`): each question goes to the agent; its tool calls, one line each (the
+// result folded), then its answer. The conversation id carries over to the next question.
+const chatForm = document.getElementById("chat-form");
+if (chatForm && unitPath) {
+  let conversation = null;
+  const log = document.getElementById("chat-log");
+  const line = (cls, text) => {
+    const p = document.createElement("p");
+    p.className = cls;
+    p.textContent = text;
+    log.appendChild(p);
+    return p;
+  };
+  chatForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const box = document.getElementById("chat-text");
+    const button = chatForm.querySelector("button");
+    const question = box.value.trim();
+    if (!question) return;
+    line("chat-q", question);
+    const wait = line("note chat-wait", "the agent is working…");
+    button.disabled = true;
+    try {
+      const data = await post("/api/chat/" + unitPath, {question, conversation});
+      conversation = data.conversation;
+      document.getElementById("chat-conversation").textContent = "conversation " + conversation;
+      wait.remove();
+      for (const step of data.steps) {
+        if (step.tool === "answer" && !step.error) continue;
+        const d = document.createElement("details");
+        d.className = "chat-step" + (step.error ? " failed" : "");
+        const s = document.createElement("summary");
+        s.textContent = step.id + " " + (step.tool || "(no action)") + " " + JSON.stringify(step.arguments);
+        const pre = document.createElement("pre");
+        pre.textContent = (step.thought ? step.thought + "\n" : "") + (step.error || step.result);
+        d.append(s, pre);
+        log.appendChild(d);
+      }
+      if (data.answer !== null) line("chat-a", data.answer);
+      if (data.note) line("error", data.note);
+      if (data.hypothesis) line("note chat-h", "hypothesis: " + data.hypothesis);
+      box.value = "";
+    } catch (err) {
+      wait.remove();
+      line("error", err.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
