@@ -76,8 +76,8 @@ def bench_result(unit_ids: list[str]) -> BenchResult:
     )  # fmt: skip
 
 
-def test_bench_report_links_each_unit_name_in_html_and_markdown(odd_store):
-    from autointerp.bench.report import html, markdown
+def test_bench_report_links_each_unit_name_in_html_and_markdown(odd_store, tmp_path):
+    from autointerp.bench.report import html, markdown, write_report
 
     r = bench_result([ODD_HEAD, "m/synthetic.months/0"])
     page = html(r, "bench.png", "http://h:9000")
@@ -92,6 +92,9 @@ def test_bench_report_links_each_unit_name_in_html_and_markdown(odd_store):
     assert "<a href" not in html(r, "bench.png", None) and "](http" not in markdown(r, "bench.png", None)
     got = TestClient(create_app(odd_store.path)).get(links[0][0].removeprefix("http://h:9000"))
     assert got.status_code == 200
+    paths = write_report(r, tmp_path / "report")  # the default: the viewer on this machine
+    assert f'<a href="http://127.0.0.1:8000{ODD_PATH}">' in paths["html"].read_text()
+    assert f"](http://127.0.0.1:8000{ODD_PATH})" in paths["md"].read_text()
 
 
 def test_label_and_bench_refuse_a_bad_viewer_url_before_anything_loads(tmp_path, monkeypatch):
