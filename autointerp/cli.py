@@ -19,6 +19,7 @@ from rich.text import Text
 
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
 from autointerp.units import parse_units, resolve_unit_ids
+from autointerp.viewer.links import VIEWER_URL, check_viewer_url
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
@@ -85,6 +86,13 @@ SimulatorModeOpt = Annotated[
 ]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
+ViewerUrlOpt = Annotated[
+    str,
+    typer.Option(
+        help="The report links each unit to its page on the viewer here (`autointerp serve --db DB`); "
+        "'' for no links."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -717,6 +725,7 @@ def label(
     retries: RetriesOpt = None,
     no_cache: NoCacheOpt = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
+    viewer_url: ViewerUrlOpt = VIEWER_URL,
     counterfactuals: Annotated[
         bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
     ] = False,
@@ -744,6 +753,7 @@ def label(
     from autointerp.llm import connection, parse_spec
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    viewer = check_viewer_url(viewer_url)
     shard_spec = ShardSpec.parse(shard) if shard is not None else None
     if out is not None and shard_spec is None:
         raise UserError("--out names a shard's store; give --shard i/n with it.")
@@ -807,7 +817,7 @@ def label(
     if report:
         from autointerp.report import write_report
 
-        console.print(f"report: {write_report(Store(db), report)}")
+        console.print(f"report: {write_report(Store(db), report, viewer)}")
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -1092,6 +1102,7 @@ def bench(
         bool, typer.Option("--no-meta", help="Skip scoring the truth and distractors.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the store).")] = None,
+    viewer_url: ViewerUrlOpt = VIEWER_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     delphi: Annotated[
         bool,
@@ -1104,6 +1115,7 @@ def bench(
     from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    viewer = check_viewer_url(viewer_url)
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
     require_local("autointerp bench")
@@ -1136,7 +1148,7 @@ def bench(
             progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             phases=bars.start,
         )
-    paths = write_report(result, out or db.with_name(db.stem + "-bench"))
+    paths = write_report(result, out or db.with_name(db.stem + "-bench"), viewer)
     if as_json:
         print(result.model_dump_json(indent=1))
         return
@@ -1178,8 +1190,18 @@ def serve(
         str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
     ] = None,
     model_path: ModelPathOpt = None,
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="With --live: the LLM spec of the agent in each unit page's chat panel ('' for no chat)."
+        ),
+    ] = "local:qwen2.5-coder-1.5b",
+    base_url: BaseUrlOpt = None,
 ) -> None:
-    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    """A local web viewer of the store: an index of every unit with search, and a page per unit.
+
+    Read-only on the store, but for the chat panel (--live): its conversations are stored as
+    investigations, as `autointerp chat` stores them."""
     import socket
 
     from autointerp.errors import VIEWER_STACK
@@ -1187,6 +1209,11 @@ def serve(
     require_local("autointerp serve", VIEWER_STACK, extra="viewer")
     if live:
         require_local("autointerp serve --live", SAE_STACK)
+    chat_agent = agent.strip() if live else ""
+    if chat_agent:
+        from autointerp.llm import parse_spec
+
+        parse_spec(chat_agent)
     open_reader(db)
     try:
         with socket.create_server((host, port)):
@@ -1200,7 +1227,15 @@ def serve(
     from autointerp.viewer.app import create_app
     from autointerp.viewer.live import LiveModel
 
-    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    live_model = LiveModel(model, model_path) if live else None
+    rooms = None
+    if live_model is not None and chat_agent:
+        from autointerp.agent.loop import AgentSettings
+        from autointerp.viewer.chat import ChatRooms
+
+        settings = AgentSettings(agent=chat_agent, max_steps=8)  # per question, as in `autointerp chat`
+        rooms = ChatRooms(db, settings, live_model.reader, base_url=base_url)
+    app_ = create_app(db, live_model, rooms)
     console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
