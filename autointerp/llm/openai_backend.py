@@ -93,6 +93,14 @@ class OpenAILLM(LLM):
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        t0 = time.perf_counter()
+        resp = await self._request(
+            (await self._client.aget()).chat.completions.create, self.chat_params(request)
+        )
+        return self.chat_response(request, resp, time.perf_counter() - t0)
+
+    def chat_params(self, request: ChatRequest) -> dict:
+        """The body of a /v1/chat/completions request (also what a batch line carries)."""
         params: dict = {
             "model": self.model,
             "messages": [_message(m) for m in request.messages],
@@ -116,9 +124,10 @@ class OpenAILLM(LLM):
                 }
             else:  # llama.cpp and most compatible servers: a grammar from the schema
                 params["response_format"] = {"type": "json_object", "schema": request.json_schema}
-        t0 = time.perf_counter()
-        resp = await self._request((await self._client.aget()).chat.completions.create, params)
-        latency = time.perf_counter() - t0
+        return params
+
+    def chat_response(self, request: ChatRequest, resp, latency: float) -> ChatResponse:  # noqa: ANN001
+        """Our answer from the SDK's ChatCompletion; LLMError when it holds none we can use."""
         if not resp.choices:
             raise LLMError(f"{self.spec} returned no choices; check the model name and the server.")
         choice = resp.choices[0]
