@@ -981,7 +981,8 @@ def by_source(rows: list) -> dict[str, list]:
 def print_batch(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     """What a --batch run collected, submitted and still waits for, and what to do next."""
     b = summary.batch
-    parts = [f"batch: {b.collected} results collected"]
+    parts = [f"batch: {b.collected} results collected ({b.prompt_tokens}+{b.completion_tokens} tokens"]
+    parts[0] += f", ${b.cost_usd:.4f} at the batch price)" if b.cost_usd is not None else ")"
     if b.errored:
         parts.append(f"{b.errored} came back without an answer")
     parts += [f"submitted {s.requests} requests to {escape(s.spec)} as {s.provider_id}" for s in b.submitted]

@@ -652,7 +652,10 @@ async def alabel(
         meter = TokenMeter(exp_llm)
         await add_counterfactuals(store, live, meter)
         labeller.meters["counterfactuals"] = meter
-    return await labeller.run(unit_ids, progress, str(spec) if spec else None)
+    if batcher is None:
+        return await labeller.run(unit_ids, progress, str(spec) if spec else None)
+    with store.claim_run("llm-batches", "collecting or submitting provider batches for"):
+        return await labeller.run(unit_ids, progress, str(spec) if spec else None)
 
 
 def check_batch(s: LabelSettings, *, counterfactuals: bool = False, no_cache: bool = False) -> None:

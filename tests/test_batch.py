@@ -220,3 +220,15 @@ def test_a_v10_store_migrates_to_batch_tables(tmp_path):
         "batch",
         "key",
     ]
+
+
+def test_the_cli_submits_then_says_to_run_it_again(month_store, replay):
+    args = ["label", "--db", str(month_store.path), "--batch", "--explainer", OPENAI,
+            "--base-url", replay.url + "/v1", "--simulator-mode", "json"]  # fmt: skip
+    first = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert first.exit_code == 0, first.output
+    assert f"submitted 3 requests to {OPENAI} as {replay.submitted()[0]}" in first.output
+    assert "3 unit(s) wait for batch results; run the same command later" in first.output
+    replay.finish()
+    second = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert "batch: 3 results collected (120+12 tokens) · submitted 36 requests" in second.output

@@ -169,6 +169,9 @@ class BatchReport(BaseModel):
     """What a `label --batch` run did with the provider batches."""
 
     collected: int = 0  # requests whose results came back in this run
+    prompt_tokens: int = 0  # what the collected results used, and cost at the batch price (where known)
+    completion_tokens: int = 0
+    cost_usd: float | None = None
     errored: int = 0  # requests that came back without an answer (resubmitted, or failed for good)
     submitted: list[Submitted] = Field(default_factory=list)
     waiting: int = 0  # requests still in open batches
@@ -257,6 +260,10 @@ class Batcher:
             pt, ct = u.prompt_tokens, u.completion_tokens
             cost = u.cost_usd * DISCOUNT if u.cost_usd is not None else None
             resp.usage.cost_usd = cost
+            self.report.prompt_tokens += pt
+            self.report.completion_tokens += ct
+            if cost is not None:
+                self.report.cost_usd = (self.report.cost_usd or 0.0) + cost
             if _cacheable(request, resp):
                 self.store.put_llm_call(
                     LLMCallRecord(
