@@ -1069,10 +1069,10 @@ class Store:
         return req, BatchRecord(**self.db["llm_batches"].get(req.batch))
 
     def batch_attempts(self, key: str) -> int:
-        """How often the request with cache key `key` was submitted and came back without an answer."""
+        """How often the request with cache key `key` reached the provider and came back without an answer."""
         sql = (
-            "SELECT COUNT(*) FROM llm_batch_requests "
-            "WHERE key = ? AND status IN ('errored', 'lost', 'failed')"
+            "SELECT COUNT(*) FROM llm_batch_requests r JOIN llm_batches b ON b.id = r.batch "
+            "WHERE r.key = ? AND r.status IN ('errored', 'lost', 'failed') AND b.provider_id IS NOT NULL"
         )
         return self.db.execute(sql, [key]).fetchone()[0]
 

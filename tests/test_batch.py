@@ -232,3 +232,35 @@ def test_the_cli_submits_then_says_to_run_it_again(month_store, replay):
     replay.finish()
     second = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert "batch: 3 results collected (120+12 tokens) · submitted 36 requests" in second.output
+
+
+def test_a_phase_larger_than_the_providers_limit_goes_out_in_several_batches(
+    month_store, replay, monkeypatch
+):
+    from autointerp.llm import batch
+
+    monkeypatch.setitem(batch.LIMITS, "openai", (2, 10**9))
+    summary = run(month_store, replay)
+    assert [s.requests for s in summary.batch.submitted] == [2, 1]
+    assert [len(replay.requests(b)) for b in replay.submitted()] == [2, 1]
+    replay.finish()
+    assert run(month_store, replay).batch.collected == 3
+
+
+def test_an_unreachable_batch_endpoint_is_one_sentence_and_nothing_is_lost(month_store, replay):
+    replay.close()  # the provider is unreachable
+    args = ["label", "--db", str(month_store.path), "--batch", "--explainer", OPENAI,
+            "--base-url", replay.url + "/v1", "--simulator-mode", "json", "--retries", "0"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and "uploading the batch file failed" in out.output
+    assert "Traceback" not in out.output
+    (sub,) = month_store.batches()
+    assert sub.status == "preparing"  # did it reach the provider? The next run looks first
+    back = BatchReplay()
+    try:
+        summary = run(month_store, back)
+    finally:
+        back.close()
+    assert [b.status for b in month_store.batches()] == ["lost", "submitted"]
+    assert [s.requests for s in summary.batch.submitted] == [3]
+    assert month_store.batch_attempts(month_store.batch_requests(sub.id)[0].key) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Iterable, Iterator
@@ -38,6 +39,8 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 3  # submissions of one request that came back without an answer before it is failed
 DISCOUNT = 0.5  # both providers' batch price: half the list price
 EXACT_MODES = ("exact", "exact-follow", "head-exact")
+# Requests and bytes per batch: OpenAI 50,000 and a 200 MB file; Anthropic 100,000 and 256 MB.
+LIMITS: dict[str, tuple[int, int]] = {"openai": (50_000, 190_000_000), "anthropic": (100_000, 250_000_000)}
 
 
 class BatchPending(Exception):  # noqa: N818 - not an error: the answer will come from a batch
@@ -283,38 +286,48 @@ class Batcher:
         )  # fmt: skip
 
     async def submit(self, run_id: str) -> None:
-        """One submission per model of every request the run noted and no open batch holds."""
+        """Every request the run noted and no open batch holds, per model, in as few submissions as the
+        provider's limits allow (`LIMITS`: requests and bytes per batch)."""
         for blm in self.llms.values():
             self.report.waiting += len(blm.waiting)
-            if not blm.wanted:
-                continue
-            sub = "sub-" + uuid.uuid4().hex[:16]
-            items = list(blm.wanted.items())
-            rows = [
-                BatchRequestRecord(
-                    custom_id=f"{sub}-{i}",
-                    batch=sub,
-                    key=key,
-                    request=w.request.model_dump(),
-                    **w.tag.model_dump(),
-                )
-                for i, (key, w) in enumerate(items)
-            ]
-            batch = BatchRecord(
-                id=sub, backend=blm.backend, model=blm.model, status="preparing", n_requests=len(rows),
-                run_id=run_id,
-            )  # fmt: skip
-            self.store.put_batch(batch, rows)  # before the provider hears of it: never sent unnoted
-            try:
-                provider_id = await blm.api.create(
-                    sub,
-                    [(r.custom_id, blm.api.params(w.request)) for r, (_, w) in zip(rows, items, strict=True)],
-                )
-            except LLMError:
-                self.store.finish_batch(sub, "lost", [], "the provider refused the submission")
-                raise
-            self.store.update_batch(sub, provider_id=provider_id, status="submitted")
+            max_n, max_bytes = LIMITS[blm.backend]
+            chunk: list[tuple[Wanted, dict]] = []
+            size = 0
+            for w in blm.wanted.values():
+                params = blm.api.params(w.request)
+                n = len(json.dumps(params)) + 200  # the line's envelope: custom id, method, url
+                if chunk and (len(chunk) >= max_n or size + n > max_bytes):
+                    await self._submit(blm, chunk, run_id)
+                    chunk, size = [], 0
+                chunk.append((w, params))
+                size += n
+            if chunk:
+                await self._submit(blm, chunk, run_id)
             blm.wanted.clear()
-            self.report.submitted.append(
-                Submitted(provider_id=provider_id, spec=blm.spec, requests=len(rows))
+
+    async def _submit(self, blm: BatchLLM, chunk: list[tuple[Wanted, dict]], run_id: str) -> None:
+        """One submission: noted in the store first (`preparing`), then sent, then its provider id noted."""
+        sub = "sub-" + uuid.uuid4().hex[:16]
+        rows = [
+            BatchRequestRecord(
+                custom_id=f"{sub}-{i}",
+                batch=sub,
+                key=w.request.cache_key(blm.backend, blm.model),
+                request=w.request.model_dump(),
+                **w.tag.model_dump(),
             )
+            for i, (w, _) in enumerate(chunk)
+        ]
+        batch = BatchRecord(
+            id=sub, backend=blm.backend, model=blm.model, status="preparing", n_requests=len(rows),
+            run_id=run_id,
+        )  # fmt: skip
+        self.store.put_batch(batch, rows)  # before the provider hears of it: never sent unnoted
+        try:
+            provider_id = await blm.api.create(
+                sub, [(r.custom_id, params) for r, (_, params) in zip(rows, chunk, strict=True)]
+            )
+        except LLMError:  # did it reach the provider? The next run's poll looks (`find`), then resubmits
+            raise
+        self.store.update_batch(sub, provider_id=provider_id, status="submitted")
+        self.report.submitted.append(Submitted(provider_id=provider_id, spec=blm.spec, requests=len(rows)))

@@ -17,11 +17,16 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
+from autointerp.errors import UserError
 from autointerp.llm.base import LLM, ChatRequest, ChatResponse, LLMError
 
 State = Literal["in_progress", "ended", "expired", "failed", "cancelled"]
 OPENAI_ENDPOINT = "/v1/chat/completions"
 SUBMISSION_KEY = "autointerp_submission"  # the metadata key that carries our submission id (OpenAI)
+
+
+class BatchAPIError(LLMError, UserError):
+    """A batch endpoint failed (key, URL, provider down): the run stops with one sentence; rerun later."""
 
 
 class BatchState(BaseModel):
@@ -71,7 +76,7 @@ async def _errors(spec: str, doing: str) -> AsyncIterator[None]:
         raise
     except Exception as e:  # the SDK's APIError family, transport errors, malformed JSON
         status = getattr(e, "status_code", None)
-        raise LLMError(
+        raise BatchAPIError(
             f"{spec}: {doing} failed ({f'{status}: ' if status else ''}{e}); check the key, --base-url "
             "and the provider's status, then run the same command again."
         ) from e
