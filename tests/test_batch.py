@@ -38,7 +38,7 @@ def _keys(monkeypatch):
 
 def run(store: Store, replay: BatchReplay, spec: str = OPENAI, **kwargs):  # noqa: ANN201 - LabelSummary
     base = replay.url + "/v1" if spec.startswith("openai") else replay.url
-    kwargs.setdefault("simulator_mode", "json")
+    # simulator mode `auto`: json under --batch (the replay's base_url would otherwise mean exact)
     return label(store.path, explainer=spec, base_url=base, batch_api=True, **kwargs)
 
 
