@@ -171,7 +171,7 @@ class OpenAILLM(LLM):
             )
         mode = await self._echo_mode()
         resp, latency = await self._prompt_logprobs(request.prompt, echo=True)
-        at = _distributions(resp.choices[0].logprobs, mode, resp.choices[0].text, self.spec)
+        at = _distributions(resp.choices[0].logprobs, mode, request.prompt, self.spec)
         probs, mass = [], []
         for p in request.positions:
             if p not in at:
@@ -239,7 +239,7 @@ class OpenAILLM(LLM):
         plain, _ = await self._prompt_logprobs(probe, echo=False)
         truth = plain.choices[0].logprobs.top_logprobs[0] or {}
         for mode in ("shifted", "standard"):
-            got = _distributions(echoed.choices[0].logprobs, mode, echoed.choices[0].text, self.spec)
+            got = _distributions(echoed.choices[0].logprobs, mode, probe, self.spec)
             got = got.get(len(probe))
             if got and truth and _same(got, truth):
                 self._mode = mode
@@ -325,19 +325,20 @@ def _message(m: Message) -> dict:
     return out
 
 
-def _distributions(lp, mode: str, text: str, spec: str) -> dict[int, dict[str, float]]:  # noqa: ANN001
-    """Char offset p -> top logprobs of the next token after prompt[:p], from echoed logprobs `lp` (the
-    SDK's) of the echoed `text` (prompt + generated).
+def _distributions(lp, mode: str, prompt: str, spec: str) -> dict[int, dict[str, float]]:  # noqa: ANN001
+    """Char offset p -> top logprobs of the next token after prompt[:p], from the echoed logprobs `lp`
+    (the SDK's) of `prompt`.
 
-    Where the offsets just add up the tokens' lengths (vLLM), they count a BOS token the text does not
-    hold: they are moved back by its length, and the tokens must spell the text (a character split
-    across tokens decodes to U+FFFD and would shift every later offset: refused, never misread).
+    Where the offsets just add up the tokens' lengths (vLLM, llama-cpp-python), they may count a BOS
+    token the prompt does not hold (vLLM): they are moved back by its length; and the tokens must spell
+    the prompt (a character split across tokens decodes to U+FFFD and would shift every later offset:
+    refused, never misread).
     """
     offsets = list(lp.text_offset)
     if _cumulative(offsets, lp.tokens):
         joined = "".join(lp.tokens)
-        shift = len(joined) - len(text)
-        if shift < 0 or joined[shift:] != text:
+        shift = next((n for n in (0, len(lp.tokens[0])) if joined[n:].startswith(prompt)), None)
+        if shift is None:
             raise LLMError(
                 f"{spec}: the server's echoed tokens do not spell the prompt (a character split across "
                 "tokens?), so their offsets cannot be trusted; keep the examples to plain text or use a "
