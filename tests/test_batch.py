@@ -264,3 +264,30 @@ def test_an_unreachable_batch_endpoint_is_one_sentence_and_nothing_is_lost(month
     assert [b.status for b in month_store.batches()] == ["lost", "submitted"]
     assert [s.requests for s in summary.batch.submitted] == [3]
     assert month_store.batch_attempts(month_store.batch_requests(sub.id)[0].key) == 0
+
+
+def seeded_answer(body: dict) -> str:
+    """Explanations by seed (0: "cats", 1: "months of the year"); simulations that know the months only
+    when the explanation says months (otherwise all 0: an undefined correlation)."""
+    answer = months_answer(body)
+    if not answer.startswith("["):
+        return "months of the year" if body.get("seed") == 1 else "cats"
+    last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    return answer if "Explanation: months" in last else json.dumps([0] * len(json.loads(answer)))
+
+
+def test_best_of_candidates_and_their_validation_go_out_as_phases(month_store, replay):
+    replay.answer = seeded_answer
+    kinds = []
+    for _ in range(3):
+        run(month_store, replay, limit=1, best_of=2)
+        rows = [r for b in month_store.batches()[len(kinds) :] for r in month_store.batch_requests(b.id)]
+        kinds.append({(r.phase, r.candidate.split("#")[-1] if r.phase == "explain" else "") for r in rows})
+        replay.finish()
+    assert kinds == [{("explain", "0"), ("explain", "1")}, {("validation", "")}, {("correlation", "")}]
+    summary = run(month_store, replay, limit=1, best_of=2)
+    (r,) = summary.results
+    assert r.explanation == "months of the year" and r.scores["correlation"] > 0.9
+    exp = month_store.get_explanation(r.explanation_id)
+    assert exp.settings["candidates"] == ["cats", "months of the year"]
+    assert len(exp.settings["batch_id"]) == 2  # the candidates' batch and their validation's
