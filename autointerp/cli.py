@@ -745,6 +745,14 @@ def label(
     out: Annotated[
         Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Send the chat calls as OpenAI / Anthropic batches (half price): submit, then run the "
+            "same command later to collect and continue (docs/labelling.md#batch-apis).",
+        ),
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
@@ -760,7 +768,7 @@ def label(
     connection(timeout, retries)  # a bad value fails here, before anything loads
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
-    if counterfactuals:
+    if counterfactuals and not batch:
         require_local("autointerp label --counterfactuals")
     from autointerp.explain import EXPLAINERS
     from autointerp.pipeline import label as run_label
@@ -771,6 +779,16 @@ def label(
 
     method_list = names(methods, "--methods", EXPLAINERS)
     scorer_list = names(scorers, "--scorers", SCORERS)
+    if batch:
+        from autointerp.pipeline import LabelSettings, check_batch
+
+        check_batch(
+            LabelSettings(
+                explainer=explainer, simulator=simulator or explainer, simulator_mode=simulator_mode
+            ),
+            counterfactuals=counterfactuals,
+            no_cache=no_cache,
+        )
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
@@ -789,6 +807,8 @@ def label(
                 if r.skip_reason
                 else "[red]failed[/red]"
                 if r.error
+                else f"waiting for the batch ({r.pending})"
+                if r.pending
                 else escape((r.explanation or "")[:40])
             )
             bar.advance(note, failed=bool(r.error or r.scores_failed))
@@ -812,8 +832,11 @@ def label(
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
             shard=str(shard_spec) if shard_spec else None,
+            batch_api=batch,
         )
     print_summary(summary)
+    if summary.batch is not None:
+        print_batch(summary)
     if report:
         from autointerp.report import write_report
 
@@ -965,6 +988,24 @@ def by_source(rows: list) -> dict[str, list]:
     return groups
 
 
+def print_batch(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
+    """What a --batch run collected, submitted and still waits for, and what to do next."""
+    b = summary.batch
+    parts = [f"batch: {b.collected} results collected ({b.prompt_tokens}+{b.completion_tokens} tokens"]
+    parts[0] += f", ${b.cost_usd:.4f} at the batch price)" if b.cost_usd is not None else ")"
+    if b.errored:
+        parts.append(f"{b.errored} came back without an answer")
+    parts += [f"submitted {s.requests} requests to {escape(s.spec)} as {s.provider_id}" for s in b.submitted]
+    if b.waiting:
+        parts.append(f"{b.waiting} requests waiting in {len(b.open_batches) or 'open'} batch(es)")
+    console.print(" · ".join(parts))
+    if summary.pending:
+        err.print(
+            f"{len(summary.pending)} unit(s) wait for batch results; run the same command later (batches "
+            "finish within 24 hours) to collect them and continue."
+        )
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     scorers = sorted({k for r in summary.results for k in r.scores})
     shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
@@ -982,9 +1023,11 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
                 for sc in scorers
             ]
             text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            if r.pending:
+                text = f"[yellow]waiting for the batch ({r.pending})[/yellow]"
             table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
         console.print(table)
-    done = [r for r in summary.results if not (r.error or r.skip_reason)]
+    done = [r for r in summary.results if not (r.error or r.skip_reason or r.pending)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
         f"{len(summary.failures)} failed",

@@ -35,6 +35,7 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     TokenProbsResponse,
 )
+from autointerp.llm.batch import in_turn
 from autointerp.llm.stepwise import read_stepwise
 from autointerp.prompts import Prompt, prompt
 from autointerp.registry import Registry
@@ -189,7 +190,8 @@ class JsonSimulator:
         raise error or SimulationError("no answer")
 
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
-        return [await self.simulate_one(explanation, e) for e in examples]
+        """One chat per example, in turn (a --batch run notes every example's request at once)."""
+        return await in_turn(self.simulate_one(explanation, e) for e in examples)
 
 
 @runtime_checkable

@@ -67,6 +67,13 @@ class AnthropicLLM(LLM):
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        params = self.chat_params(request)
+        t0 = time.perf_counter()
+        resp = await self._request(params)
+        return self.chat_response(request, resp, time.perf_counter() - t0)
+
+    def chat_params(self, request: ChatRequest) -> dict:
+        """The parameters of a messages.create call (also what a message batch request carries)."""
         if request.top_logprobs > 0:
             raise LLMError(f"{self.spec} returns no logprobs; use a local: or openai: model for them.")
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
@@ -96,9 +103,10 @@ class AnthropicLLM(LLM):
             params["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
         if tools:
             params["tools"] = tools
-        t0 = time.perf_counter()
-        resp = await self._request(params)
-        latency = time.perf_counter() - t0
+        return params
+
+    def chat_response(self, request: ChatRequest, resp, latency: float) -> ChatResponse:  # noqa: ANN001
+        """Our answer from the SDK's Message; LLMError when a JSON answer was asked for and not given."""
         texts, calls = [], []
         for block in resp.content:
             if block.type == "text":
