@@ -991,6 +991,9 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
         console.print(
             f"scores: {counts['ok']} ok · {counts['nan']} nan (undefined) · {counts['failed']} failed"
         )
+    from autointerp.usage_view import usage_table
+
+    console.print(usage_table(summary))
     console.print(usage_line(summary))
     if not summary.ok:
         n_fail, n_scores = len(summary.failures), len(summary.score_failures)
