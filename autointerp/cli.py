@@ -736,11 +736,20 @@ def label(
     out: Annotated[
         Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Count the units, LLM calls and tokens the run would send, and their cost; call nothing, "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
-    score of a unit failed."""
+    score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
+    tokenizers (no model loads), and prices them for API models."""
     from autointerp.llm import connection, parse_spec
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
@@ -752,9 +761,10 @@ def label(
         parse_spec(spec)
     if counterfactuals:
         require_local("autointerp label --counterfactuals")
+    from autointerp.dryrun import estimate
     from autointerp.explain import EXPLAINERS
+    from autointerp.pipeline import LabelSettings, select_units
     from autointerp.pipeline import label as run_label
-    from autointerp.pipeline import select_units
     from autointerp.progress import CountProgress
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
@@ -764,9 +774,26 @@ def label(
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    store = Store.reader(db) if dry_run else Store(db)  # a dry run writes nothing, not even a migration
+    ids = select_units(store, units, hooks=hook, min_count=min_count, order=order, limit=limit)
     if shard_spec:
         ids = [u for u in ids if shard_spec.has_unit(u)]
+    with option_errors():
+        settings = LabelSettings(
+            explainer=explainer,
+            simulator=simulator or explainer,
+            simulator_mode=simulator_mode,
+            methods=method_list,
+            scorers=scorer_list,
+            best_of=best_of,
+            revise=revise,
+            concurrency=concurrency,
+            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+        )
+    if dry_run:
+        print_estimate(estimate(db, ids, settings, base_url=base_url, no_cache=no_cache), counterfactuals)
+        return
+    if shard_spec:
         db = label_shard_store(db, shard_spec, out)
         err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
@@ -786,22 +813,14 @@ def label(
         summary = run_label(
             db,
             ids,
-            explainer=explainer,
-            simulator=simulator,
             base_url=base_url,
             timeout=timeout,
             retries=retries,
             no_cache=no_cache,
             progress=on_result,
-            simulator_mode=simulator_mode,
-            methods=method_list,
-            scorers=scorer_list,
-            best_of=best_of,
-            revise=revise,
-            concurrency=concurrency,
             counterfactuals=counterfactuals,
-            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
             shard=str(shard_spec) if shard_spec else None,
+            **settings.model_dump(),
         )
     print_summary(summary)
     if report:
@@ -1001,6 +1020,16 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
             f"[red]run {summary.run_id} failed:[/red] {n_fail} explanation(s) failed, "
             f"{n_scores} unit(s) with every score failed (reasons: autointerp show UNIT_ID --db DB)."
         )
+
+
+def print_estimate(est, counterfactuals: bool) -> None:  # noqa: ANN001 - dryrun.DryRunEstimate
+    from autointerp.usage_view import estimate_lines, estimate_table
+
+    console.print(estimate_table(est))
+    for line in estimate_lines(est):
+        console.print(escape(line))
+    if counterfactuals:
+        console.print("--counterfactuals: generating them runs the subject model and is not counted here.")
 
 
 def usage_line(summary) -> str:  # noqa: ANN001 - pipeline.LabelSummary

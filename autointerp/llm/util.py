@@ -12,6 +12,7 @@ from autointerp.llm.base import LLMError
 
 T = TypeVar("T")
 
+
 def schema_instruction(schema: dict) -> str:
     return (
         "Answer with a single JSON object and nothing else. It must match this JSON schema:\n"
