@@ -696,22 +696,40 @@ def label(
         typer.Option(help="index (as recorded), selective (rarest-firing first) or random (seeded)."),
     ] = "index",
     limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
-    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
-    simulator: Annotated[
-        str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
+    explainer: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the explainer [default: config, else local:qwen2.5-coder-1.5b]."),
     ] = None,
-    simulator_mode: SimulatorModeOpt = "auto",
+    simulator: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the simulator and judges [default: config, else the explainer]."),
+    ] = None,
+    simulator_mode: Annotated[
+        Literal["auto", "exact", "exact-follow", "json", "head-exact"] | None,
+        typer.Option(help="exact, exact-follow, json, head-exact or auto [default: config, else auto]."),
+    ] = None,
     methods: Annotated[
-        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
-    ] = "highlight",
-    scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+        str | None,
+        typer.Option(
+            help="Explainer methods: top,highlight,contrastive,head (attention heads) "
+            "[default: config, else highlight]."
+        ),
+    ] = None,
+    scorers: Annotated[
+        str | None,
+        typer.Option(
+            help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
+        ),
+    ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
     ] = 1,
     revise: Annotated[
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Units in flight at once [default: config, else 4].")
+    ] = None,
     base_url: BaseUrlOpt = None,
     timeout: TimeoutOpt = None,
     retries: RetriesOpt = None,
@@ -736,6 +754,12 @@ def label(
     out: Annotated[
         Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config file [default: ./autointerp.toml, else [tool.autointerp] in ./pyproject.toml]."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -750,9 +774,20 @@ def label(
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
     tokenizers (no model loads), and prices them for API models."""
+    from autointerp.config import load_config
     from autointerp.llm import connection, parse_spec
+    from autointerp.pipeline import LabelSettings
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    cfg = load_config(config)  # flags override it; a bad file fails here, before anything loads
+    cfg.apply()
+    default = LabelSettings()
+    explainer = explainer or cfg.models.explainer or default.explainer
+    simulator = simulator or cfg.models.simulator
+    simulator_mode = simulator_mode or cfg.label.simulator_mode or default.simulator_mode
+    methods = methods or ",".join(cfg.label.methods or default.methods)
+    scorers = scorers or ",".join(cfg.label.scorers or default.scorers)
+    concurrency = concurrency or cfg.label.concurrency or default.concurrency
     shard_spec = ShardSpec.parse(shard) if shard is not None else None
     if out is not None and shard_spec is None:
         raise UserError("--out names a shard's store; give --shard i/n with it.")
@@ -763,8 +798,8 @@ def label(
         require_local("autointerp label --counterfactuals")
     from autointerp.dryrun import estimate
     from autointerp.explain import EXPLAINERS
-    from autointerp.pipeline import LabelSettings, select_units
     from autointerp.pipeline import label as run_label
+    from autointerp.pipeline import select_units
     from autointerp.progress import CountProgress
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
