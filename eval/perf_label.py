@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import defaultdict
 
-from common import bench_store
+from common import bench_store, timed
 
 from autointerp import label
 from autointerp.store import Store
@@ -31,16 +31,7 @@ def time_forwards(source: str) -> dict[str, float]:
 
     model = load_engine(source).model
     spent = {"seconds": 0.0}
-    forward = model.forward
-
-    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        t0 = time.perf_counter()
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            spent["seconds"] += time.perf_counter() - t0
-
-    model.forward = timed
+    model.forward = timed(model.forward, spent, "seconds")
     return spent
 
 
