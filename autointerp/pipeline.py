@@ -231,6 +231,7 @@ class LabelSummary(BaseModel):
             "score_failures": [r.unit_id for r in self.score_failures],
             "scores": self.score_counts(),
             "usage": {k: v.model_dump() for k, v in self.usage.items()},
+            "per_unit": self.per_unit.model_dump() if self.per_unit else None,
             "seconds": self.seconds,
         }
 

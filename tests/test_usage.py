@@ -102,6 +102,8 @@ def test_a_label_run_reports_and_stores_what_each_unit_spent(month_store, script
     assert sum(u.calls for u in per_unit) == summary.total.calls == len(calls)
     assert sum(u.prompt_tokens for u in per_unit) == summary.prompt_tokens
     assert summary.per_unit.units == 3 and summary.per_unit.calls == pytest.approx(len(calls) / 3)
+    run = month_store.runs("label")[0]  # the run's row keeps the per-unit figures too
+    assert run.summary["per_unit"]["prompt_tokens"] == pytest.approx(summary.prompt_tokens / 3)
 
     # what a later report sums: each explanation's and each score's own spend, which add up to the run's
     stored = RoleUsage()
