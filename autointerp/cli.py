@@ -704,22 +704,40 @@ def label(
         typer.Option(help="index (as recorded), selective (rarest-firing first) or random (seeded)."),
     ] = "index",
     limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
-    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
-    simulator: Annotated[
-        str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
+    explainer: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the explainer [default: config, else local:qwen2.5-coder-1.5b]."),
     ] = None,
-    simulator_mode: SimulatorModeOpt = "auto",
+    simulator: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the simulator and judges [default: config, else the explainer]."),
+    ] = None,
+    simulator_mode: Annotated[
+        Literal["auto", "exact", "exact-follow", "json", "head-exact"] | None,
+        typer.Option(help="exact, exact-follow, json, head-exact or auto [default: config, else auto]."),
+    ] = None,
     methods: Annotated[
-        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
-    ] = "highlight",
-    scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+        str | None,
+        typer.Option(
+            help="Explainer methods: top,highlight,contrastive,head (attention heads) "
+            "[default: config, else highlight]."
+        ),
+    ] = None,
+    scorers: Annotated[
+        str | None,
+        typer.Option(
+            help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
+        ),
+    ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
     ] = 1,
     revise: Annotated[
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Units in flight at once [default: config, else 4].")
+    ] = None,
     base_url: BaseUrlOpt = None,
     timeout: TimeoutOpt = None,
     retries: RetriesOpt = None,
@@ -753,15 +771,41 @@ def label(
             "same command later to collect and continue (docs/labelling.md#batch-apis).",
         ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config file [default: ./autointerp.toml, else [tool.autointerp] in ./pyproject.toml]."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Count the units, LLM calls and tokens the run would send, and their cost; call nothing, "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
-    score of a unit failed."""
+    score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
+    tokenizers (no model loads), and prices them for API models."""
+    from autointerp.config import load_config
     from autointerp.llm import connection, parse_spec
+    from autointerp.pipeline import LabelSettings
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
     viewer = check_viewer_url(viewer_url)
+    cfg = load_config(config)  # flags override it; a bad file fails here, before anything loads
+    cfg.apply()
+    default = LabelSettings()
+    explainer = explainer or cfg.models.explainer or default.explainer
+    simulator = simulator or cfg.models.simulator
+    simulator_mode = simulator_mode or cfg.label.simulator_mode or default.simulator_mode
+    methods = methods or ",".join(cfg.label.methods or default.methods)
+    scorers = scorers or ",".join(cfg.label.scorers or default.scorers)
+    concurrency = concurrency or cfg.label.concurrency or default.concurrency
     shard_spec = ShardSpec.parse(shard) if shard is not None else None
     if out is not None and shard_spec is None:
         raise UserError("--out names a shard's store; give --shard i/n with it.")
@@ -770,6 +814,7 @@ def label(
         parse_spec(spec)
     if counterfactuals and not batch:
         require_local("autointerp label --counterfactuals")
+    from autointerp.dryrun import estimate
     from autointerp.explain import EXPLAINERS
     from autointerp.pipeline import label as run_label
     from autointerp.pipeline import select_units
@@ -792,9 +837,26 @@ def label(
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    store = Store.reader(db) if dry_run else Store(db)  # a dry run writes nothing, not even a migration
+    ids = select_units(store, units, hooks=hook, min_count=min_count, order=order, limit=limit)
     if shard_spec:
         ids = [u for u in ids if shard_spec.has_unit(u)]
+    with option_errors():
+        settings = LabelSettings(
+            explainer=explainer,
+            simulator=simulator or explainer,
+            simulator_mode=simulator_mode,
+            methods=method_list,
+            scorers=scorer_list,
+            best_of=best_of,
+            revise=revise,
+            concurrency=concurrency,
+            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+        )
+    if dry_run:
+        print_estimate(estimate(db, ids, settings, base_url=base_url, no_cache=no_cache), counterfactuals)
+        return
+    if shard_spec:
         db = label_shard_store(db, shard_spec, out)
         err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
@@ -816,23 +878,15 @@ def label(
         summary = run_label(
             db,
             ids,
-            explainer=explainer,
-            simulator=simulator,
             base_url=base_url,
             timeout=timeout,
             retries=retries,
             no_cache=no_cache,
             progress=on_result,
-            simulator_mode=simulator_mode,
-            methods=method_list,
-            scorers=scorer_list,
-            best_of=best_of,
-            revise=revise,
-            concurrency=concurrency,
             counterfactuals=counterfactuals,
-            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
             shard=str(shard_spec) if shard_spec else None,
             batch_api=batch,
+            **settings.model_dump(),
         )
     print_summary(summary)
     if summary.batch is not None:
@@ -1044,6 +1098,9 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
         console.print(
             f"scores: {counts['ok']} ok · {counts['nan']} nan (undefined) · {counts['failed']} failed"
         )
+    from autointerp.usage_view import usage_table
+
+    console.print(usage_table(summary))
     console.print(usage_line(summary))
     if not summary.ok:
         n_fail, n_scores = len(summary.failures), len(summary.score_failures)
@@ -1051,6 +1108,16 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
             f"[red]run {summary.run_id} failed:[/red] {n_fail} explanation(s) failed, "
             f"{n_scores} unit(s) with every score failed (reasons: autointerp show UNIT_ID --db DB)."
         )
+
+
+def print_estimate(est, counterfactuals: bool) -> None:  # noqa: ANN001 - dryrun.DryRunEstimate
+    from autointerp.usage_view import estimate_lines, estimate_table
+
+    console.print(estimate_table(est))
+    for line in estimate_lines(est):
+        console.print(escape(line))
+    if counterfactuals:
+        console.print("--counterfactuals: generating them runs the subject model and is not counted here.")
 
 
 def usage_line(summary) -> str:  # noqa: ANN001 - pipeline.LabelSummary

@@ -9,13 +9,15 @@ stored as a result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +63,7 @@ class UnitResult(BaseModel):
     skip_reason: str | None = None  # why the unit cannot be labelled (it never fired, ...)
     error: str | None = None
     pending: str | None = None  # --batch: what the unit waits for (its explanation, its scores)
+    usage: dict[str, RoleUsage] = Field(default_factory=dict)  # what labelling it spent, by LLM role
 
     @property
     def scores_failed(self) -> bool:
@@ -74,6 +77,7 @@ class RoleUsage(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reused_prompt_tokens: int = 0  # of prompt_tokens: served from a shared or cached prefix (Usage)
     cost_usd: float | None = None  # the summed cost of the calls that reported one
     unpriced_calls: int = 0  # calls without a known price (local models, unknown API models)
     cached_calls: int = 0
@@ -89,10 +93,57 @@ class RoleUsage(BaseModel):
         self.calls += 1
         self.prompt_tokens += u.prompt_tokens
         self.completion_tokens += u.completion_tokens
+        self.reused_prompt_tokens += u.reused_prompt_tokens
         if u.cost_usd is None:
             self.unpriced_calls += 1
         else:
             self.cost_usd = (self.cost_usd or 0.0) + u.cost_usd
+
+    def merge(self, other: RoleUsage) -> RoleUsage:
+        """The sum of two usages (a new object)."""
+        out = {}
+        for k, v in self.model_dump().items():
+            w = getattr(other, k)
+            out[k] = None if v is None and w is None else (v or 0) + (w or 0)
+        return RoleUsage(**out)
+
+
+def total_usage(usage: dict[str, RoleUsage]) -> RoleUsage:
+    """Every role's usage added up."""
+    out = RoleUsage()
+    for u in usage.values():
+        out = out.merge(u)
+    return out
+
+
+class PerUnit(BaseModel):
+    """Mean LLM spend per unit labelled in a run (units resumed from the store or never fired excluded)."""
+
+    units: int
+    calls: float
+    prompt_tokens: float
+    completion_tokens: float
+    cost_usd: float | None
+
+
+_SPENT: ContextVar[tuple[dict[str, RoleUsage], ...]] = ContextVar("autointerp_spent", default=())
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[dict[str, RoleUsage]]:
+    """What the metered LLM calls made inside this block spend (in this task and the tasks it starts),
+    by role. Blocks nest: a call counts in every enclosing block."""
+    spent: dict[str, RoleUsage] = {}
+    token = _SPENT.set((*_SPENT.get(), spent))
+    try:
+        yield spent
+    finally:
+        _SPENT.reset(token)
+
+
+def usage_dump(usage: dict[str, RoleUsage]) -> dict:
+    """Usage by role as stored in an explanation's settings or a score's details."""
+    return {role: u.model_dump() for role, u in usage.items()}
 
 
 class LabelSummary(BaseModel):
@@ -120,6 +171,26 @@ class LabelSummary(BaseModel):
     def cost_usd(self) -> float | None:
         known = [u.cost_usd for u in self.usage.values() if u.cost_usd is not None]
         return sum(known) if known else None
+
+    @property
+    def total(self) -> RoleUsage:
+        """Every role's usage added up."""
+        return total_usage(self.usage)
+
+    @property
+    def per_unit(self) -> PerUnit | None:
+        """Mean spend per unit labelled in this run (None when no unit was)."""
+        done = [r for r in self.results if not (r.skipped or r.skip_reason)]
+        if not done:
+            return None
+        t, n = total_usage({r.unit_id + r.method: total_usage(r.usage) for r in done}), len(done)
+        return PerUnit(
+            units=n,
+            calls=t.calls / n,
+            prompt_tokens=t.prompt_tokens / n,
+            completion_tokens=t.completion_tokens / n,
+            cost_usd=None if t.cost_usd is None else t.cost_usd / n,
+        )
 
     def stats(self, scorer: str) -> dict[str, float | int | None]:
         vals = [r.scores[scorer] for r in self.results if r.scores.get(scorer) is not None]
@@ -169,16 +240,25 @@ class LabelSummary(BaseModel):
             "score_failures": [r.unit_id for r in self.score_failures],
             "scores": self.score_counts(),
             "usage": {k: v.model_dump() for k, v in self.usage.items()},
+            "per_unit": self.per_unit.model_dump() if self.per_unit else None,
             "seconds": self.seconds,
         } | ({"batch": self.batch.model_dump()} if self.batch else {})
 
 
 class TokenMeter(LLM):
-    """Wraps an LLM and adds up what its calls spent (`RoleUsage`); cache hits are counted apart."""
+    """Wraps an LLM and adds up what its calls spent (`RoleUsage`); cache hits are counted apart.
 
-    def __init__(self, llm: LLM):
-        self.llm = llm
+    Each call is also counted, under `role`, in every enclosing `metered()` block.
+    """
+
+    def __init__(self, llm: LLM, role: str = "llm"):
+        self.llm, self.role = llm, role
         self.usage = RoleUsage()
+
+    def add(self, u: Usage) -> None:
+        self.usage.add(u)
+        for spent in _SPENT.get():
+            spent.setdefault(self.role, RoleUsage()).add(u)
 
     def __getattr__(self, name: str):  # noqa: ANN204 - spec, backend, model, capabilities
         return getattr(self.llm, name)
@@ -193,24 +273,24 @@ class TokenMeter(LLM):
 
     async def chat(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.chat(request)
-        self.usage.add(resp.usage)
+        self.add(resp.usage)
         return resp
 
     async def token_probs(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.token_probs(request)
-        self.usage.add(resp.usage)
+        self.add(resp.usage)
         return resp
 
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.token_probs_many(requests)
         for r in resps:
-            self.usage.add(r.usage)
+            self.add(r.usage)
         return resps
 
     async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.stepwise_many(requests)
         for r in resps:
-            self.usage.add(r.usage)
+            self.add(r.usage)
         return resps
 
 
@@ -243,7 +323,8 @@ class Labeller:
         SCORERS.check(s.scorers)
         self.store, self.s, self.batcher = store, s, batcher
         # One meter per role, also when both roles are served by the same model: nothing is dropped.
-        self.explainer, self.sim_llm = TokenMeter(explainer), TokenMeter(simulator)
+        self.explainer = TokenMeter(explainer, "explainer")
+        self.sim_llm = TokenMeter(simulator, "simulator")
         self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
         self.explainers: dict[str, Explainer] = {
@@ -372,7 +453,11 @@ class Labeller:
         out, pending = [], None
         for name, scorer in self.scorers.items():
             t0 = time.perf_counter()
-            with batch.served() as ids, batch.tagged(phase=name, candidate=record.explanation_id):
+            with (
+                metered() as spent,
+                batch.served() as ids,
+                batch.tagged(phase=name, candidate=record.explanation_id),
+            ):
                 try:
                     out.append(await scorer(record))
                 except OutOfCreditError:
@@ -383,6 +468,7 @@ class Labeller:
                 except LLMError as e:
                     out.append(scoring.failed(name, e, **record.row(scorer)))
             out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
+            out[-1].details["usage"] = usage_dump(spent)
             out[-1].details |= batch.batch_ids(ids)
         if pending is not None:
             raise pending
@@ -412,7 +498,8 @@ class Labeller:
             )
         t0 = time.perf_counter()
         try:
-            text, prompt_id, extra = await self.explain(sample, method)
+            with metered() as spent:
+                text, prompt_id, extra = await self.explain(sample, method)
         except OutOfCreditError:
             raise
         except batch.BatchPending:
@@ -424,6 +511,7 @@ class Labeller:
             **extra,
             "code_version": code_version(),
             "seconds": round(time.perf_counter() - t0, 3),
+            "usage": usage_dump(spent),
         }
         exp = Explanation(
             id=exp_id,
@@ -484,10 +572,12 @@ class Labeller:
                 if stop:  # the run is stopping: start nothing new
                     raise stop[0]
                 try:
-                    result = await self.label_one(uid, method)
+                    with metered() as spent:
+                        result = await self.label_one(uid, method)
                 except OutOfCreditError as e:
                     stop.append(e)
                     raise
+                result.usage = spent
             finished.append(result)
             if progress:
                 progress(result)
@@ -524,7 +614,7 @@ class Labeller:
         return summary
 
     def usage_dump(self) -> dict:
-        return {role: m.usage.model_dump() for role, m in self.meters.items()}
+        return usage_dump({role: m.usage for role, m in self.meters.items()})
 
 
 Order = Literal["index", "selective", "random"]
@@ -649,7 +739,7 @@ async def alabel(
     labeller = Labeller(store, s, exp_llm, sim_llm, batcher)
     if counterfactuals:
         live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
-        meter = TokenMeter(exp_llm)
+        meter = TokenMeter(exp_llm, "counterfactuals")
         await add_counterfactuals(store, live, meter)
         labeller.meters["counterfactuals"] = meter
     if batcher is None:

@@ -103,6 +103,9 @@ def test_batch_results_score_exactly_as_a_live_run(month_store, replay, scripted
     batch_score = month_store.scores(batched.results[0].explanation_id)[0]
     assert batch_score.details.pop("batch_id") and batch_score.details.pop("seconds") is not None
     live_score.details.pop("seconds")
+    # what was spent differs by design: batch answers are read back from the store, a live run calls
+    assert batch_score.details.pop("usage")["simulator"]["calls"] == 0
+    assert live_score.details.pop("usage")["simulator"]["calls"] > 0
     assert batch_score.details == live_score.details
     assert (batch_score.simulator, batch_score.prompt) == (f"{OPENAI}#json", live_score.prompt)
 

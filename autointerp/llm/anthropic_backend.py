@@ -27,7 +27,8 @@ from autointerp.llm.base import (
     ToolCall,
     Usage,
 )
-from autointerp.llm.util import PerLoop, cost_usd
+from autointerp.llm.prices import cost_usd
+from autointerp.llm.util import PerLoop
 
 try:
     import anthropic
@@ -119,7 +120,11 @@ class AnthropicLLM(LLM):
             b.type == "tool_use" and b.name == ANSWER_TOOL for b in resp.content
         ):
             raise LLMError(f"{self.spec} did not give a JSON answer; retry the call.")
-        pt, ct = resp.usage.input_tokens, resp.usage.output_tokens
+        u = resp.usage
+        reused = getattr(u, "cache_read_input_tokens", 0) or 0  # cache reads and writes come apart
+        written = getattr(u, "cache_creation_input_tokens", 0) or 0
+        pt, ct = u.input_tokens + reused + written, u.output_tokens
+        billed = u.input_tokens + round(1.25 * written + 0.1 * reused)  # Anthropic's cache multipliers
         return ChatResponse(
             text="".join(texts),
             tool_calls=calls,
@@ -129,8 +134,9 @@ class AnthropicLLM(LLM):
             usage=Usage(
                 prompt_tokens=pt,
                 completion_tokens=ct,
+                reused_prompt_tokens=reused,
                 latency_s=latency,
-                cost_usd=cost_usd(self.model, pt, ct),
+                cost_usd=cost_usd(self.model, billed, ct),
             ),
         )
 

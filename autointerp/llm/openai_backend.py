@@ -30,7 +30,8 @@ from autointerp.llm.base import (
     ToolCall,
     Usage,
 )
-from autointerp.llm.util import PerLoop, cost_usd, parse_json_answer
+from autointerp.llm.prices import cost_usd
+from autointerp.llm.util import PerLoop, parse_json_answer
 
 try:
     import openai
@@ -252,8 +253,16 @@ class OpenAILLM(LLM):
     def _usage(self, u, latency: float) -> Usage:  # noqa: ANN001 - the SDK's usage object
         pt = getattr(u, "prompt_tokens", 0) or 0
         ct = getattr(u, "completion_tokens", 0) or 0
+        details = getattr(u, "prompt_tokens_details", None)
+        reused = getattr(details, "cached_tokens", 0) or 0
         cost = cost_usd(self.model, pt, ct) if self.official else None
-        return Usage(prompt_tokens=pt, completion_tokens=ct, latency_s=latency, cost_usd=cost)
+        return Usage(
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            reused_prompt_tokens=reused,
+            latency_s=latency,
+            cost_usd=cost,
+        )
 
     async def _request(self, create, params: dict):  # noqa: ANN001, ANN202
         """One call under the concurrency bound; SDK errors become LLMError with the fix named."""
