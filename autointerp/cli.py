@@ -79,7 +79,7 @@ RetriesOpt = Annotated[
     ),
 ]
 SimulatorModeOpt = Annotated[
-    Literal["auto", "exact", "exact-follow", "json", "head-exact"],
+    Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"],
     typer.Option(
         help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
     ),
@@ -713,7 +713,7 @@ def label(
         typer.Option(help="LLM spec of the simulator and judges [default: config, else the explainer]."),
     ] = None,
     simulator_mode: Annotated[
-        Literal["auto", "exact", "exact-follow", "json", "head-exact"] | None,
+        Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"] | None,
         typer.Option(help="exact, exact-follow, json, head-exact or auto [default: config, else auto]."),
     ] = None,
     methods: Annotated[

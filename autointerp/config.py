@@ -66,7 +66,7 @@ class LabelDefaults(_Strict):
     methods: list[str] | None = None
     scorers: list[str] | None = None
     concurrency: int | None = Field(None, ge=1)
-    simulator_mode: Literal["auto", "exact", "exact-follow", "json", "head-exact"] | None = None
+    simulator_mode: Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"] | None = None
 
     @field_validator("methods", "scorers")
     @classmethod

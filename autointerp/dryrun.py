@@ -29,6 +29,7 @@ from autointerp.llm.tokens import TokenCounter, counter_for, stepwise_tokens
 from autointerp.pipeline import Labeller, LabelSettings
 from autointerp.sampling import Unlabellable, sample_unit
 from autointerp.score import Scorer, ScoreRecord, result
+from autointerp.simulate import is_null_read
 from autointerp.store import Store
 from autointerp.types import Score
 
@@ -110,10 +111,14 @@ class DryRunLLM(base.LLM):
         self.spec, self.backend, self.model = spec, s.backend, s.model
         self.capabilities, self.counter, self.estimate = capabilities, counter, estimate
         self.seen, self.store, self.explanation = seen, store, explanation
+        self.shared: set[str] = set()
 
-    def _count(self, key: str, prompt: int, bound: int, typical: int) -> base.Usage:
-        cached = key in self.seen or (self.store is not None and self.store.get_llm_call(key) is not None)
-        self.seen.add(key)
+    def _count(self, key: str, prompt: int, bound: int, typical: int, shared: bool = False) -> base.Usage:
+        """`shared`: a request that is the same whatever the unit's explanation (the exact simulator's
+        null read of a window): asked once per run, not once per unit."""
+        seen = self.shared if shared else self.seen
+        cached = key in seen or (self.store is not None and self.store.get_llm_call(key) is not None)
+        seen.add(key)
         e = self.estimate
         if cached:
             e.cached_calls += 1
@@ -140,7 +145,7 @@ class DryRunLLM(base.LLM):
         if not self.capabilities.token_probs:
             raise base.LLMError(f"{self.spec} gives no token probabilities; use --simulator-mode json.")
         key = request.cache_key(self.backend, self.model)
-        usage = self._count(key, self.counter.text(request.prompt), 0, 0)
+        usage = self._count(key, self.counter.text(request.prompt), 0, 0, shared=is_null_read(request.prompt))
         n = len(request.candidates)
         probs = [dict.fromkeys(request.candidates, 1 / n) for _ in request.positions]
         return base.TokenProbsResponse(

@@ -22,6 +22,7 @@ import pytest
 from autointerp.llm import LLMError, TokenProbsRequest
 from autointerp.llm.openai_backend import OpenAILLM
 from autointerp.pipeline import label
+from autointerp.simulate import is_null_read
 
 DIGITS = [str(i) for i in range(10)]
 BOS = "<|begin_of_text|>"
@@ -38,10 +39,13 @@ def tokenize(text: str) -> list[str]:
 
 def dist(prefix: str) -> dict[str, float]:
     """The next-token probabilities after `prefix`: high digits after a month's TAB, 0 after others,
-    elsewhere the next number of a count ("1, 2, 3," -> " 4")."""
+    elsewhere the next number of a count ("1, 2, 3," -> " 4"); under the exact simulator's null
+    explanation (its calibration read) a month is a token like any other."""
     if prefix.endswith("\t"):
         word = prefix[:-1].rsplit("\n", 1)[-1].strip()
-        if word in ("March", "June", "July"):
+        if word in ("March", "June", "July") and not is_null_read(
+            prefix
+        ):  # a model that reads the explanation
             return {"9": 0.8, "0": 0.1, "5": 0.05, "\n": 0.05}
         return {"0": 0.9, "\n": 0.06, "1": 0.04}
     return {f" {prefix.count(',') + 1}": 0.5, "0": 0.3, "\n": 0.2}  # counting: tells alignments apart
