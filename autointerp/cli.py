@@ -906,7 +906,8 @@ def chat(
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Talk with an agent about a unit: plain questions go to it; /act "text", /compare "a" "b",
-    /examples top 5, /score "explanation" run tools; /save stores the hypothesis; /quit ends."""
+    /examples top 5, /search "regex", /effect, /steer 4 "prompt", /ablate "prompt", /score "explanation"
+    run tools; /save stores the hypothesis; /quit ends."""
     from autointerp.agent.chat import HELP, ChatSession
     from autointerp.agent.loop import AgentSettings, prepare
     from autointerp.agent.view import step_view

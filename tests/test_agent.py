@@ -214,7 +214,8 @@ def test_native_tool_calls_get_schemas_and_tool_messages(synth_store, reader, sc
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
     assert out.investigation.status == "finished"
     first = llm.requests[0]
-    assert [t.name for t in first.tools] == ["examples", "activations", "compare", "score", "finish"]
+    shown = ["examples", "activations", "compare", "search", "score", "finish"]  # a rule has no effects
+    assert [t.name for t in first.tools] == shown
     assert "JSON object" not in first.messages[0].content and first.stop is None  # no JSON actions
     tool_msg = llm.requests[1].messages[-1]
     assert tool_msg.role == "tool" and tool_msg.tool_call_id == "c1" and "e1 activations" in tool_msg.content
