@@ -702,9 +702,18 @@ def label(
     ] = None,
     simulator_mode: SimulatorModeOpt = "auto",
     methods: Annotated[
-        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
+        str,
+        typer.Option(
+            help="Explainer methods: top,highlight,contrastive,head (attention heads), agent (an "
+            "investigation per unit)."
+        ),
     ] = "highlight",
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit at most.")] = 8,
+    agent_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Method agent: agent tokens per unit at most."),
+    ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
     ] = 1,
@@ -741,6 +750,7 @@ def label(
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed."""
+    from autointerp.agent.bulk import AgentBudget
     from autointerp.llm import connection, parse_spec
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
@@ -759,7 +769,7 @@ def label(
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
 
-    method_list = names(methods, "--methods", EXPLAINERS)
+    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",))
     scorer_list = names(scorers, "--scorers", SCORERS)
 
     if not db.exists():
@@ -802,6 +812,7 @@ def label(
             counterfactuals=counterfactuals,
             score=ScoreSettings.delphi() if delphi else ScoreSettings(),
             shard=str(shard_spec) if shard_spec else None,
+            agent=AgentBudget(max_steps=agent_steps, max_tokens=agent_tokens),
         )
     print_summary(summary)
     if report:
@@ -1077,7 +1088,10 @@ def bench(
         str, typer.Option(help="synthetic, real, or a .py/.json/.yaml file of units.")
     ] = "synthetic",
     units: Annotated[int | None, typer.Option("--units", min=1, help="Benchmark the first N units.")] = None,
-    methods: Annotated[str, typer.Option(help="Explainer methods.")] = "top,highlight,contrastive",
+    methods: Annotated[
+        str, typer.Option(help="Explainer methods (agent: an investigation per unit).")
+    ] = "top,highlight,contrastive",
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit.")] = 8,
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
@@ -1114,7 +1128,7 @@ def bench(
     from autointerp.progress import PhaseProgress
     from autointerp.score import SCORERS
 
-    method_list = names(methods, "--methods", EXPLAINERS)
+    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",))
     scorer_list = names(scorers, "--scorers", SCORERS)
 
     with PhaseProgress(err) as bars:
@@ -1134,6 +1148,7 @@ def bench(
             retries=retries,
             meta=not no_meta,
             delphi=delphi,
+            agent_steps=agent_steps,
             progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             phases=bars.start,
         )

@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +34,9 @@ from autointerp.simulate import make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, Unit, UnitRef, now
 from autointerp.version import code_version
+
+if TYPE_CHECKING:
+    from autointerp.agent.bulk import AgentBudget
 
 
 class LabelSettings(BaseModel):
@@ -220,9 +223,20 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str, 
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+AGENT = "agent"  # the method that investigates each unit (agent/bulk.py) instead of explaining at once
+
+
 class Labeller:
-    def __init__(self, store: Store, s: LabelSettings, explainer: LLM, simulator: LLM):
-        EXPLAINERS.check(s.methods)
+    def __init__(
+        self,
+        store: Store,
+        s: LabelSettings,
+        explainer: LLM,
+        simulator: LLM,
+        agent: AgentBudget | None = None,
+    ):
+        """`agent`: the budget of the `agent` method's investigations (default: AgentBudget())."""
+        EXPLAINERS.check([m for m in s.methods if m != AGENT])
         SCORERS.check(s.scorers)
         self.store, self.s = store, s
         # One meter per role, also when both roles are served by the same model: nothing is dropped.
@@ -230,8 +244,10 @@ class Labeller:
         self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
         self.explainers: dict[str, Explainer] = {
-            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods
+            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods if m != AGENT
         }
+        self.agent_budget = agent
+        self.readers = None  # the agent method's activation readers, made on first use
         self.scorers = {x: SCORERS[x](self.simulator, self.sim_llm) for x in s.scorers}
         self.run_id = (
             "lab-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
@@ -354,6 +370,8 @@ class Labeller:
             sample = sample_unit(self.store, unit_id, self.s.sample)
         except Unlabellable as e:
             return UnitResult(unit_id=unit_id, method=method, skip_reason=str(e))
+        if method == AGENT:
+            return await self.investigate(sample)
         exp_id = self.exp_id(unit_id, method, sample)
         if self.done(exp_id, sample):
             exp = self.store.get_explanation(exp_id)
@@ -400,6 +418,15 @@ class Labeller:
             scores={x.scorer: x.value for x in scores},
             status={x.scorer: x.status for x in scores},
         )
+
+    async def investigate(self, sample: UnitSample) -> UnitResult:
+        """The `agent` method: an investigation of the unit, resumed or reused when one exists."""
+        from autointerp.agent.bulk import AgentBudget, Readers, label_agent
+
+        budget = self.agent_budget or AgentBudget()
+        if self.readers is None:
+            self.readers = Readers(budget.units_file)
+        return await label_agent(self, sample, self.readers, budget)
 
     async def run(
         self,
@@ -552,6 +579,7 @@ async def alabel(
     progress: Callable[[UnitResult], None] | None = None,
     counterfactuals: bool = False,
     shard: str | None = None,
+    agent: AgentBudget | None = None,
     **settings,
 ) -> LabelSummary:
     """Explain and score units of a recorded store: the async core of `label` (await it in async code).
@@ -561,6 +589,7 @@ async def alabel(
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
     `timeout` / `retries`: per API request (see `llm.connection`). `shard` ("i/n"): label only the
     selected units that fall in that shard (`ShardSpec.has_unit`: shards partition any selection).
+    `agent`: the budget of each investigation of the `agent` method.
     """
     from autointerp.scale.shards import ShardSpec
 
@@ -580,7 +609,7 @@ async def alabel(
     )
     exp_llm = get_llm(s.explainer, store, **llm_options)
     sim_llm = exp_llm if s.simulator == s.explainer else get_llm(s.simulator, store, **llm_options)
-    labeller = Labeller(store, s, exp_llm, sim_llm)
+    labeller = Labeller(store, s, exp_llm, sim_llm, agent)
     if counterfactuals:
         live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
         meter = TokenMeter(exp_llm)

@@ -33,3 +33,29 @@ def test_qwen_investigates_the_months_unit_and_every_step_is_stored(gemma, tmp_p
     if inv.status == "finished":
         (exp,) = Store(db).explanations(uid, method="agent")
         assert exp.settings["steps"] == inv.steps and Store(db).scores(exp.id)
+
+
+def test_label_methods_agent_with_qwen_stores_one_investigation_and_reruns_without_duplicates(
+    gemma, tmp_path
+):
+    from autointerp.agent.bulk import AgentBudget
+    from autointerp.pipeline import label
+
+    db = tmp_path / "bulk.db"
+    (uid,), _ = record_suite(Store(db), BenchSettings(tokens=12_000, ctx=32), [BUILTIN[0]], subject=gemma)
+    kw = dict(
+        explainer="local:qwen2.5-coder-1.5b",
+        methods=["agent"],
+        agent=AgentBudget(max_steps=2),
+        sample=SampleSettings(n_test_top=4, n_test_random=4),
+        score=ScoreSettings(n_per_quantile=0),
+    )
+    first = label(db, [uid], **kw)
+    (r,) = first.results
+    (inv,) = Store(db).investigations(uid)
+    print(inv.status, inv.reason, r.explanation, r.error)
+    assert 1 <= inv.steps <= 2 and inv.settings["max_steps"] == 2
+    assert (r.explanation is not None and r.scores) or inv.id in r.error
+    again = label(db, [uid], **kw)
+    assert len(Store(db).investigations(uid)) == 1 and len(Store(db).explanations(uid, method="agent")) <= 1
+    assert again.results[0].explanation == r.explanation

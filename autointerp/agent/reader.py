@@ -9,6 +9,7 @@ effects). A leading BOS is read, as the recorder reads it, but never shown.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +61,15 @@ class RuleReader:
         return out
 
 
+_LOCKS: dict[int, threading.Lock] = {}
+
+
+def model_lock(subject: object) -> threading.Lock:
+    """One lock per loaded subject model: steering adds hooks to the model itself, so no other read may
+    run on it meanwhile (tools run in threads; a label run investigates several units at once)."""
+    return _LOCKS.setdefault(id(subject), threading.Lock())
+
+
 class ProbeReader:
     """A recorded neuron's or SAE latent's activations on the live subject model (`UnitProbe`)."""
 
@@ -70,8 +80,10 @@ class ProbeReader:
         from autointerp.counterfactual.probe import body_start
 
         seqs = [self.probe.encode(t) for t in texts]
+        with model_lock(self.probe.subject):
+            read = self.probe.acts(seqs)
         out = []
-        for ids, acts in zip(seqs, self.probe.acts(seqs), strict=True):
+        for ids, acts in zip(seqs, read, strict=True):
             lo = body_start(ids, self.probe.subject.bos_id)
             out.append((self.probe.subject.token_strs(ids[lo:]), [float(a) for a in acts[lo:]]))
         return out
@@ -91,7 +103,8 @@ class ModelEffects:
         direction = output_direction(self.store, self.unit, subject.model)
         if direction is None:
             raise EffectUnavailable(f"units of {self.unit.ref.hook} write no single output direction")
-        return direction_tokens(subject, direction, k)
+        with model_lock(subject):
+            return direction_tokens(subject, direction, k)
 
     def next_token(self, prompt: str, value: float, k: int) -> NextTokenChange:
         from autointerp.subject.effects import clamp_hook, next_token_change
@@ -101,7 +114,8 @@ class ModelEffects:
         except UserError as e:
             raise EffectUnavailable(str(e).rstrip(".")) from None
         ids = self.probe.encode(prompt)
-        return next_token_change(self.probe.subject, self.probe.source.hook, hook_fn, ids, value, k)
+        with model_lock(self.probe.subject):
+            return next_token_change(self.probe.subject, self.probe.source.hook, hook_fn, ids, value, k)
 
 
 def synthetic_unit(unit: Unit, units_file: str | Path | None = None) -> SyntheticUnit | None:
@@ -140,8 +154,10 @@ def open_reader(
     unit: Unit,
     units_file: str | Path | None = None,
     tokenizer_loader: Callable[[str], object] | None = None,
+    subject_loader: Callable[[str], object] | None = None,
 ) -> ActReader:
-    """The reader for a recorded unit: loads the subject model (a synthetic unit: only its tokenizer)."""
+    """The reader for a recorded unit: loads the subject model (a synthetic unit: only its tokenizer);
+    the loaders (default: load anew) let a label run load each model once."""
     run = store.get_run(unit.run_id)
     model = run.settings.get("model", unit.ref.model) if run else unit.ref.model
     synth = synthetic_unit(unit, units_file)
@@ -150,5 +166,5 @@ def open_reader(
     from autointerp.counterfactual.probe import UnitProbe
     from autointerp.subject.model import load_subject
 
-    probe = UnitProbe.for_unit(load_subject(model), store, unit)
+    probe = UnitProbe.for_unit((subject_loader or load_subject)(model), store, unit)
     return ProbeReader(probe, ModelEffects(store, unit, probe))
