@@ -3,7 +3,7 @@
 
     python eval/bench_agent.py [--llm local:qwen2.5-coder-1.5b] [--baseline highlight] [--units 3]
                                [--skip 0] [--tokens 20000] [--max-steps 6] [--max-scores 2]
-                               [--n-test 10] [--db PATH]
+                               [--n-test 10] [--wall SECONDS] [--db PATH]
 
 Records built-in synthetic units `--skip` .. `--skip + --units` over Gemma's tokens (no forward pass),
 explains each with the baseline method (the label pipeline) and with an investigation (`--max-steps`),
@@ -54,7 +54,11 @@ async def run(args: argparse.Namespace) -> dict:
     s = LabelSettings(explainer=args.llm, simulator=args.llm, methods=[base], sample=sample, score=score)
     labeller = Labeller(store, s, llm, llm)
     rows, skipped = [], {}
+    start = time.perf_counter()
     for unit, uid in zip(units, ids, strict=True):
+        if args.wall and time.perf_counter() - start > args.wall:
+            skipped[unit.name] = f"not started: the wall-time budget ({args.wall:g} s) was spent"
+            continue
         t0 = time.perf_counter()
         one = await labeller.label_one(uid, base)
         base_s = time.perf_counter() - t0
@@ -137,6 +141,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=0, help="start at this unit of the built-in suite")
     ap.add_argument("--max-scores", type=int, default=2, help="the agent's score tool calls at most")
     ap.add_argument("--n-test", type=int, default=10, help="held-out top and random windows each")
+    ap.add_argument("--wall", type=float, default=None, help="start no unit after this many seconds")
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--db", default=None, help="reuse a store (default: a temporary one)")
