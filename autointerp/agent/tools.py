@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autointerp.agent.reader import ActReader, EffectUnavailable
 from autointerp.llm.base import Tool
-from autointerp.render import MARK_AT, body, marked, show_token
+from autointerp.render import MARK_AT, body, marked, marked_at, show_token
 from autointerp.sampling import UnitSample
 from autointerp.score import sim_correlation
 from autointerp.simulate import Simulator
@@ -238,7 +238,7 @@ class SearchHit(BaseModel):
     match: str  # the matched text
     match_act: float  # the unit's highest activation on the tokens the match covers
     max_act: float  # the window's highest activation
-    text: str  # the window, activating tokens in [[ ]]
+    text: str  # the match with 12 tokens each side, activating tokens in [[ ]]
 
 
 class SearchResult(BaseModel):
@@ -512,7 +512,7 @@ class Toolbox:
                     match=m.group(0),
                     match_act=round(max(acts[i] for i in covered), 3),
                     max_act=round(b.max_act, 3),
-                    text=show_token(marked(e, self.unit_max, self.window)),
+                    text=self.around(tokens, acts, covered[0], covered[-1]),
                 )
             )
 
@@ -527,6 +527,12 @@ class Toolbox:
             other_mean=mean(other_acts),
             hits=sorted(hits, key=lambda h: -h.match_act)[: args.n],
         )
+
+    def around(self, tokens: list[str], acts: list[float], first: int, last: int) -> str:
+        """The tokens from `first` to `last` with `window // 2` on each side, activating ones in [[ ]]."""
+        lo, hi = max(0, first - self.window // 2), min(len(tokens), last + 1 + self.window // 2)
+        marks = {i - lo for i in range(lo, hi) if acts[i] > 0 and acts[i] >= MARK_AT * self.unit_max}
+        return marked_at(tokens[lo:hi], marks)
 
     def score_examples(self) -> list[Example]:
         """The explain-split examples `score` simulates: firing (top) and other (random, negative) windows."""
