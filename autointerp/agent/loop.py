@@ -186,7 +186,15 @@ class Investigator:
                 raise ActionError(f"no tool call; call one of {', '.join(self.shown_tools)}")
             call = resp.tool_calls[0]
             return call.name, call.arguments, resp.text.strip(), call
-        action = parse_action(resp.text)
+        try:
+            action = parse_action(resp.text)
+        except ActionError:
+            if resp.finish_reason == "length":  # the answer budget cut the JSON: say so, not "malformed"
+                raise ActionError(
+                    f"your answer was cut at {self.s.action_tokens} tokens before the JSON ended; write a "
+                    "shorter action (fewer and shorter texts)"
+                ) from None
+            raise
         return action.tool, action.args, action.thought, None
 
     def next_id(self) -> str:
