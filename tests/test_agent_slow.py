@@ -76,9 +76,10 @@ def test_effect_tools_on_a_gemma_neuron_and_an_embedded_sae_latent(gemma, tmp_pa
     record_units(db, ["blocks.6.mlp.hook_post"], units=list(range(8)), **kw)
     record_units(db, [], saes={"blocks.6.hook_resid_post": "embedded"}, units=list(range(0, 64, 8)), **kw)
     store = Store(db)
-    for unit in [u for u in store.units() if u.stats.max > 0][:1] + [
-        u for u in store.units(hook="blocks.6.hook_resid_post") if u.stats.max > 0
-    ][:1]:
+    fired = [u for u in store.units() if u.stats.max > 0]
+    neuron = next(u for u in fired if u.ref.hook == "blocks.6.mlp.hook_post")
+    latent = next(u for u in fired if u.ref.sae is not None)
+    for unit in (neuron, latent):
         reader = open_reader(store, unit, subject_loader=lambda m: gemma)
         box = Toolbox(sample_unit(store, unit.id, SampleSettings()), store.examples(unit.id), reader, None)
         fx = box.effect("output_effect", OutputEffectArgs(k=5))

@@ -175,6 +175,9 @@ def test_steer_and_ablate_change_the_next_token_distribution_as_the_hooked_model
     ablate = box.effect("ablate", AblateArgs(prompt=prompt))
     assert ablate.change.value == 0.0 and ablate.strength is None and ablate.change.kl >= 0
     assert "zeroed" in ablate.brief() and "strength 8" in steer.brief()
+    assert all(x.after > x.before for x in steer.change.up) and all(
+        x.after < x.before for x in steer.change.down
+    )
     stronger = box.effect("steer", SteerArgs(prompt=prompt, strength=16))
     assert stronger.change.kl > steer.change.kl  # twice the clamp moves the distribution further
 
@@ -259,3 +262,14 @@ def test_effect_runs_off_the_event_loop(neuron_store, tiny_subject):
     box = tiny_box(neuron_store, tiny_subject)
     res = asyncio.run(box.run("ablate", AblateArgs(prompt="the cat")))
     assert res.change.value == 0.0
+
+
+def test_an_intervention_that_changes_nothing_lists_no_shifts(tiny_subject):
+    from autointerp.agent.tools import NextTokenResult
+    from autointerp.subject.effects import next_token_change
+
+    ids = tiny_subject.tokenizer("the cat", add_special_tokens=True)["input_ids"]
+    change = next_token_change(tiny_subject, NEURON_HOOK, lambda act, hook: act, ids, 0.0)
+    assert change.kl == 0 and change.up == [] and change.down == [] and change.top_before == change.top_after
+    brief = NextTokenResult(prompt="the cat", strength=None, change=change).brief()
+    assert "up: none" in brief and "down: none" in brief

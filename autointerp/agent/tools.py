@@ -220,7 +220,8 @@ class NextTokenResult(BaseModel):
         how = "zeroed" if self.strength is None else f"set to {c.value:g} (strength {self.strength:g})"
 
         def shifts(xs: list) -> str:  # noqa: ANN001 - TokenShift
-            return ", ".join(f"{show_token(x.token)!r} {x.before:.3f}->{x.after:.3f}" for x in xs[:5])
+            shown = ", ".join(f"{show_token(x.token)!r} {x.before:.3f}->{x.after:.3f}" for x in xs[:5])
+            return shown or "none"
 
         def top(xs: list[TokenValue]) -> str:
             return ", ".join(f"{show_token(x.token)!r} {x.value:.3f}" for x in xs[:5])

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 _MLP_POST = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
 _RESID = re.compile(r"^blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_mlp_out|hook_attn_out)$")
+MIN_SHIFT = 1e-6  # a change of probability below this is no change
 
 
 class TokenValue(BaseModel):
@@ -40,7 +41,7 @@ class NextTokenChange(BaseModel):
     value: float  # what the unit was set to at every position (0: ablated)
     top_before: list[TokenValue]  # most likely next tokens, plain (probabilities)
     top_after: list[TokenValue]  # the same with the intervention
-    up: list[TokenShift]  # tokens whose probability rose most
+    up: list[TokenShift]  # tokens whose probability rose most (none when nothing rose)
     down: list[TokenShift]  # tokens whose probability fell most
     kl: float  # KL(plain || intervened), nats
 
@@ -135,8 +136,8 @@ def next_token_change(
         t = probs.topk(k)
         return _values(subject, t.indices.tolist(), t.values.tolist())
 
-    def shifts(order: torch.Tensor) -> list[TokenShift]:
-        idx = order.tolist()
+    def shifts(top: torch.return_types.topk) -> list[TokenShift]:
+        idx = [i for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if v > MIN_SHIFT]
         return [
             TokenShift(token=tok, before=round(float(p[i]), 4), after=round(float(q[i]), 4))
             for tok, i in zip(subject.token_strs(idx), idx, strict=True)
@@ -146,8 +147,8 @@ def next_token_change(
         value=round(value, 4),
         top_before=top_of(p),
         top_after=top_of(q),
-        up=shifts(diff.topk(k).indices),
-        down=shifts((-diff).topk(k).indices),
+        up=shifts(diff.topk(k)),
+        down=shifts((-diff).topk(k)),
         kl=round(kl, 5),
     )
 
