@@ -81,7 +81,8 @@ def test_effect_tools_on_a_gemma_neuron_and_an_embedded_sae_latent(gemma, tmp_pa
     latent = next(u for u in fired if u.ref.sae is not None)
     for unit in (neuron, latent):
         reader = open_reader(store, unit, subject_loader=lambda m: gemma)
-        box = Toolbox(sample_unit(store, unit.id, SampleSettings()), store.examples(unit.id), reader, None)
+        sample = sample_unit(store, unit.id, SampleSettings(n_test_top=3, n_test_random=3, n_negatives=3))
+        box = Toolbox(sample, store.examples(unit.id), reader, None)
         fx = box.effect("output_effect", OutputEffectArgs(k=5))
         values = [t.value for t in fx.promoted]
         assert values == sorted(values, reverse=True) and values[0] > fx.suppressed[0].value
@@ -90,6 +91,7 @@ def test_effect_tools_on_a_gemma_neuron_and_an_embedded_sae_latent(gemma, tmp_pa
         print(unit.id, fx.brief(), steer.brief(), ablate.brief(), sep="\n")
         assert steer.change.kl > 0 and ablate.change.kl >= 0
         assert steer.change.up[0].after > steer.change.up[0].before
+        assert box.windows  # the explain split holds windows to search
         word = box.windows[0].context.tokens[3].strip() or "the"
         hit = box.search(SearchArgs(pattern=re.escape(word)))
         assert hit.n_matched >= 1 and word in hit.hits[0].match
