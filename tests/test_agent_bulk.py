@@ -170,3 +170,24 @@ def test_bench_compares_highlight_and_agent_on_the_same_units(
     again = tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm.spec, methods=["highlight", "agent"])
     assert {m.method: m for m in again.methods}["agent"].resumed == 2  # stored: nothing investigated again
     assert json.loads(again.model_dump_json())["settings"]["agent_steps"] == 8
+
+
+def test_a_unit_whose_reader_cannot_be_built_fails_alone(tmp_path, monkeypatch, scripted):
+    from tests.conftest import build_month_store
+
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", lambda model: WordTokenizer())
+    store = build_month_store(tmp_path / "nosuch.db", n_units=1, hook="synthetic.nosuch")
+    llm = scripted_agent(scripted, FINISHING)
+    summary = label(store.path, None, explainer=llm.spec, methods=["highlight", "agent"], concurrency=1)
+    by = {r.method: r for r in summary.results}
+    assert (
+        not summary.ok and "does not define" in by["agent"].error and "--synthetic FILE" in by["agent"].error
+    )
+    assert by["highlight"].explanation == "months of the year"  # the other method of the unit ran
+    assert agent_calls(llm) == 0 and Store(store.path).investigations() == []
+
+
+def test_bench_command_refuses_an_unknown_method_beside_agent_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr("autointerp.cli.require_local", lambda *a, **k: None)
+    res = invoke("bench", "--db", tmp_path / "b.db", "--methods", "highlight,agent,vibes")
+    assert res.exit_code == 2 and "vibes" in res.output and not (tmp_path / "b.db").exists()

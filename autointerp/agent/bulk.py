@@ -16,6 +16,7 @@ from autointerp.agent import reader as readers_module
 from autointerp.agent.loop import AgentSettings, Investigator, new_investigation
 from autointerp.agent.reader import ActReader, open_reader
 from autointerp.agent.tools import FinishArgs, Toolbox
+from autointerp.errors import UserError
 from autointerp.pipeline import AGENT, Labeller, UnitResult
 from autointerp.sampling import UnitSample
 from autointerp.store import Store
@@ -94,7 +95,10 @@ async def label_agent(
     fresh = inv is None
     if inv is None:
         inv = new_investigation(uid, s, "investigate")
-    reader = readers.reader(store, sample)
+    try:
+        reader = readers.reader(store, sample)
+    except UserError as e:  # no rule for a synthetic unit, no model to load: this unit fails, not the run
+        return UnitResult(unit_id=uid, method=AGENT, error=str(e))
     toolbox = Toolbox(sample, store.examples(uid), reader, labeller.simulator, max_scores=s.max_scores)
     if fresh:
         store.put_investigation(inv)
