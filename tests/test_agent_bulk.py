@@ -131,6 +131,12 @@ def test_a_finished_investigation_whose_scores_failed_is_scored_again(synth_stor
     assert again.ok and not again.results[0].skipped and again.results[0].scores["correlation"] > 0.9
     assert agent_calls(llm) == calls  # scored again, not investigated again
     assert len(store.scores(inv.explanation_id)) == 1 and len(store.investigations(UNIT)) == 1
+    # after a scoring failure the row said `failed`: scored again, it is `finished`
+    store.db.execute("UPDATE investigations SET status = 'failed' WHERE id = ?", [inv.id])
+    store.db.execute("DELETE FROM scores WHERE explanation_id = ?", [inv.explanation_id])
+    store.db.conn.commit()
+    label(synth_store.path, [UNIT], explainer=llm.spec, methods=["agent"])
+    assert store.get_investigation(inv.id).status == "finished" and agent_calls(llm) == calls
 
 
 def test_label_command_with_methods_agent(synth_store, scripted):

@@ -108,6 +108,7 @@ async def label_agent(
         args = FinishArgs.model_validate(finish.arguments)
         evidence = {"supporting": args.supporting, "refuting": args.refuting}
         scores = await agent.save(args.explanation, evidence)
+        agent.end("finished")
         return result(uid, agent.inv, scores)
     out = await agent.run()
     if out.investigation.status != "finished":
