@@ -719,8 +719,8 @@ def label(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Explainer methods: top,highlight,contrastive,head (attention heads) "
-            "[default: config, else highlight]."
+            help="Explainer methods: top,highlight,contrastive,head (attention heads), agent (an "
+            "investigation per unit) [default: config, else highlight]."
         ),
     ] = None,
     scorers: Annotated[
@@ -728,6 +728,11 @@ def label(
         typer.Option(
             help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
         ),
+    ] = None,
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit at most.")] = 8,
+    agent_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Method agent: agent tokens per unit at most."),
     ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
@@ -791,6 +796,7 @@ def label(
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
     score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
     tokenizers (no model loads), and prices them for API models."""
+    from autointerp.agent.bulk import AgentBudget
     from autointerp.config import load_config
     from autointerp.llm import connection, parse_spec
     from autointerp.pipeline import LabelSettings
@@ -822,7 +828,7 @@ def label(
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
 
-    method_list = names(methods, "--methods", EXPLAINERS)
+    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",))
     scorer_list = names(scorers, "--scorers", SCORERS)
     if batch:
         from autointerp.pipeline import LabelSettings, check_batch
@@ -887,6 +893,7 @@ def label(
             shard=str(shard_spec) if shard_spec else None,
             batch_api=batch,
             **settings.model_dump(),
+            agent=AgentBudget(max_steps=agent_steps, max_tokens=agent_tokens),
         )
     print_summary(summary)
     if summary.batch is not None:
@@ -993,7 +1000,8 @@ def chat(
     base_url: BaseUrlOpt = None,
 ) -> None:
     """Talk with an agent about a unit: plain questions go to it; /act "text", /compare "a" "b",
-    /examples top 5, /score "explanation" run tools; /save stores the hypothesis; /quit ends."""
+    /examples top 5, /search "regex", /effect, /steer 4 "prompt", /ablate "prompt", /score "explanation"
+    run tools; /save stores the hypothesis; /quit ends."""
     from autointerp.agent.chat import HELP, ChatSession
     from autointerp.agent.loop import AgentSettings, prepare
     from autointerp.agent.view import step_view
@@ -1196,7 +1204,10 @@ def bench(
         str, typer.Option(help="synthetic, real, or a .py/.json/.yaml file of units.")
     ] = "synthetic",
     units: Annotated[int | None, typer.Option("--units", min=1, help="Benchmark the first N units.")] = None,
-    methods: Annotated[str, typer.Option(help="Explainer methods.")] = "top,highlight,contrastive",
+    methods: Annotated[
+        str, typer.Option(help="Explainer methods (agent: an investigation per unit).")
+    ] = "top,highlight,contrastive",
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit.")] = 8,
     explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
@@ -1235,7 +1246,7 @@ def bench(
     from autointerp.progress import PhaseProgress
     from autointerp.score import SCORERS
 
-    method_list = names(methods, "--methods", EXPLAINERS)
+    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",))
     scorer_list = names(scorers, "--scorers", SCORERS)
 
     with PhaseProgress(err) as bars:
@@ -1255,6 +1266,7 @@ def bench(
             retries=retries,
             meta=not no_meta,
             delphi=delphi,
+            agent_steps=agent_steps,
             progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             phases=bars.start,
         )

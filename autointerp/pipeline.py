@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +37,9 @@ from autointerp.simulate import make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, Unit, UnitRef, now
 from autointerp.version import code_version
+
+if TYPE_CHECKING:
+    from autointerp.agent.bulk import AgentBudget
 
 
 class LabelSettings(BaseModel):
@@ -309,6 +312,9 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str, 
     return "exp-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+AGENT = "agent"  # the method that investigates each unit (agent/bulk.py) instead of explaining at once
+
+
 class Labeller:
     def __init__(
         self,
@@ -317,9 +323,11 @@ class Labeller:
         explainer: LLM,
         simulator: LLM,
         batcher: batch.Batcher | None = None,
+        agent: AgentBudget | None = None,
     ):
-        """`batcher`: a --batch run (the LLMs are its `BatchLLM`s): poll first, submit at the end."""
-        EXPLAINERS.check(s.methods)
+        """`batcher`: a --batch run (the LLMs are its `BatchLLM`s): poll first, submit at the end.
+        `agent`: the budget of the `agent` method's investigations (default: AgentBudget())."""
+        EXPLAINERS.check([m for m in s.methods if m != AGENT])
         SCORERS.check(s.scorers)
         self.store, self.s, self.batcher = store, s, batcher
         # One meter per role, also when both roles are served by the same model: nothing is dropped.
@@ -328,8 +336,10 @@ class Labeller:
         self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
         self.explainers: dict[str, Explainer] = {
-            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods
+            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods if m != AGENT
         }
+        self.agent_budget = agent
+        self.readers = None  # the agent method's activation readers, made on first use
         self.scorers = {x: SCORERS[x](self.simulator, self.sim_llm) for x in s.scorers}
         self.run_id = (
             "lab-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
@@ -483,6 +493,8 @@ class Labeller:
             sample = sample_unit(self.store, unit_id, self.s.sample)
         except Unlabellable as e:
             return UnitResult(unit_id=unit_id, method=method, skip_reason=str(e))
+        if method == AGENT:
+            return await self.investigate(sample)
         exp_id = self.exp_id(unit_id, method, sample)
         if self.done(exp_id, sample):
             exp = self.store.get_explanation(exp_id)
@@ -538,6 +550,15 @@ class Labeller:
             scores={x.scorer: x.value for x in scores},
             status={x.scorer: x.status for x in scores},
         )
+
+    async def investigate(self, sample: UnitSample) -> UnitResult:
+        """The `agent` method: an investigation of the unit, resumed or reused when one exists."""
+        from autointerp.agent.bulk import AgentBudget, Readers, label_agent
+
+        budget = self.agent_budget or AgentBudget()
+        if self.readers is None:
+            self.readers = Readers(budget.units_file)
+        return await label_agent(self, sample, self.readers, budget)
 
     async def run(
         self,
@@ -699,6 +720,7 @@ async def alabel(
     counterfactuals: bool = False,
     shard: str | None = None,
     batch_api: bool = False,
+    agent: AgentBudget | None = None,
     **settings,
 ) -> LabelSummary:
     """Explain and score units of a recorded store: the async core of `label` (await it in async code).
@@ -710,6 +732,7 @@ async def alabel(
     selected units that fall in that shard (`ShardSpec.has_unit`: shards partition any selection).
     `batch_api=True` (`label --batch`): chat calls go through the provider's batch API (`llm.batch`);
     the run submits what it needs and returns; a later run collects, records and submits the next phase.
+    `agent`: the budget of each investigation of the `agent` method.
     """
     from autointerp.scale.shards import ShardSpec
 
@@ -736,7 +759,7 @@ async def alabel(
     if batch_api:
         batcher = batch.Batcher(store)
         exp_llm, sim_llm = batcher.wrap(exp_llm), batcher.wrap(sim_llm)
-    labeller = Labeller(store, s, exp_llm, sim_llm, batcher)
+    labeller = Labeller(store, s, exp_llm, sim_llm, batcher, agent)
     if counterfactuals:
         live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
         meter = TokenMeter(exp_llm, "counterfactuals")

@@ -42,6 +42,28 @@ def char_tokenizer() -> type[CharTokenizer]:
     return CharTokenizer
 
 
+@pytest.fixture(scope="module")
+def tiny_subject():  # noqa: ANN201 - SubjectModel
+    """A 2-layer random HookedTransformer (d_model 16) over `CharTokenizer`: real hooks, no download."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from autointerp.subject.model import SubjectModel
+
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=32,
+        d_head=4,
+        n_heads=4,
+        d_mlp=32,
+        d_vocab=50,
+        act_fn="gelu",
+        default_prepend_bos=True,
+        seed=0,
+    )
+    return SubjectModel("tiny", HookedTransformer(cfg), CharTokenizer(vocab=50))
+
+
 @pytest.fixture(scope="session")
 def gemma():
     from autointerp.subject.model import load_subject

@@ -146,6 +146,30 @@ def test_a_malformed_action_is_retried_once_then_recorded_as_the_failure(synth_s
     assert llm.requests[0].stop == ["}\n{"]  # generation stops before a second action
 
 
+def test_an_answer_cut_by_the_token_budget_is_told_as_such(synth_store, reader, scripted):
+    from autointerp.llm.base import ChatResponse
+
+    llm = scripted("agent")
+    answers = iter(
+        [
+            '{"thought": "t", "tool": "activations", "args": {"texts": ["a", "b", "a',
+            act("finish", explanation="m"),
+        ]
+    )
+
+    async def chat(request):  # noqa: ANN001, ANN202
+        llm.requests.append(request)
+        text = next(answers)
+        reason = "length" if not text.endswith("}") else "stop"
+        return ChatResponse(text=text, finish_reason=reason, model="agent", backend="scripted")
+
+    llm.chat = chat
+    out = investigate(synth_store.path, UNIT, settings(llm, action_tokens=64), reader=reader)
+    assert "your answer was cut at 64 tokens" in out.experiments[0].error
+    assert "cut at 64 tokens" in llm.requests[1].messages[-1].content
+    assert out.investigation.status == "finished"
+
+
 def test_a_repeated_identical_call_is_refused(synth_store, reader, scripted):
     llm = scripted("agent")
     same = act("activations", texts=["in May"])
@@ -214,7 +238,8 @@ def test_native_tool_calls_get_schemas_and_tool_messages(synth_store, reader, sc
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
     assert out.investigation.status == "finished"
     first = llm.requests[0]
-    assert [t.name for t in first.tools] == ["examples", "activations", "compare", "score", "finish"]
+    shown = ["examples", "activations", "compare", "search", "score", "finish"]  # a rule has no effects
+    assert [t.name for t in first.tools] == shown
     assert "JSON object" not in first.messages[0].content and first.stop is None  # no JSON actions
     tool_msg = llm.requests[1].messages[-1]
     assert tool_msg.role == "tool" and tool_msg.tool_call_id == "c1" and "e1 activations" in tool_msg.content

@@ -261,7 +261,8 @@ def tiny_bench(tmp_path, char_tokenizer, monkeypatch, llm_spec: str, **kw):  # n
     ]
     (tmp_path / "suite.json").write_text(json.dumps(suite))
     return run_bench(
-        tmp_path / "b.db", suite=str(tmp_path / "suite.json"), methods=["top"], explainer=llm_spec,
+        tmp_path / "b.db", suite=str(tmp_path / "suite.json"), methods=kw.pop("methods", ["top"]),
+        explainer=llm_spec,
         tokens=3000, ctx=16, subject=subject, corpus=[str(tmp_path / "c.txt")], **kw,
     )  # fmt: skip
 

@@ -83,26 +83,6 @@ def write_sae(
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_subject(char_tokenizer) -> SubjectModel:
-    """A 2-layer random HookedTransformer (d_model 16): real hooks, no download."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=D_IN,
-        n_ctx=32,
-        d_head=4,
-        n_heads=4,
-        d_mlp=32,
-        d_vocab=50,
-        act_fn="gelu",
-        default_prepend_bos=True,
-        seed=0,
-    )
-    return SubjectModel("tiny", HookedTransformer(cfg), char_tokenizer(vocab=50))
-
-
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_load_each_architecture(tmp_path: Path, arch: str) -> None:
     sae, info = load_sae(write_sae(tmp_path / f"my {arch}", arch))

@@ -23,6 +23,10 @@ HELP = """a plain question goes to the agent; commands:
   /act "text" ["text" ...]   the unit's activations on your texts
   /compare "text" "edited"   activations before and after an edit
   /examples [KIND] [N]       explain-split examples: top, random, quantile, negative
+  /search "regex"            explain-split windows matching a pattern, with the unit's activation
+  /effect                    tokens the unit's output direction promotes and suppresses
+  /steer STRENGTH "prompt"   next-token change with the unit set to STRENGTH x its max
+  /ablate "prompt"           next-token change with the unit zeroed
   /score "explanation"       simulate the unit from an explanation (explain split)
   /save                      store the hypothesis as an explanation (method agent)
   /quit                      end the conversation"""
@@ -58,6 +62,24 @@ def parse_command(line: str) -> tuple[str, dict] | tuple[str, None]:
         return "examples", args
     if name == "score":
         return "score", {"explanation": " ".join(rest)}
+    if name == "search":
+        if len(rest) != 1:
+            raise CommandError('/search takes one quoted pattern: /search "March|May"')
+        return "search", {"pattern": rest[0]}
+    if name in ("effect", "output_effect"):
+        return "output_effect", {}
+    if name == "steer":
+        if len(rest) != 2:
+            raise CommandError('/steer takes a strength and a quoted prompt: /steer 4 "We met in"')
+        try:
+            strength = float(rest[0])
+        except ValueError:
+            raise CommandError(f"/steer {rest[0]}: the strength must be a number, e.g. 4 or -2") from None
+        return "steer", {"prompt": rest[1], "strength": strength}
+    if name == "ablate":
+        if len(rest) != 1:
+            raise CommandError('/ablate takes one quoted prompt: /ablate "We met in"')
+        return "ablate", {"prompt": rest[0]}
     raise CommandError(f"/{name} is not a command; /help lists them")
 
 

@@ -46,8 +46,9 @@ from autointerp.units import find_unit
 from autointerp.version import code_version
 
 PROMPT = "agent_investigate.j2"
-INVESTIGATE_TOOLS = ["examples", "activations", "compare", "score", "finish"]
-CHAT_TOOLS = ["examples", "activations", "compare", "score", "answer"]
+PROBES = ["examples", "activations", "compare", "search", "output_effect", "steer", "ablate", "score"]
+INVESTIGATE_TOOLS = [*PROBES, "finish"]
+CHAT_TOOLS = [*PROBES, "answer"]
 MAX_INVALID = 2  # invalid actions in a row that end an investigation
 INVALID = "invalid action: "  # how an experiment's error marks an action that could not be taken
 NEXT_ACTION = "}\n{"  # a small model writes more actions after its first: stop there (its "}" is cut)
@@ -149,9 +150,15 @@ class Investigator:
     def tools(self) -> list[str]:
         return CHAT_TOOLS if self.inv.mode == "chat" else INVESTIGATE_TOOLS
 
+    @property
+    def shown_tools(self) -> list[str]:
+        """The tools the agent is told about: those the unit supports (a synthetic unit has no effects;
+        called anyway, they answer with a tool error)."""
+        return self.toolbox.available(self.tools)
+
     def opening(self) -> list[Message]:
         return prompt(PROMPT).messages(
-            tools=[(n, SIGNATURES[n], DESCRIPTIONS[n]) for n in self.tools],
+            tools=[(n, SIGNATURES[n], DESCRIPTIONS[n]) for n in self.shown_tools],
             json_actions=not self.native,
             max_steps=self.s.max_steps,
             chat=self.inv.mode == "chat",
@@ -176,10 +183,18 @@ class Investigator:
         """(tool, raw arguments, thought, native call) of the agent's answer; ActionError if unreadable."""
         if self.native:
             if not resp.tool_calls:
-                raise ActionError(f"no tool call; call one of {', '.join(self.tools)}")
+                raise ActionError(f"no tool call; call one of {', '.join(self.shown_tools)}")
             call = resp.tool_calls[0]
             return call.name, call.arguments, resp.text.strip(), call
-        action = parse_action(resp.text)
+        try:
+            action = parse_action(resp.text)
+        except ActionError:
+            if resp.finish_reason == "length":  # the answer budget cut the JSON: say so, not "malformed"
+                raise ActionError(
+                    f"your answer was cut at {self.s.action_tokens} tokens before the JSON ended; write a "
+                    "shorter action (fewer and shorter texts)"
+                ) from None
+            raise
         return action.tool, action.args, action.thought, None
 
     def next_id(self) -> str:
@@ -190,7 +205,7 @@ class Investigator:
         t0 = time.perf_counter()
         req = ChatRequest(
             messages=self.messages,
-            tools=self.toolbox.specs(self.tools) if self.native else None,
+            tools=self.toolbox.specs(self.shown_tools) if self.native else None,
             max_tokens=self.s.action_tokens,
             stop=None if self.native else [NEXT_ACTION],
         )

@@ -3,8 +3,11 @@
 The agent sees only the explain split: every recorded example of the unit that no scorer reads
 (`agent_examples`). The held-out test set, the quantile windows and the negatives the scorers read, and
 counterfactual pairs that score, are never reachable through a tool, so the final explanation is scored
-on examples the agent never saw. `score` simulates on explain-split examples, never on the test set.
-Tools run fixed code on typed arguments: nothing the model writes is ever executed.
+on examples the agent never saw. `score` simulates on explain-split examples, never on the test set,
+and `search` matches its pattern only in explain-split windows (no window a scorer reads).
+`output_effect`, `steer` and `ablate` need the unit in the model; a synthetic unit (a rule) answers
+them with a tool error. Tools run fixed code on typed arguments: nothing the model writes is ever
+executed (a search pattern is a regular expression, matched with a timeout).
 """
 
 from __future__ import annotations
@@ -13,18 +16,23 @@ import asyncio
 import math
 from typing import Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from autointerp.agent.reader import ActReader
+from autointerp.agent.reader import ActReader, EffectUnavailable
 from autointerp.llm.base import Tool
-from autointerp.render import MARK_AT, body, marked, show_token
+from autointerp.render import MARK_AT, body, marked, marked_at, show_token
 from autointerp.sampling import UnitSample
 from autointerp.score import sim_correlation
 from autointerp.simulate import Simulator
+from autointerp.subject.effects import NextTokenChange, TokenValue
 from autointerp.types import Example
 
 MAX_TEXTS = 8  # texts per activations call
 MAX_CHARS = 400  # characters per text
+MAX_STRENGTH = 20.0  # steer: at most this many times the unit's recorded maximum
+SEARCH_TIMEOUT = 0.05  # seconds per window a search pattern may take
+EFFECT_TOOLS = ("output_effect", "steer", "ablate")  # need the unit in the model
 
 
 class ToolError(Exception):
@@ -89,6 +97,47 @@ class AnswerArgs(Args):
     hypothesis: str | None = Field(None, description="your current explanation, if you have one")
 
 
+class OutputEffectArgs(Args):
+    k: int = Field(10, ge=1, le=30, description="how many tokens each way")
+
+
+class SteerArgs(Args):
+    prompt: str = Field(description="the text whose next token is predicted")
+    strength: float = Field(
+        ge=-MAX_STRENGTH,
+        le=MAX_STRENGTH,
+        description="the unit is set to strength x its highest recorded activation at every position",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _text(v)
+
+
+class AblateArgs(Args):
+    prompt: str = Field(description="the text whose next token is predicted, with the unit zeroed")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _text(v)
+
+
+class SearchArgs(Args):
+    pattern: str = Field(min_length=1, max_length=200, description="a regular expression (Python syntax)")
+    n: int = Field(8, ge=1, le=20, description="how many matching windows to show")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            regex.compile(v)
+        except regex.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from None
+        return v
+
+
 class TokenAct(BaseModel):
     token: str
     act: float
@@ -149,6 +198,69 @@ class CompareResult(BaseModel):
         )
 
 
+def _tokens(values: list[TokenValue]) -> str:
+    return ", ".join(f"{show_token(t.token)!r} {t.value:+.2f}" for t in values)
+
+
+class OutputEffectResult(BaseModel):
+    promoted: list[TokenValue]  # direction @ W_U, highest first
+    suppressed: list[TokenValue]  # lowest first
+
+    def brief(self) -> str:
+        return f"promotes {_tokens(self.promoted)}\nsuppresses {_tokens(self.suppressed)}"
+
+
+class NextTokenResult(BaseModel):
+    prompt: str
+    strength: float | None  # steer: the multiple of the unit's max; ablate: None (zeroed)
+    change: NextTokenChange
+
+    def brief(self) -> str:
+        c = self.change
+        how = "zeroed" if self.strength is None else f"set to {c.value:g} (strength {self.strength:g})"
+
+        def shifts(xs: list) -> str:  # noqa: ANN001 - TokenShift
+            shown = ", ".join(f"{show_token(x.token)!r} {x.before:.3f}->{x.after:.3f}" for x in xs[:5])
+            return shown or "none"
+
+        def top(xs: list[TokenValue]) -> str:
+            return ", ".join(f"{show_token(x.token)!r} {x.value:.3f}" for x in xs[:5])
+
+        return (
+            f"next token after {self.prompt[-60:]!r} with the unit {how}: KL {c.kl:.4f}\n"
+            f"up: {shifts(c.up)}\ndown: {shifts(c.down)}\n"
+            f"top before: {top(c.top_before)}\ntop after: {top(c.top_after)}"
+        )
+
+
+class SearchHit(BaseModel):
+    kind: str
+    rank: int
+    match: str  # the matched text
+    match_act: float  # the unit's highest activation on the tokens the match covers
+    max_act: float  # the window's highest activation
+    text: str  # the match with 12 tokens each side, activating tokens in [[ ]]
+
+
+class SearchResult(BaseModel):
+    pattern: str
+    n_windows: int  # explain-split windows searched
+    n_matched: int  # windows with a match
+    match_mean: float | None  # the unit's mean activation on matched tokens
+    other_mean: float | None  # on the other tokens of the matching windows
+    hits: list[SearchHit]  # the strongest matches first
+
+    def brief(self) -> str:
+        if not self.n_matched:
+            return f"{self.pattern!r} matches none of {self.n_windows} explain-split windows"
+        head = (
+            f"{self.pattern!r} matches {self.n_matched} of {self.n_windows} windows; mean activation on "
+            f"matched tokens {self.match_mean:.2f}, on the rest {self.other_mean or 0:.2f}"
+        )
+        lines = [f"{h.match!r} {h.match_act:.2f} in {h.kind} #{h.rank}: {h.text}" for h in self.hits]
+        return "\n".join([head, *lines])
+
+
 class ScoreResult(BaseModel):
     explanation: str
     correlation: float | None  # None when undefined (constant prediction or truth)
@@ -184,6 +296,10 @@ TOOL_ARGS: dict[str, type[Args]] = {
     "examples": ExamplesArgs,
     "activations": ActivationsArgs,
     "compare": CompareArgs,
+    "output_effect": OutputEffectArgs,
+    "steer": SteerArgs,
+    "ablate": AblateArgs,
+    "search": SearchArgs,
     "score": ScoreArgs,
     "finish": FinishArgs,
     "answer": AnswerArgs,
@@ -192,6 +308,10 @@ DESCRIPTIONS = {
     "examples": "Recorded examples of the unit (explain split), activating tokens in [[ ]].",
     "activations": "The unit's activation at every token of texts you write, on the live model.",
     "compare": "Activations on a text and on an edited copy of it: does the edit switch the unit on or off?",
+    "output_effect": "Tokens the unit's output direction promotes and suppresses (through the unembedding).",
+    "steer": "How the next-token distribution after a prompt changes with the unit clamped to a strength.",
+    "ablate": "How the next-token distribution after a prompt changes with the unit zeroed.",
+    "search": "Recorded windows matching a regular expression, with the unit's activation on the matches.",
     "score": "Simulate the unit from a short explanation and correlate with its real activations.",
     "finish": "End the investigation with the final explanation and the experiment ids behind it.",
     "answer": "Reply to the person (chat): your answer and your current hypothesis.",
@@ -211,6 +331,21 @@ def agent_examples(sample: UnitSample, stored: list[Example]) -> dict[str, list[
     for e in stored:
         if (e.kind, e.rank) not in held:
             out.setdefault(e.kind, []).append(e)
+    return out
+
+
+def search_windows(sample: UnitSample, pool: dict[str, list[Example]]) -> list[Example]:
+    """The windows `search` reads: the explain split, each window once, and none whose tokens any scored
+    example shows (the same window can be both an explain-split random and a held-out top example)."""
+    scored = sample.test + sample.quantile + sample.negatives
+    scored += [e for pair in sample.counterfactual_pairs for e in pair]
+    held = {e.context.id for e in scored}
+    out, seen = [], set()
+    for kind in ("top", "quantile", "random", "negative"):
+        for e in pool.get(kind, []):
+            if e.context.id not in held | seen:
+                seen.add(e.context.id)
+                out.append(e)
     return out
 
 
@@ -243,7 +378,12 @@ class Toolbox:
         self.sample, self.reader, self.simulator = sample, reader, simulator
         self.pool = agent_examples(sample, stored)
         self.unit_max = sample.unit.stats.max
+        self.windows = search_windows(sample, self.pool)
         self.scores_left, self.n_score, self.window = max_scores, n_score, window
+
+    def available(self, names: list[str]) -> list[str]:
+        """The tools this unit supports: a synthetic unit (no effects in the model) has no effect tools."""
+        return [n for n in names if self.reader.effects is not None or n not in EFFECT_TOOLS]
 
     def specs(self, names: list[str]) -> list[Tool]:
         """The named tools as JSON-schema function specs (what a tool-calling backend is sent)."""
@@ -283,6 +423,10 @@ class Toolbox:
                 after=after,
                 change=round(after.max_act - before.max_act, 4),
             )
+        if isinstance(args, SearchArgs):
+            return await asyncio.to_thread(self.search, args)
+        if isinstance(args, OutputEffectArgs | SteerArgs | AblateArgs):
+            return await asyncio.to_thread(self.effect, name, args)
         if isinstance(args, ScoreArgs):
             return await self.score(args.explanation)
         if isinstance(args, FinishArgs):
@@ -319,6 +463,78 @@ class Toolbox:
             )
         return ExamplesResult(examples=shown)
 
+    def effect(self, name: str, args: OutputEffectArgs | SteerArgs | AblateArgs) -> BaseModel:
+        """output_effect, steer or ablate on the subject model; ToolError when the unit has no such effect."""
+        effects = self.reader.effects
+        uid = self.sample.unit.id
+        if effects is None:
+            raise ToolError(
+                f"{name} needs the unit's direction in the model, and {uid} is a synthetic unit (a rule "
+                "over tokens); use activations, compare or search"
+            )
+        try:
+            if isinstance(args, OutputEffectArgs):
+                promoted, suppressed = effects.output_effect(args.k)
+                return OutputEffectResult(promoted=promoted, suppressed=suppressed)
+            strength = args.strength if isinstance(args, SteerArgs) else None
+            value = 0.0 if strength is None else strength * self.unit_max
+            change = effects.next_token(args.prompt, value, 8)
+            return NextTokenResult(prompt=args.prompt, strength=strength, change=change)
+        except EffectUnavailable as e:
+            raise ToolError(f"{name} cannot run on {uid}: {e}") from None
+
+    def search(self, args: SearchArgs) -> SearchResult:
+        """Explain-split windows whose text matches the pattern, with the unit's activation on the tokens the
+        first match covers; the strongest matches first."""
+        pattern = regex.compile(args.pattern)
+        hits: list[SearchHit] = []
+        matched_acts: list[float] = []
+        other_acts: list[float] = []
+        for e in self.windows:
+            b = body(e)
+            tokens, acts = b.context.tokens, b.acts
+            text = "".join(tokens)
+            try:
+                m = pattern.search(text, timeout=SEARCH_TIMEOUT)
+            except TimeoutError:
+                raise ToolError(f"the pattern {args.pattern!r} is too slow to match; simplify it") from None
+            if m is None or m.end() == m.start():
+                continue
+            starts = [0]
+            for t in tokens:
+                starts.append(starts[-1] + len(t))
+            covered = [i for i in range(len(tokens)) if starts[i] < m.end() and starts[i + 1] > m.start()]
+            matched_acts += [acts[i] for i in covered]
+            other_acts += [a for i, a in enumerate(acts) if i not in covered]
+            hits.append(
+                SearchHit(
+                    kind=e.kind,
+                    rank=e.rank,
+                    match=m.group(0),
+                    match_act=round(max(acts[i] for i in covered), 3),
+                    max_act=round(b.max_act, 3),
+                    text=self.around(tokens, acts, covered[0], covered[-1]),
+                )
+            )
+
+        def mean(xs: list[float]) -> float | None:
+            return round(sum(xs) / len(xs), 3) if xs else None
+
+        return SearchResult(
+            pattern=args.pattern,
+            n_windows=len(self.windows),
+            n_matched=len(hits),
+            match_mean=mean(matched_acts),
+            other_mean=mean(other_acts),
+            hits=sorted(hits, key=lambda h: -h.match_act)[: args.n],
+        )
+
+    def around(self, tokens: list[str], acts: list[float], first: int, last: int) -> str:
+        """The tokens from `first` to `last` with `window // 2` on each side, activating ones in [[ ]]."""
+        lo, hi = max(0, first - self.window // 2), min(len(tokens), last + 1 + self.window // 2)
+        marks = {i - lo for i in range(lo, hi) if acts[i] > 0 and acts[i] >= MARK_AT * self.unit_max}
+        return marked_at(tokens[lo:hi], marks)
+
     def score_examples(self) -> list[Example]:
         """The explain-split examples `score` simulates: firing (top) and other (random, negative) windows."""
         firing = self.pool.get("top", [])[: (self.n_score + 1) // 2]
@@ -345,6 +561,10 @@ SIGNATURES = {
     "examples": 'kind: "top"|"random"|"quantile"|"negative" = "top", n: int = 5, quantile: int | null',
     "activations": "texts: list of 1-8 strings",
     "compare": "text: string, edited_text: string",
+    "output_effect": "k: int = 10",
+    "steer": "prompt: string, strength: number (-20 to 20, times the unit's max)",
+    "ablate": "prompt: string",
+    "search": "pattern: regular expression, n: int = 8",
     "score": "explanation: string",
     "finish": "explanation: string, supporting: list of ids, refuting: list of ids",
     "answer": "text: string, hypothesis: string | null",
@@ -353,6 +573,10 @@ RESULTS: dict[str, type[BaseModel]] = {
     "examples": ExamplesResult,
     "activations": ActivationsResult,
     "compare": CompareResult,
+    "output_effect": OutputEffectResult,
+    "steer": NextTokenResult,
+    "ablate": NextTokenResult,
+    "search": SearchResult,
     "score": ScoreResult,
     "finish": FinishResult,
     "answer": AnswerResult,

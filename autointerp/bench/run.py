@@ -31,7 +31,7 @@ from autointerp.bench.synthetic import BUILTIN, SyntheticUnit, load_units, synth
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS
 from autointerp.llm import LLM, get_llm
-from autointerp.pipeline import Labeller, LabelSettings, RoleUsage
+from autointerp.pipeline import AGENT, Labeller, LabelSettings, RoleUsage
 from autointerp.sampling import SampleSettings, sample_unit
 from autointerp.score import SCORERS, ScoreSettings
 from autointerp.store import Store
@@ -99,6 +99,7 @@ class BenchSettings(BaseModel):
     n_test_random: int = 10  # random windows in each correlation test set
     n_per_quantile: int = 1  # quantile windows simulated per quantile (per-quantile correlations; 0: none)
     delphi: bool = False  # detection / fuzzing with delphi's protocol (ScoreSettings.delphi())
+    agent_steps: int = 8  # method `agent`: agent turns per unit
 
 
 class Match(BaseModel):
@@ -404,7 +405,7 @@ async def arun_bench(
         n_units=n_units,
         **settings,
     )
-    EXPLAINERS.check(s.methods)
+    EXPLAINERS.check([m for m in s.methods if m != AGENT])
     SCORERS.check(s.scorers)
     say = progress or (lambda _msg: None)
 
@@ -475,6 +476,10 @@ async def arun_bench(
                 ),
             )
 
+        from autointerp.agent.bulk import AgentBudget
+
+        units_file = s.suite if s.suite not in ("synthetic", "real") else None
+        agent_budget = AgentBudget(max_steps=s.agent_steps, units_file=units_file)
         rows = {
             uid: UnitRow(
                 unit_id=uid,
@@ -489,7 +494,7 @@ async def arun_bench(
         spent: dict[str, float] = {}  # candidate key -> recorded seconds
         for method in s.methods:
             tick = phase(f"method {method}", len(usable))
-            labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm)
+            labeller = Labeller(store, label_settings([method]), exp_llm, sim_llm, agent=agent_budget)
             summary = await labeller.run(usable, lambda _r, tick=tick: tick())
             for r in summary.results:
                 row = rows[r.unit_id]
@@ -570,7 +575,7 @@ async def arun_bench(
             if near_sims:
                 near_miss_match_rate = sum(x >= threshold for x in near_sims) / len(near_sims)
             for mr in method_rows:
-                if mr.method in EXPLAINERS:
+                if mr.method in EXPLAINERS or mr.method == AGENT:
                     got = [rows[u].match[mr.method].matched for u in usable if mr.method in rows[u].match]
                     mr.match_share = sum(got) / len(usable) if usable else None
 

@@ -3,7 +3,6 @@ with the unit clamped, and projects the unit's output direction through the unem
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -15,14 +14,10 @@ from autointerp.types import Unit
 from autointerp.viewer.pages import OutputToken, TokenView, tokens_view
 
 if TYPE_CHECKING:
-    import torch
-
     from autointerp.agent.reader import ActReader
     from autointerp.subject.model import SubjectModel
 
 MAX_TEXT_CHARS = 4000
-_MLP_POST = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
-_RESID = re.compile(r"^blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_mlp_out|hook_attn_out)$")
 
 
 class LiveActs(BaseModel):
@@ -102,13 +97,15 @@ class LiveModel:
         """Greedy completions of `text` without and with the unit clamped to `clamp` at every position."""
         import torch
 
+        from autointerp.subject.effects import clamp_hook
+
         text = _check_text(text)
         with self._lock:
             probe = self._probe(store, unit)
             subject = probe.subject
             model = subject.model
             toks = torch.tensor([probe.encode(text)], device=model.cfg.device)
-            hook_fn = self._clamp_hook(store, unit, probe, clamp)
+            hook_fn = clamp_hook(store, unit, probe, clamp)
             outs = []
             for hooks in ([], [(probe.source.hook, hook_fn)]):
                 with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -120,70 +117,22 @@ class LiveModel:
                 outs.append(subject.tokenizer.decode(new, skip_special_tokens=True))
         return SteerResult(unit_id=unit.id, prompt=text, clamp=clamp, plain=outs[0], steered=outs[1])
 
-    @staticmethod
-    def _clamp_hook(store: Store, unit: Unit, probe, clamp: float):  # noqa: ANN001, ANN205
-        """A hook that sets the unit to `clamp`: a neuron directly; an SAE latent by adding its decoder row
-        times (clamp - its current value) to the hook's activation."""
-        import torch
-
-        if unit.ref.sae is None:
-            idx = unit.ref.index
-
-            def set_neuron(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ANN001
-                act[..., idx] = clamp
-                return act
-
-            return set_neuron
-        from autointerp.viewer.decoder import decoder_row, sae_weights
-
-        path, why = sae_weights(store, unit)
-        if path is None:
-            raise UserError(f"{unit.id} cannot be steered: {why}.")
-        row = torch.from_numpy(decoder_row(path, unit.ref.index).copy())
-
-        def set_latent(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ANN001
-            current = probe.source.unit_acts(act)[..., probe.column]
-            delta = (clamp - current).unsqueeze(-1) * row.to(act.device, torch.float32)
-            return (act.float() + delta).to(act.dtype)
-
-        return set_latent
-
     def output_tokens(
         self, store: Store, unit: Unit, k: int = 10
     ) -> tuple[list[OutputToken] | None, list[OutputToken] | None, str]:
         """The tokens the unit's output direction promotes and suppresses most (direction @ W_U), or
         None, None and why not."""
-        import torch
+        from autointerp.subject.effects import direction_tokens, output_direction
 
         with self._lock:
             subject = self._load(store, unit)
-            model = subject.model
-            direction = self._direction(store, unit, model)
+            direction = output_direction(store, unit, subject.model)
             if direction is None:
                 return None, None, f"no output direction for units of {unit.ref.hook}"
-            with torch.no_grad():
-                logits = direction.to(model.W_U.device, model.W_U.dtype) @ model.W_U
-                top, bottom = logits.float().topk(k), (-logits.float()).topk(k)
-            promoted = _tokens(subject, top.indices.tolist(), top.values.tolist())
-            suppressed = _tokens(subject, bottom.indices.tolist(), [-v for v in bottom.values.tolist()])
+            up, down = direction_tokens(subject, direction, k)
+        promoted = [OutputToken(token=t.token, value=t.value) for t in up]
+        suppressed = [OutputToken(token=t.token, value=t.value) for t in down]
         return promoted, suppressed, ""
-
-    @staticmethod
-    def _direction(store: Store, unit: Unit, model) -> torch.Tensor | None:  # noqa: ANN001
-        import torch
-
-        if unit.ref.sae is not None:
-            from autointerp.viewer.decoder import decoder_row, sae_weights
-
-            path, _ = sae_weights(store, unit)
-            return torch.from_numpy(decoder_row(path, unit.ref.index).copy()) if path else None
-        if m := _MLP_POST.match(unit.ref.hook):
-            return model.blocks[int(m[1])].mlp.W_out[unit.ref.index].detach()
-        if _RESID.match(unit.ref.hook):
-            d = torch.zeros(model.cfg.d_model)
-            d[unit.ref.index] = 1.0
-            return d
-        return None
 
 
 class _Locked:
@@ -195,12 +144,6 @@ class _Locked:
     def read(self, texts: list[str]) -> list[tuple[list[str], list[float]]]:
         with self._lock:
             return self._reader.read(texts)
-
-
-def _tokens(subject: SubjectModel, ids: list[int], values: list[float]) -> list[OutputToken]:
-    return [
-        OutputToken(token=t, value=round(v, 4)) for t, v in zip(subject.token_strs(ids), values, strict=True)
-    ]
 
 
 def _check_text(text: str) -> str:
