@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
-from autointerp.units import parse_units, resolve_unit_ids
+from autointerp.units import parse_units, resolve_unit_ids, select_unit_ids
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
@@ -413,7 +413,10 @@ def counterfactuals(
     unit: Annotated[list[str] | None, typer.Option("--unit", help="Unit id (repeatable).")] = None,
     hook: Annotated[str | None, typer.Option("--hook", help="Only units of this hook.")] = None,
     units: Annotated[
-        str | None, typer.Option("--units", help="Unit indices, e.g. 0:8 or 3,17 (with --hook).")
+        str | None,
+        typer.Option(
+            "--units", help="Unit indices (0:8, 3,17; with --hook), or heads, ids, patterns (5.1,5.*)."
+        ),
     ] = None,
     llm: Annotated[
         str, typer.Option("--llm", help="LLM spec that writes edits.")
@@ -683,10 +686,19 @@ def units_table(rows: list) -> Table:  # rows: autointerp.listing.UnitSummary
 def label(
     db: DbOpt,
     units: Annotated[
-        list[str] | None, typer.Option("--unit", help="Unit id (repeatable; default all).")
+        list[str] | None,
+        typer.Option(
+            "--unit", help="Unit id, its end, a head L.H or a pattern like 5.* (repeatable; default all)."
+        ),
     ] = None,
     hook: Annotated[
         list[str] | None, typer.Option("--hook", help="Only units at this hook (repeatable).")
+    ] = None,
+    unit_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--units", help="Indices of the --hook units (0:8,17), or heads, ids, patterns (5.1,5.*)."
+        ),
     ] = None,
     min_count: Annotated[
         int, typer.Option(help="Only units that fired on at least this many tokens (delphi's min_examples).")
@@ -702,8 +714,12 @@ def label(
     ] = None,
     simulator_mode: SimulatorModeOpt = "auto",
     methods: Annotated[
-        str, typer.Option(help="Explainer methods: top,highlight,contrastive,head (attention heads).")
-    ] = "highlight",
+        str | None,
+        typer.Option(
+            help="Explainer methods: top,highlight,contrastive,head [default: highlight, and head "
+            "with the head-exact simulator for attention heads]."
+        ),
+    ] = None,
     scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
@@ -759,17 +775,19 @@ def label(
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
 
-    method_list = names(methods, "--methods", EXPLAINERS)
+    method_list = names(methods, "--methods", EXPLAINERS) if methods is not None else None
     scorer_list = names(scorers, "--scorers", SCORERS)
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    ids = select_units(Store(db), units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    store = Store(db)
+    chosen = select_unit_ids(store, units, unit_spec, hook)
+    ids = select_units(store, chosen, hooks=hook, min_count=min_count, order=order, limit=limit)
     if shard_spec:
         ids = [u for u in ids if shard_spec.has_unit(u)]
         db = label_shard_store(db, shard_spec, out)
         err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
-    with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
+    with CountProgress(err, "labelling", total=len(ids) * len(method_list or [None])) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
             note = (
@@ -1215,7 +1233,10 @@ def export(
     ] = "neuronpedia",
     unit: Annotated[list[str] | None, typer.Option(help="A unit id (repeatable).")] = None,
     hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
-    units: Annotated[str | None, typer.Option(help="Only these indices, e.g. 0:512 or 3,17,42.")] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(help="Only these indices (0:512, 3,17,42), or heads, ids, patterns (5.1,5.*)."),
+    ] = None,
 ) -> None:
     """Export units with their examples, explanations and scores (Neuronpedia's feature JSON)."""
     if fmt != "neuronpedia":
