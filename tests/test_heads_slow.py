@@ -55,6 +55,20 @@ def test_gemma_heads_record_with_neurons_and_reproduce(gemma, tmp_path) -> None:
     assert top.attn.src[q][0] == int(pattern[0, 0, q, 1:].float().argmax()) + 1
     assert all(e.attn is None for e in store.examples("gemma-3-270m/blocks.6.mlp.hook_post/0"))
 
+    # label without --methods: the head gets the head prompts, the neuron the default ones (SmolLM2)
+    from autointerp import label
+
+    summary = label(tmp_path / "g.db", ["5.0", "blocks.6.mlp.hook_post/0"], explainer="local:smollm2-135m")
+    methods = {r.unit_id: r.method for r in summary.results}
+    assert methods == {
+        "gemma-3-270m/blocks.5.attn/head:0": "head",
+        "gemma-3-270m/blocks.6.mlp.hook_post/0": "highlight",
+    }
+    (exp,) = store.explanations("gemma-3-270m/blocks.5.attn/head:0")
+    (score,) = store.scores(exp.id)
+    assert exp.prompt.startswith("explain-head@") and score.prompt.startswith("simulate-head@")
+    assert score.simulator == "local:smollm2-135m#head-exact"
+
 
 def test_gemma_head_detectors_cover_every_head(gemma) -> None:
     from autointerp.subject.head_detect import DetectSettings, detect_heads
