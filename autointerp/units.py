@@ -73,6 +73,10 @@ def unit_glob(spec: str) -> str | None:
     return spec if _GLOB_CHARS.search(spec) else None
 
 
+def no_match(store: Store, spec: str) -> UserError:
+    return UserError(f"No recorded unit of {store.path} matches {spec!r}; list them with `autointerp units`.")
+
+
 def match_unit_ids(store: Store, specs: list[str]) -> list[str]:
     """The recorded unit ids `specs` name, in order, each once. A spec is a unit id, its unique end
     (`blocks.5.attn/head:1`), an attention head `L.H` (either may be `*`: `5.*` is every recorded head
@@ -82,14 +86,9 @@ def match_unit_ids(store: Store, specs: list[str]) -> list[str]:
         if not spec:
             continue
         glob = unit_glob(spec)
-        if glob is None:
-            out.append(find_unit(store, spec))
-            continue
-        found = store.glob_unit_ids(glob)
+        found = store.glob_unit_ids(glob) if glob is not None else [find_unit(store, spec)]
         if not found:
-            raise UserError(
-                f"No recorded unit of {store.path} matches {spec!r}; list them with `autointerp units`."
-            )
+            raise no_match(store, spec)
         out.extend(found)
     return list(dict.fromkeys(out))
 
@@ -156,8 +155,12 @@ def resolve_unit_ids(
 
 
 def find_unit(store: Store, text: str) -> str:
-    """The recorded unit `text` names (its full id, or its end when unique, e.g. HOOK/INDEX)."""
-    found = store.find_unit_ids(text)
+    """The one recorded unit `text` names: its full id, its end (HOOK/INDEX), a head `L.H`, or a pattern
+    (`unit_glob`) that matches it alone."""
+    glob = unit_glob(text)
+    found = store.glob_unit_ids(glob) if glob is not None else store.find_unit_ids(text)
+    if glob is not None and not found:
+        raise no_match(store, text)
     if len(found) > 1:
         raise UserError(f"{text!r} matches {len(found)} units ({found[0]}, ...); give more of its id.")
     if not found:

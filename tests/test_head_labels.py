@@ -13,7 +13,7 @@ from autointerp.pipeline import label
 from autointerp.render import head_marked
 from autointerp.store import Store
 from autointerp.types import Context, Example, HeadAttention, Unit, UnitRef
-from autointerp.units import match_unit_ids, parse_units, resolve_unit_ids
+from autointerp.units import find_unit, match_unit_ids, parse_units, resolve_unit_ids
 from tests.conftest import build_month_store, months_probs, recorded_store
 
 WORDS = [" the", " big", " cub", " ran", " far", " and", " then", " slept", " in", " a", " den", " quietly"]
@@ -163,6 +163,9 @@ def test_unit_specs_name_heads_by_layer_dot_head_and_patterns(mixed_store: Store
     assert resolve_unit_ids(mixed_store, hook="blocks.0.mlp.hook_post", units="*.0,m/*/0") == [n0]
     with pytest.raises(UserError, match="record them with --heads 5.1"):
         parse_units("5.1")
+    assert find_unit(mixed_store, "1.0") == find_unit(mixed_store, "*/head:0") == UNIT  # show, investigate
+    with pytest.raises(UserError, match="matches 2 units"):
+        find_unit(mixed_store, "blocks.0.mlp.hook_post/*")
 
 
 def test_label_cli_selects_heads_with_units(mixed_store: Store, scripted) -> None:
