@@ -361,6 +361,18 @@ def ensure_model(name: str, full_check: bool = False) -> Path:
     return _save_bf16(name, ensure_asset(name))
 
 
+def tokenizer_files(name: str) -> tuple[Path, str | None]:
+    """Where an embedded model's tokenizer loads from without its weights: (folder, GGUF file name or
+    None). The cached bf16 copy when complete, else the GGUF (no dequantizing)."""
+    if name not in ASSETS or ASSETS[name].kind != "gguf":
+        raise UserError(f"{name!r} is not an embedded model; embedded: {', '.join(embedded_models())}.")
+    out = bf16_dir(name)
+    if _dir_ok(out, False, source_sha256=ASSETS[name].sha256):
+        return out, None
+    gguf = ensure_asset(name)
+    return gguf.parent, gguf.name
+
+
 def embedded_models() -> list[str]:
     return [n for n, a in ASSETS.items() if a.kind == "gguf"]
 

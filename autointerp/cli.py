@@ -19,6 +19,7 @@ from rich.text import Text
 
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
 from autointerp.units import parse_units, resolve_unit_ids, select_unit_ids
+from autointerp.viewer.links import VIEWER_URL, check_viewer_url
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Automated interpretability of transformers."
@@ -78,13 +79,20 @@ RetriesOpt = Annotated[
     ),
 ]
 SimulatorModeOpt = Annotated[
-    Literal["auto", "exact", "exact-follow", "json", "head-exact"],
+    Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"],
     typer.Option(
         help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
     ),
 ]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
+ViewerUrlOpt = Annotated[
+    str,
+    typer.Option(
+        help="The report links each unit to its page on the viewer here (`autointerp serve --db DB`); "
+        "'' for no links."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -708,31 +716,46 @@ def label(
         typer.Option(help="index (as recorded), selective (rarest-firing first) or random (seeded)."),
     ] = "index",
     limit: Annotated[int | None, typer.Option(help="Label at most this many units.")] = None,
-    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
-    simulator: Annotated[
-        str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
+    explainer: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the explainer [default: config, else local:qwen2.5-coder-1.5b]."),
     ] = None,
-    simulator_mode: SimulatorModeOpt = "auto",
+    simulator: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the simulator and judges [default: config, else the explainer]."),
+    ] = None,
+    simulator_mode: Annotated[
+        Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"] | None,
+        typer.Option(help="exact, exact-follow, json, head-exact or auto [default: config, else auto]."),
+    ] = None,
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Explainer methods: top,highlight,contrastive,head [default: highlight, and head "
-            "with the head-exact simulator for attention heads]."
+            help="Explainer methods: top,highlight,contrastive,head [default: config, else highlight, "
+            "and head with the head-exact simulator for attention heads]."
         ),
     ] = None,
-    scorers: Annotated[str, typer.Option(help="correlation,detection,fuzzing,embedding.")] = "correlation",
+    scorers: Annotated[
+        str | None,
+        typer.Option(
+            help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
+        ),
+    ] = None,
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
     ] = 1,
     revise: Annotated[
         bool, typer.Option("--revise", help="One revision round with the examples it predicted worst.")
     ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, help="Units in flight at once.")] = 4,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Units in flight at once [default: config, else 4].")
+    ] = None,
     base_url: BaseUrlOpt = None,
     timeout: TimeoutOpt = None,
     retries: RetriesOpt = None,
     no_cache: NoCacheOpt = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
+    viewer_url: ViewerUrlOpt = VIEWER_URL,
     counterfactuals: Annotated[
         bool, typer.Option("--counterfactuals", help="First generate verified counterfactuals for the units.")
     ] = False,
@@ -752,22 +775,58 @@ def label(
     out: Annotated[
         Path | None, typer.Option(help="The shard's store (default DB.label-I-of-N.db beside --db).")
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Send the chat calls as OpenAI / Anthropic batches (half price): submit, then run the "
+            "same command later to collect and continue (docs/labelling.md#batch-apis).",
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config file [default: ./autointerp.toml, else [tool.autointerp] in ./pyproject.toml]."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Count the units, LLM calls and tokens the run would send, and their cost; call nothing, "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Explain, simulate and score recorded units: bulk, resumable, with progress and a summary.
 
     A unit that never fired is skipped with its reason; exit 1 when an explanation failed or every
-    score of a unit failed."""
+    score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
+    tokenizers (no model loads), and prices them for API models."""
+    from autointerp.config import load_config
     from autointerp.llm import connection, parse_spec
+    from autointerp.pipeline import LabelSettings
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
+    viewer = check_viewer_url(viewer_url)
+    cfg = load_config(config)  # flags override it; a bad file fails here, before anything loads
+    cfg.apply()
+    default = LabelSettings()
+    explainer = explainer or cfg.models.explainer or default.explainer
+    simulator = simulator or cfg.models.simulator
+    simulator_mode = simulator_mode or cfg.label.simulator_mode or default.simulator_mode
+    methods = methods or (",".join(cfg.label.methods) if cfg.label.methods else None)  # None: by unit kind
+    scorers = scorers or ",".join(cfg.label.scorers or default.scorers)
+    concurrency = concurrency or cfg.label.concurrency or default.concurrency
     shard_spec = ShardSpec.parse(shard) if shard is not None else None
     if out is not None and shard_spec is None:
         raise UserError("--out names a shard's store; give --shard i/n with it.")
     connection(timeout, retries)  # a bad value fails here, before anything loads
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
-    if counterfactuals:
+    if counterfactuals and not batch:
         require_local("autointerp label --counterfactuals")
+    from autointerp.dryrun import estimate
     from autointerp.explain import EXPLAINERS
     from autointerp.pipeline import label as run_label
     from autointerp.pipeline import select_units
@@ -777,14 +836,40 @@ def label(
 
     method_list = names(methods, "--methods", EXPLAINERS) if methods is not None else None
     scorer_list = names(scorers, "--scorers", SCORERS)
+    if batch:
+        from autointerp.pipeline import LabelSettings, check_batch
+
+        check_batch(
+            LabelSettings(
+                explainer=explainer, simulator=simulator or explainer, simulator_mode=simulator_mode
+            ),
+            counterfactuals=counterfactuals,
+            no_cache=no_cache,
+        )
 
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
-    store = Store(db)
+    store = Store.reader(db) if dry_run else Store(db)  # a dry run writes nothing, not even a migration
     chosen = select_unit_ids(store, units, unit_spec, hook)
     ids = select_units(store, chosen, hooks=hook, min_count=min_count, order=order, limit=limit)
     if shard_spec:
         ids = [u for u in ids if shard_spec.has_unit(u)]
+    with option_errors():
+        settings = LabelSettings(
+            explainer=explainer,
+            simulator=simulator or explainer,
+            simulator_mode=simulator_mode,
+            methods=method_list,
+            scorers=scorer_list,
+            best_of=best_of,
+            revise=revise,
+            concurrency=concurrency,
+            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+        )
+    if dry_run:
+        print_estimate(estimate(db, ids, settings, base_url=base_url, no_cache=no_cache), counterfactuals)
+        return
+    if shard_spec:
         db = label_shard_store(db, shard_spec, out)
         err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
     with CountProgress(err, "labelling", total=len(ids) * len(method_list or [None])) as bar:
@@ -797,6 +882,8 @@ def label(
                 if r.skip_reason
                 else "[red]failed[/red]"
                 if r.error
+                else f"waiting for the batch ({r.pending})"
+                if r.pending
                 else escape((r.explanation or "")[:40])
             )
             bar.advance(note, failed=bool(r.error or r.scores_failed))
@@ -804,28 +891,23 @@ def label(
         summary = run_label(
             db,
             ids,
-            explainer=explainer,
-            simulator=simulator,
             base_url=base_url,
             timeout=timeout,
             retries=retries,
             no_cache=no_cache,
             progress=on_result,
-            simulator_mode=simulator_mode,
-            methods=method_list,
-            scorers=scorer_list,
-            best_of=best_of,
-            revise=revise,
-            concurrency=concurrency,
             counterfactuals=counterfactuals,
-            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
             shard=str(shard_spec) if shard_spec else None,
+            batch_api=batch,
+            **settings.model_dump(),
         )
     print_summary(summary)
+    if summary.batch is not None:
+        print_batch(summary)
     if report:
         from autointerp.report import write_report
 
-        console.print(f"report: {write_report(Store(db), report)}")
+        console.print(f"report: {write_report(Store(db), report, viewer)}")
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -973,6 +1055,24 @@ def by_source(rows: list) -> dict[str, list]:
     return groups
 
 
+def print_batch(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
+    """What a --batch run collected, submitted and still waits for, and what to do next."""
+    b = summary.batch
+    parts = [f"batch: {b.collected} results collected ({b.prompt_tokens}+{b.completion_tokens} tokens"]
+    parts[0] += f", ${b.cost_usd:.4f} at the batch price)" if b.cost_usd is not None else ")"
+    if b.errored:
+        parts.append(f"{b.errored} came back without an answer")
+    parts += [f"submitted {s.requests} requests to {escape(s.spec)} as {s.provider_id}" for s in b.submitted]
+    if b.waiting:
+        parts.append(f"{b.waiting} requests waiting in {len(b.open_batches) or 'open'} batch(es)")
+    console.print(" · ".join(parts))
+    if summary.pending:
+        err.print(
+            f"{len(summary.pending)} unit(s) wait for batch results; run the same command later (batches "
+            "finish within 24 hours) to collect them and continue."
+        )
+
+
 def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
     scorers = sorted({k for r in summary.results for k in r.scores})
     shown = [r for r in summary.results if not r.skip_reason]  # dead units are counted below
@@ -990,9 +1090,11 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
                 for sc in scorers
             ]
             text = escape(r.explanation) if r.explanation else f"[red]{escape(r.error or '')}[/red]"
+            if r.pending:
+                text = f"[yellow]waiting for the batch ({r.pending})[/yellow]"
             table.add_row(r.unit_id.rsplit("/", 1)[1], r.method, text, *cells)
         console.print(table)
-    done = [r for r in summary.results if not (r.error or r.skip_reason)]
+    done = [r for r in summary.results if not (r.error or r.skip_reason or r.pending)]
     parts = [
         f"{len(done)} done ({sum(r.skipped for r in done)} already in the store)",
         f"{len(summary.failures)} failed",
@@ -1009,6 +1111,9 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
         console.print(
             f"scores: {counts['ok']} ok · {counts['nan']} nan (undefined) · {counts['failed']} failed"
         )
+    from autointerp.usage_view import usage_table
+
+    console.print(usage_table(summary))
     console.print(usage_line(summary))
     if not summary.ok:
         n_fail, n_scores = len(summary.failures), len(summary.score_failures)
@@ -1016,6 +1121,16 @@ def print_summary(summary) -> None:  # noqa: ANN001 - pipeline.LabelSummary
             f"[red]run {summary.run_id} failed:[/red] {n_fail} explanation(s) failed, "
             f"{n_scores} unit(s) with every score failed (reasons: autointerp show UNIT_ID --db DB)."
         )
+
+
+def print_estimate(est, counterfactuals: bool) -> None:  # noqa: ANN001 - dryrun.DryRunEstimate
+    from autointerp.usage_view import estimate_lines, estimate_table
+
+    console.print(estimate_table(est))
+    for line in estimate_lines(est):
+        console.print(escape(line))
+    if counterfactuals:
+        console.print("--counterfactuals: generating them runs the subject model and is not counted here.")
 
 
 def usage_line(summary) -> str:  # noqa: ANN001 - pipeline.LabelSummary
@@ -1110,6 +1225,7 @@ def bench(
         bool, typer.Option("--no-meta", help="Skip scoring the truth and distractors.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the store).")] = None,
+    viewer_url: ViewerUrlOpt = VIEWER_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     delphi: Annotated[
         bool,
@@ -1122,6 +1238,7 @@ def bench(
     from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    viewer = check_viewer_url(viewer_url)
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
     require_local("autointerp bench")
@@ -1154,7 +1271,7 @@ def bench(
             progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             phases=bars.start,
         )
-    paths = write_report(result, out or db.with_name(db.stem + "-bench"))
+    paths = write_report(result, out or db.with_name(db.stem + "-bench"), viewer)
     if as_json:
         print(result.model_dump_json(indent=1))
         return
@@ -1196,8 +1313,18 @@ def serve(
         str | None, typer.Option(help="With --live: the subject model (default: the one that recorded).")
     ] = None,
     model_path: ModelPathOpt = None,
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="With --live: the LLM spec of the agent in each unit page's chat panel ('' for no chat)."
+        ),
+    ] = "local:qwen2.5-coder-1.5b",
+    base_url: BaseUrlOpt = None,
 ) -> None:
-    """A local web viewer of the store: an index of every unit with search, and a page per unit."""
+    """A local web viewer of the store: an index of every unit with search, and a page per unit.
+
+    Read-only on the store, but for the chat panel (--live): its conversations are stored as
+    investigations, as `autointerp chat` stores them."""
     import socket
 
     from autointerp.errors import VIEWER_STACK
@@ -1205,6 +1332,11 @@ def serve(
     require_local("autointerp serve", VIEWER_STACK, extra="viewer")
     if live:
         require_local("autointerp serve --live", SAE_STACK)
+    chat_agent = agent.strip() if live else ""
+    if chat_agent:
+        from autointerp.llm import parse_spec
+
+        parse_spec(chat_agent)
     open_reader(db)
     try:
         with socket.create_server((host, port)):
@@ -1218,7 +1350,15 @@ def serve(
     from autointerp.viewer.app import create_app
     from autointerp.viewer.live import LiveModel
 
-    app_ = create_app(db, LiveModel(model, model_path) if live else None)
+    live_model = LiveModel(model, model_path) if live else None
+    rooms = None
+    if live_model is not None and chat_agent:
+        from autointerp.agent.loop import AgentSettings
+        from autointerp.viewer.chat import ChatRooms
+
+        settings = AgentSettings(agent=chat_agent, max_steps=8)  # per question, as in `autointerp chat`
+        rooms = ChatRooms(db, settings, live_model.reader, base_url=base_url)
+    app_ = create_app(db, live_model, rooms)
     console.print(f"autointerp viewer on [bold]http://{host}:{port}/[/bold]  ({escape(str(db))}, read-only)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

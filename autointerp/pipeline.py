@@ -9,13 +9,15 @@ stored as a result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +27,9 @@ from autointerp import score as scoring
 from autointerp.aio import run_sync
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINERS, Explainer, ExplanationError
-from autointerp.llm import get_llm
+from autointerp.llm import batch, get_llm
 from autointerp.llm.base import LLM, LLMError, OutOfCreditError, Usage
+from autointerp.llm.batch import BatchReport
 from autointerp.render import normalize
 from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
 from autointerp.score import SCORERS, Scorer, ScoreRecord
@@ -65,6 +68,8 @@ class UnitResult(BaseModel):
     skipped: bool = False  # already explained and scored in the store
     skip_reason: str | None = None  # why the unit cannot be labelled (it never fired, ...)
     error: str | None = None
+    pending: str | None = None  # --batch: what the unit waits for (its explanation, its scores)
+    usage: dict[str, RoleUsage] = Field(default_factory=dict)  # what labelling it spent, by LLM role
 
     @property
     def scores_failed(self) -> bool:
@@ -78,6 +83,7 @@ class RoleUsage(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reused_prompt_tokens: int = 0  # of prompt_tokens: served from a shared or cached prefix (Usage)
     cost_usd: float | None = None  # the summed cost of the calls that reported one
     unpriced_calls: int = 0  # calls without a known price (local models, unknown API models)
     cached_calls: int = 0
@@ -93,10 +99,57 @@ class RoleUsage(BaseModel):
         self.calls += 1
         self.prompt_tokens += u.prompt_tokens
         self.completion_tokens += u.completion_tokens
+        self.reused_prompt_tokens += u.reused_prompt_tokens
         if u.cost_usd is None:
             self.unpriced_calls += 1
         else:
             self.cost_usd = (self.cost_usd or 0.0) + u.cost_usd
+
+    def merge(self, other: RoleUsage) -> RoleUsage:
+        """The sum of two usages (a new object)."""
+        out = {}
+        for k, v in self.model_dump().items():
+            w = getattr(other, k)
+            out[k] = None if v is None and w is None else (v or 0) + (w or 0)
+        return RoleUsage(**out)
+
+
+def total_usage(usage: dict[str, RoleUsage]) -> RoleUsage:
+    """Every role's usage added up."""
+    out = RoleUsage()
+    for u in usage.values():
+        out = out.merge(u)
+    return out
+
+
+class PerUnit(BaseModel):
+    """Mean LLM spend per unit labelled in a run (units resumed from the store or never fired excluded)."""
+
+    units: int
+    calls: float
+    prompt_tokens: float
+    completion_tokens: float
+    cost_usd: float | None
+
+
+_SPENT: ContextVar[tuple[dict[str, RoleUsage], ...]] = ContextVar("autointerp_spent", default=())
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[dict[str, RoleUsage]]:
+    """What the metered LLM calls made inside this block spend (in this task and the tasks it starts),
+    by role. Blocks nest: a call counts in every enclosing block."""
+    spent: dict[str, RoleUsage] = {}
+    token = _SPENT.set((*_SPENT.get(), spent))
+    try:
+        yield spent
+    finally:
+        _SPENT.reset(token)
+
+
+def usage_dump(usage: dict[str, RoleUsage]) -> dict:
+    """Usage by role as stored in an explanation's settings or a score's details."""
+    return {role: u.model_dump() for role, u in usage.items()}
 
 
 class LabelSummary(BaseModel):
@@ -104,6 +157,12 @@ class LabelSummary(BaseModel):
     results: list[UnitResult]
     seconds: float
     usage: dict[str, RoleUsage] = Field(default_factory=dict)  # role (explainer, simulator, ...) -> spent
+    batch: BatchReport | None = None  # --batch: what was collected, submitted and is still waiting
+
+    @property
+    def pending(self) -> list[UnitResult]:
+        """Units waiting for a provider batch (--batch)."""
+        return [r for r in self.results if r.pending]
 
     @property
     def prompt_tokens(self) -> int:
@@ -118,6 +177,26 @@ class LabelSummary(BaseModel):
     def cost_usd(self) -> float | None:
         known = [u.cost_usd for u in self.usage.values() if u.cost_usd is not None]
         return sum(known) if known else None
+
+    @property
+    def total(self) -> RoleUsage:
+        """Every role's usage added up."""
+        return total_usage(self.usage)
+
+    @property
+    def per_unit(self) -> PerUnit | None:
+        """Mean spend per unit labelled in this run (None when no unit was)."""
+        done = [r for r in self.results if not (r.skipped or r.skip_reason)]
+        if not done:
+            return None
+        t, n = total_usage({r.unit_id + r.method: total_usage(r.usage) for r in done}), len(done)
+        return PerUnit(
+            units=n,
+            calls=t.calls / n,
+            prompt_tokens=t.prompt_tokens / n,
+            completion_tokens=t.completion_tokens / n,
+            cost_usd=None if t.cost_usd is None else t.cost_usd / n,
+        )
 
     def stats(self, scorer: str) -> dict[str, float | int | None]:
         vals = [r.scores[scorer] for r in self.results if r.scores.get(scorer) is not None]
@@ -159,23 +238,33 @@ class LabelSummary(BaseModel):
         """What the run's row keeps as its summary."""
         return {
             "units": len(self.results),
-            "labelled": sum(not (r.error or r.skip_reason or r.skipped) for r in self.results),
+            "labelled": sum(not (r.error or r.skip_reason or r.skipped or r.pending) for r in self.results),
+            "pending": {r.unit_id: r.pending for r in self.pending},
             "resumed": sum(r.skipped for r in self.results),
             "unlabellable": {r.unit_id: r.skip_reason for r in self.unlabellable},
             "failures": [r.model_dump() for r in self.failures],
             "score_failures": [r.unit_id for r in self.score_failures],
             "scores": self.score_counts(),
             "usage": {k: v.model_dump() for k, v in self.usage.items()},
+            "per_unit": self.per_unit.model_dump() if self.per_unit else None,
             "seconds": self.seconds,
-        }
+        } | ({"batch": self.batch.model_dump()} if self.batch else {})
 
 
 class TokenMeter(LLM):
-    """Wraps an LLM and adds up what its calls spent (`RoleUsage`); cache hits are counted apart."""
+    """Wraps an LLM and adds up what its calls spent (`RoleUsage`); cache hits are counted apart.
 
-    def __init__(self, llm: LLM):
-        self.llm = llm
+    Each call is also counted, under `role`, in every enclosing `metered()` block.
+    """
+
+    def __init__(self, llm: LLM, role: str = "llm"):
+        self.llm, self.role = llm, role
         self.usage = RoleUsage()
+
+    def add(self, u: Usage) -> None:
+        self.usage.add(u)
+        for spent in _SPENT.get():
+            spent.setdefault(self.role, RoleUsage()).add(u)
 
     def __getattr__(self, name: str):  # noqa: ANN204 - spec, backend, model, capabilities
         return getattr(self.llm, name)
@@ -190,24 +279,24 @@ class TokenMeter(LLM):
 
     async def chat(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.chat(request)
-        self.usage.add(resp.usage)
+        self.add(resp.usage)
         return resp
 
     async def token_probs(self, request):  # noqa: ANN001, ANN201
         resp = await self.llm.token_probs(request)
-        self.usage.add(resp.usage)
+        self.add(resp.usage)
         return resp
 
     async def token_probs_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.token_probs_many(requests)
         for r in resps:
-            self.usage.add(r.usage)
+            self.add(r.usage)
         return resps
 
     async def stepwise_many(self, requests):  # noqa: ANN001, ANN201
         resps = await self.llm.stepwise_many(requests)
         for r in resps:
-            self.usage.add(r.usage)
+            self.add(r.usage)
         return resps
 
 
@@ -227,12 +316,21 @@ def explanation_id(unit_id: str, method: str, s: LabelSettings, prompt_id: str, 
 
 
 class Labeller:
-    def __init__(self, store: Store, s: LabelSettings, explainer: LLM, simulator: LLM):
+    def __init__(
+        self,
+        store: Store,
+        s: LabelSettings,
+        explainer: LLM,
+        simulator: LLM,
+        batcher: batch.Batcher | None = None,
+    ):
+        """`batcher`: a --batch run (the LLMs are its `BatchLLM`s): poll first, submit at the end."""
         EXPLAINERS.check(s.methods or [])
         SCORERS.check(s.scorers)
-        self.store, self.s = store, s
+        self.store, self.s, self.batcher = store, s, batcher
         # One meter per role, also when both roles are served by the same model: nothing is dropped.
-        self.explainer, self.sim_llm = TokenMeter(explainer), TokenMeter(simulator)
+        self.explainer = TokenMeter(explainer, "explainer")
+        self.sim_llm = TokenMeter(simulator, "simulator")
         self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
         self.head_simulator = self.simulator
@@ -303,20 +401,34 @@ class Labeller:
         return self.store.get_explanation(exp_id) is not None and want <= have
 
     async def explain(self, sample: UnitSample, method: str) -> tuple[str, str, dict]:
+        """The explanation, its prompt id and what else decided it; `batch_id` where a batch answered."""
+        with batch.served() as ids:
+            text, prompt_id, extra = await self._explain(sample, method)
+        return text, prompt_id, extra | batch.batch_ids(ids)
+
+    async def _explain(self, sample: UnitSample, method: str) -> tuple[str, str, dict]:
         explainer = self.explainers[method]
-        text, prompt_id = await explainer(sample), explainer.prompt
+        prompt_id = explainer.prompt
         extra: dict = {}
-        if self.s.best_of > 1 and sample.validation:
-            candidates = [text]
-            for seed in range(1, self.s.best_of):
+        best_of = self.s.best_of if sample.validation else 1
+
+        async def candidate(seed: int) -> str | None:
+            with batch.tagged(candidate=f"{method}#{seed}" if best_of > 1 else method):
+                if seed == 0:
+                    return await explainer(sample)
                 try:
-                    candidates.append(await explainer(sample, seed, 0.7))
+                    return await explainer(sample, seed, 0.7)
                 except ExplanationError:
-                    continue
-            val_scores = []
-            for cand in candidates:
-                sims = await self.simulator_for(sample.unit).simulate(cand, sample.validation)
-                val_scores.append(scoring.sim_correlation(sims))
+                    return None
+
+        texts = await batch.in_turn(candidate(seed) for seed in range(best_of))
+        text = texts[0]
+        if best_of > 1:
+            candidates = [t for t in texts if t is not None]
+            simulator = self.simulator_for(sample.unit)
+            with batch.tagged(phase="validation"):
+                sims = await batch.in_turn(simulator.simulate(c, sample.validation) for c in candidates)
+            val_scores = [scoring.sim_correlation(x) for x in sims]
             best = max(
                 range(len(candidates)),
                 key=lambda i: -1.0 if val_scores[i] != val_scores[i] else val_scores[i],
@@ -366,19 +478,37 @@ class Labeller:
         return await self.score(record)
 
     async def score(self, record: ScoreRecord) -> list[Score]:
-        out = []
+        """Every scorer on the record. In a --batch run a scorer whose answers are not back yet is
+        passed over, the others still run (their requests join the batch), then BatchPending is raised."""
+        out, pending = [], None
         for name, scorer in self.scorers_for(record.sample.unit).items():
             t0 = time.perf_counter()
-            try:
-                out.append(await scorer(record))
-            except OutOfCreditError:
-                raise  # every further call would fail the same way: stop the run (see `run`)
-            except LLMError as e:
-                out.append(scoring.failed(name, e, **record.row(scorer)))
+            with (
+                metered() as spent,
+                batch.served() as ids,
+                batch.tagged(phase=name, candidate=record.explanation_id),
+            ):
+                try:
+                    out.append(await scorer(record))
+                except OutOfCreditError:
+                    raise  # every further call would fail the same way: stop the run (see `run`)
+                except batch.BatchPending as e:
+                    pending = e
+                    continue
+                except LLMError as e:
+                    out.append(scoring.failed(name, e, **record.row(scorer)))
             out[-1].details["seconds"] = round(time.perf_counter() - t0, 3)
+            out[-1].details["usage"] = usage_dump(spent)
+            out[-1].details |= batch.batch_ids(ids)
+        if pending is not None:
+            raise pending
         return out
 
     async def label_one(self, unit_id: str, method: str) -> UnitResult:
+        with batch.tagged(unit_id=unit_id, phase="explain", candidate=method):
+            return await self._label_one(unit_id, method)
+
+    async def _label_one(self, unit_id: str, method: str) -> UnitResult:
         try:
             sample = sample_unit(self.store, unit_id, self.s.sample)
         except Unlabellable as e:
@@ -398,9 +528,12 @@ class Labeller:
             )
         t0 = time.perf_counter()
         try:
-            text, prompt_id, extra = await self.explain(sample, method)
+            with metered() as spent:
+                text, prompt_id, extra = await self.explain(sample, method)
         except OutOfCreditError:
             raise
+        except batch.BatchPending:
+            return UnitResult(unit_id=unit_id, method=method, pending="explanation")
         except LLMError as e:
             return UnitResult(unit_id=unit_id, method=method, error=f"{type(e).__name__}: {e}")
         settings = {
@@ -408,6 +541,7 @@ class Labeller:
             **extra,
             "code_version": code_version(),
             "seconds": round(time.perf_counter() - t0, 3),
+            "usage": usage_dump(spent),
         }
         exp = Explanation(
             id=exp_id,
@@ -419,7 +553,12 @@ class Labeller:
             settings=settings,
             run_id=self.run_id,
         )
-        scores = await self.score_explanation(exp_id, unit_id, text, sample)
+        try:
+            scores = await self.score_explanation(exp_id, unit_id, text, sample)
+        except batch.BatchPending:  # stored with its scores once they are back
+            return UnitResult(
+                unit_id=unit_id, method=method, explanation=text, explanation_id=exp_id, pending="scores"
+            )
         self.store.put_explanation(exp, scores)
         return UnitResult(
             unit_id=unit_id,
@@ -463,18 +602,25 @@ class Labeller:
                 if stop:  # the run is stopping: start nothing new
                     raise stop[0]
                 try:
-                    result = await self.label_one(uid, method)
+                    with metered() as spent:
+                        result = await self.label_one(uid, method)
                 except OutOfCreditError as e:
                     stop.append(e)
                     raise
+                result.usage = spent
             finished.append(result)
             if progress:
                 progress(result)
             return result
 
-        tasks = [asyncio.ensure_future(one(u, m)) for u in unit_ids for m in self.methods_for(u)]
+        tasks: list[asyncio.Future] = []
         try:
+            if self.batcher:  # collect what ended before anything asks for it
+                await self.batcher.poll()
+            tasks = [asyncio.ensure_future(one(u, m)) for u in unit_ids for m in self.methods_for(u)]
             results = await asyncio.gather(*tasks)
+            if self.batcher:  # every request the units now wait for, as one batch per model
+                await self.batcher.submit(self.run_id)
         except BaseException as e:  # an unexpected error, Ctrl-C (cancellation): stop, and say so
             for t in tasks:
                 t.cancel()
@@ -491,13 +637,14 @@ class Labeller:
             results=list(results),
             seconds=time.perf_counter() - t0,
             usage={role: m.usage for role, m in self.meters.items()},
+            batch=self.batcher.report if self.batcher else None,
         )
-        status = "complete" if summary.ok else "failed"
+        status = "waiting" if summary.ok and summary.pending else "complete" if summary.ok else "failed"
         self.store.finish_run(self.run_id, status, summary.record() | extra)
         return summary
 
     def usage_dump(self) -> dict:
-        return {role: m.usage.model_dump() for role, m in self.meters.items()}
+        return usage_dump({role: m.usage for role, m in self.meters.items()})
 
 
 Order = Literal["index", "selective", "random"]
@@ -576,6 +723,7 @@ async def alabel(
     progress: Callable[[UnitResult], None] | None = None,
     counterfactuals: bool = False,
     shard: str | None = None,
+    batch_api: bool = False,
     **settings,
 ) -> LabelSummary:
     """Explain and score units of a recorded store: the async core of `label` (await it in async code).
@@ -585,6 +733,8 @@ async def alabel(
     negatives for the units (with the explainer LLM), for the contrastive explainer and scorer.
     `timeout` / `retries`: per API request (see `llm.connection`). `shard` ("i/n"): label only the
     selected units that fall in that shard (`ShardSpec.has_unit`: shards partition any selection).
+    `batch_api=True` (`label --batch`): chat calls go through the provider's batch API (`llm.batch`);
+    the run submits what it needs and returns; a later run collects, records and submits the next phase.
     """
     from autointerp.scale.shards import ShardSpec
 
@@ -593,6 +743,9 @@ async def alabel(
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store(db)
     s = LabelSettings(explainer=explainer, simulator=simulator or explainer, **settings)
+    if batch_api:
+        check_batch(s, counterfactuals=counterfactuals, no_cache=no_cache)
+        s.simulator_mode = "json" if s.simulator_mode == "auto" else s.simulator_mode
     if spec and units is not None and not units:  # a shard that got none of the selected units
         unit_ids = []
     else:
@@ -604,13 +757,42 @@ async def alabel(
     )
     exp_llm = get_llm(s.explainer, store, **llm_options)
     sim_llm = exp_llm if s.simulator == s.explainer else get_llm(s.simulator, store, **llm_options)
-    labeller = Labeller(store, s, exp_llm, sim_llm)
+    batcher = None
+    if batch_api:
+        batcher = batch.Batcher(store)
+        exp_llm, sim_llm = batcher.wrap(exp_llm), batcher.wrap(sim_llm)
+    labeller = Labeller(store, s, exp_llm, sim_llm, batcher)
     if counterfactuals:
         live = [u for u in unit_ids if firing_count(store.get_unit(u)) > 0]  # never-fired ones are skipped
-        meter = TokenMeter(exp_llm)
+        meter = TokenMeter(exp_llm, "counterfactuals")
         await add_counterfactuals(store, live, meter)
         labeller.meters["counterfactuals"] = meter
-    return await labeller.run(unit_ids, progress, str(spec) if spec else None)
+    if batcher is None:
+        return await labeller.run(unit_ids, progress, str(spec) if spec else None)
+    with store.claim_run("llm-batches", "collecting or submitting provider batches for"):
+        return await labeller.run(unit_ids, progress, str(spec) if spec else None)
+
+
+def check_batch(s: LabelSettings, *, counterfactuals: bool = False, no_cache: bool = False) -> None:
+    """UserError unless the settings can run through provider batches (`label --batch`)."""
+    from autointerp.llm import parse_spec
+
+    for role, spec in (("explainer", s.explainer), ("simulator", s.simulator)):
+        if parse_spec(spec).backend not in ("openai", "anthropic"):
+            raise UserError(
+                f"--batch needs an openai: or anthropic: {role}, not {spec}; drop --batch to run it live."
+            )
+    if s.simulator_mode in batch.EXACT_MODES:
+        raise UserError(
+            f"--simulator-mode {s.simulator_mode} reads token probabilities, which batch results do not "
+            "carry; use --simulator-mode json with --batch."
+        )
+    if counterfactuals:
+        raise UserError(
+            "--counterfactuals runs the subject model live; generate them in a run without --batch."
+        )
+    if no_cache:
+        raise UserError("--no-cache cannot be used with --batch: batch answers are read back from the store.")
 
 
 def label(db: str | Path, units: list[str] | None = None, **kwargs) -> LabelSummary:

@@ -4,13 +4,13 @@ in the viewer (`autointerp serve`)."""
 from __future__ import annotations
 
 import html
-import urllib.parse
 from pathlib import Path
 
 import jinja2
 
 from autointerp.render import peak_slice
 from autointerp.store import Store
+from autointerp.viewer.links import VIEWER_URL, unit_url
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>autointerp report</title>
 <style>
@@ -22,7 +22,7 @@ body{font:14px system-ui;margin:2em} td,th{padding:4px 8px;border-bottom:1px sol
 <code>autointerp serve --db {{ store }}</code>{% endif %}</p>
 <table><tr><th>unit</th><th>method</th><th>explanation</th>
 {% for s in scorers %}<th>{{ s }}</th>{% endfor %}<th>top example</th></tr>
-{% for r in rows %}<tr><td>{% if viewer %}<a href="{{ viewer }}/unit/{{ r.unit_path }}">{{ r.unit }}</a>
+{% for r in rows %}<tr><td>{% if r.url %}<a href="{{ r.url }}">{{ r.unit }}</a>
 {%- else %}{{ r.unit }}{% endif %}</td>
 <td>{{ r.method }}<br><small>{{ r.model }}<br>{{ r.prompt }}</small></td><td><b>{{ r.text }}</b></td>
 {% for s in scorers %}<td class="{{ 'nan' if r.scores.get(s) is string }}">
@@ -38,9 +38,6 @@ def _example_html(tokens: list[str], acts: list[float], top: float) -> str:
         alpha = max(0.0, min(1.0, a / top)) if top > 0 else 0.0
         out.append(f'<span style="background:rgba(255,140,0,{alpha:.2f})">{html.escape(t)}</span>')
     return "".join(out)
-
-
-VIEWER_URL = "http://127.0.0.1:8000"  # where `autointerp serve` listens by default
 
 
 def write_report(store: Store, path: str | Path, viewer_url: str | None = VIEWER_URL) -> Path:
@@ -59,7 +56,7 @@ def write_report(store: Store, path: str | Path, viewer_url: str | None = VIEWER
         rows.append(
             {
                 "unit": exp.unit_id,
-                "unit_path": urllib.parse.quote(exp.unit_id),
+                "url": unit_url(viewer_url, exp.unit_id) if viewer_url else None,
                 "method": exp.method,
                 "model": exp.model,
                 "prompt": exp.prompt,
@@ -70,6 +67,5 @@ def write_report(store: Store, path: str | Path, viewer_url: str | None = VIEWER
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    viewer = viewer_url.rstrip("/") if viewer_url else None
-    path.write_text(TEMPLATE.render(store=store.path, rows=rows, scorers=sorted(scorers), viewer=viewer))
+    path.write_text(TEMPLATE.render(store=store.path, rows=rows, scorers=sorted(scorers), viewer=viewer_url))
     return path

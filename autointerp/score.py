@@ -17,7 +17,6 @@ built from the run's simulator and simulator LLM.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import random
@@ -28,6 +27,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from autointerp import metrics
+from autointerp.aio import gather_all
 from autointerp.llm.base import LLM, ChatRequest, LLMError, Message, TokenProbsRequest
 from autointerp.prompts import prompt
 from autointerp.registry import Registry
@@ -170,7 +170,7 @@ async def _judge(llm: LLM, template: str, explanation: str, texts: list[str], ba
         )
         return parse_answers((await llm.chat(req)).text, n)
 
-    answered = await asyncio.gather(*(ask(h, len(c)) for h, c in zip(heads, chunks, strict=True)))
+    answered = await gather_all(*(ask(h, len(c)) for h, c in zip(heads, chunks, strict=True)))
     p_yes = [0.0] * len(texts)
     for c, got in zip(chunks, answered, strict=True):
         for i, a in zip(c, got, strict=True):

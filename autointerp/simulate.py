@@ -6,12 +6,19 @@ A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `
   gives that token's expected value. The filler is on the scale, so the probability the model puts on
   the scale (`mass`, kept per token) stays near 1, and a simulation whose median mass is below
   `MASS_FLOOR` is reported as failed, never as a score. (An off-scale filler such as `unknown` is
-  copied: measured, ~4e-5 of the mass left on the digits.) Works with any backend that returns token
-  probabilities at prompt positions (the local backend; OpenAI-compatible servers via prompt logprobs).
+  copied: measured, ~4e-5 of the mass left on the digits.) Calibrated: the same listing is read once
+  more under the null explanation `NULL_EXPLANATION`, and a token's prediction is its expected value
+  under the explanation minus under the null. That takes out what the model predicts whatever the
+  explanation says: tokens it finds salient anyway (" Wright" 6.3 for "names of months"), and the
+  decay of its predictions along a listing of zeros (a late month reads lower than an early one).
+  Measured on the synthetic suite: truth correlation 0.41 -> 0.51 (eval/bench_simulator.py). Works with
+  any backend that returns token probabilities at prompt positions (the local backend;
+  OpenAI-compatible servers via prompt logprobs).
+- `exact-raw`: `exact` without the null read (half the forward passes; the uncalibrated figures).
 - `exact-follow`: the same listing, but after each TAB the model continues with its own most likely
   digit (teacher-forced, one forward step per token with the key/value cache). Measured worse on the
   synthetic suite: a wrong high digit makes the next ones high too (eval/bench_simulator.py).
-- `head-exact`: `exact` with a prompt for attention heads (activation: how strongly the head attends
+- `head-exact`: `exact-raw` with a prompt for attention heads (activation: how strongly the head attends
   from a token to an earlier one).
 - `json`: the model writes the activations as a JSON list (APIs without logprobs); checked for length
   and range, retried once, and otherwise a SimulationError, never zeros.
@@ -35,6 +42,7 @@ from autointerp.llm.base import (
     TokenProbsRequest,
     TokenProbsResponse,
 )
+from autointerp.llm.batch import in_turn
 from autointerp.llm.stepwise import read_stepwise
 from autointerp.prompts import Prompt, prompt
 from autointerp.registry import Registry
@@ -43,6 +51,7 @@ from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
 PRIOR = "0"  # the digit written after every TAB of the exact listing: most tokens of a unit are 0
+NULL_EXPLANATION = "N/A"  # `exact` reads each listing under it too and subtracts (calibration)
 
 
 class SimulationError(LLMError):
@@ -53,9 +62,12 @@ class Simulation(BaseModel):
     unit_id: str
     kind: str
     rank: int
-    expected: list[float]  # predicted activation per token, 0-9 scale (a leading BOS is left out)
+    expected: list[float]  # predicted activation per token, 0-9 scale (a leading BOS is left out);
+    # calibrated (`exact`): the expected value under the explanation minus under the null, -9..9
     true: list[float]  # the recorded activations of the same tokens
-    mass: list[float] | None = None  # exact mode: probability on the scale tokens at each token
+    mass: list[float] | None = None  # exact mode: probability on the scale tokens at each token (the
+    # lower of the two reads where calibrated)
+    raw: list[float] | None = None  # calibrated: the expected value under the explanation alone
 
 
 def check_explanation(explanation: str) -> None:
@@ -63,11 +75,22 @@ def check_explanation(explanation: str) -> None:
         raise SimulationError("The explanation is empty; there is nothing to simulate.")
 
 
+def is_null_read(prompt: str) -> bool:
+    """Whether an exact listing is the calibration read under `NULL_EXPLANATION`."""
+    return prompt.rpartition("Explanation: ")[2].startswith(NULL_EXPLANATION + "\n")
+
+
+def expected_value(dist: dict[str, float]) -> float:
+    return sum(int(d) * p for d, p in dist.items())
+
+
 class ExactSimulator:
-    """Reads the scale at every token of a window in one pass, each TAB followed by the prior "0"."""
+    """Reads the scale at every token of a window in one pass, each TAB followed by the prior "0";
+    calibrated by the same read under the null explanation."""
 
     name = "exact"
     filler = PRIOR  # after every TAB
+    calibrated = True
 
     def __init__(self, llm: LLM):
         if not llm.capabilities.token_probs:
@@ -94,18 +117,49 @@ class ExactSimulator:
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
         check_explanation(explanation)
         shown = [crop(e, 0) for e in examples]
-        responses = await self.read(explanation, [toks for toks, _ in shown])
-        return [
-            Simulation(
-                unit_id=e.unit_id,
-                kind=e.kind,
-                rank=e.rank,
-                expected=[sum(int(d) * p for d, p in dist.items()) for dist in resp.probs],
-                true=acts,
-                mass=resp.mass,
+        windows = [toks for toks, _ in shown]
+        if not self.calibrated:
+            responses = await self.read(explanation, windows)
+            nulls: list = [None] * len(windows)
+        else:  # one batch: both reads share the prompt's prefix
+            both = await self.read_pairs(
+                [(explanation, w) for w in windows] + [(NULL_EXPLANATION, w) for w in windows]
             )
-            for e, (_, acts), resp in zip(examples, shown, responses, strict=True)
-        ]
+            responses, nulls = both[: len(windows)], both[len(windows) :]
+        out = []
+        for e, (_, acts), resp, null in zip(examples, shown, responses, nulls, strict=True):
+            raw = [expected_value(dist) for dist in resp.probs]
+            if null is None:
+                out.append(
+                    Simulation(
+                        unit_id=e.unit_id, kind=e.kind, rank=e.rank, expected=raw, true=acts, mass=resp.mass
+                    )
+                )
+                continue
+            base = [expected_value(dist) for dist in null.probs]
+            out.append(
+                Simulation(
+                    unit_id=e.unit_id,
+                    kind=e.kind,
+                    rank=e.rank,
+                    expected=[r - b for r, b in zip(raw, base, strict=True)],
+                    true=acts,
+                    mass=[min(a, b) for a, b in zip(resp.mass, null.mass, strict=True)],
+                    raw=raw,
+                )
+            )
+        return out
+
+    async def read_pairs(self, pairs: list[tuple[str, list[str]]]) -> list[TokenProbsResponse]:
+        """`read` of (explanation, window) pairs in one batch."""
+        return await self.llm.token_probs_many([self.request(x, toks) for x, toks in pairs])
+
+
+class RawSimulator(ExactSimulator):
+    """`exact` without the null read: half the forward passes, the uncalibrated prediction."""
+
+    name = "exact-raw"
+    calibrated = False
 
 
 class HeadSimulator(ExactSimulator):
@@ -113,6 +167,7 @@ class HeadSimulator(ExactSimulator):
     (as the destination) to an earlier token."""
 
     name = "head-exact"
+    calibrated = False  # not validated for heads (eval/heads_validation.py measured the raw read)
 
     def __init__(self, llm: LLM):
         super().__init__(llm)
@@ -123,6 +178,7 @@ class FollowingSimulator(ExactSimulator):
     """The exact listing read stepwise: after each TAB the model's own most likely digit follows."""
 
     name = "exact-follow"
+    calibrated = False
 
     def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:  # type: ignore[override]
         return StepwiseRequest(
@@ -189,7 +245,8 @@ class JsonSimulator:
         raise error or SimulationError("no answer")
 
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
-        return [await self.simulate_one(explanation, e) for e in examples]
+        """One chat per example, in turn (a --batch run notes every example's request at once)."""
+        return await in_turn(self.simulate_one(explanation, e) for e in examples)
 
 
 @runtime_checkable
@@ -204,6 +261,7 @@ class Simulator(Protocol):
 
 SIMULATORS: Registry[Callable[[LLM], Simulator]] = Registry("simulator mode")
 SIMULATORS.register("exact")(ExactSimulator)
+SIMULATORS.register("exact-raw")(RawSimulator)
 SIMULATORS.register("exact-follow")(FollowingSimulator)
 SIMULATORS.register("json")(JsonSimulator)
 SIMULATORS.register("head-exact")(HeadSimulator)

@@ -24,6 +24,8 @@ from pydantic_core import to_jsonable_python
 
 from autointerp.errors import UserError, environment_error
 from autointerp.types import (
+    BatchRecord,
+    BatchRequestRecord,
     Context,
     Example,
     ExampleRows,
@@ -44,7 +46,7 @@ from autointerp.types import (
     now,
 )
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's write lock before giving up
 
 
@@ -333,6 +335,49 @@ def _add_investigations_v10(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_llm_batches_v11(db: sqlite_utils.Database) -> None:
+    """Provider batches (OpenAI Batch API, Anthropic Message Batches) and each request in them."""
+    db["llm_batches"].create(
+        {
+            "id": str,  # our submission id, written before the provider is asked
+            "provider_id": str,  # the provider's batch id (NULL until it answered)
+            "backend": str,
+            "model": str,
+            "status": str,  # preparing / submitted / collected / expired / failed / cancelled / lost
+            "n_requests": int,
+            "run_id": str,
+            "detail": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db["llm_batch_requests"].create(
+        {
+            "custom_id": str,
+            "batch": str,
+            "key": str,  # the request's cache key (ChatRequest.cache_key)
+            "unit_id": str,
+            "phase": str,  # explain, or the scorer whose simulation / judgement it is
+            "candidate": str,  # the explainer method (and seed) or the explanation id
+            "request": str,
+            "status": str,  # pending / succeeded / errored / lost / failed
+            "response": str,
+            "error": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "cost_usd": float,
+            "updated_at": str,
+        },
+        pk="custom_id",
+        foreign_keys=[("batch", "llm_batches", "id")],
+        if_not_exists=True,
+    )
+    db["llm_batch_requests"].create_index(["key"], if_not_exists=True)
+    db["llm_batch_requests"].create_index(["batch"], if_not_exists=True)
+
+
 _INVESTIGATION_JSON = ("evidence", "settings", "messages")
 _EXPERIMENT_JSON = ("arguments", "result")
 
@@ -349,6 +394,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     7: _add_merge_columns_v8,
     8: _add_heads_v9,
     9: _add_investigations_v10,
+    10: _add_llm_batches_v11,
 }
 
 
@@ -992,6 +1038,68 @@ class Store:
         with self._write():
             self.db["llm_calls"].upsert(row, pk="hash")
 
+    # -- provider batches -----------------------------------------------------------------------
+    def put_batch(self, batch: BatchRecord, requests: Iterable[BatchRequestRecord]) -> None:
+        """A new submission and its requests, in one transaction (before the provider is asked)."""
+        with self._write():
+            self.db["llm_batches"].insert(batch.model_dump(), pk="id")
+            self.db["llm_batch_requests"].insert_all(
+                ({**_batch_request_row(r), "updated_at": now()} for r in requests), pk="custom_id"
+            )
+
+    def update_batch(self, batch_id: str, **fields: str | None) -> None:
+        """Set a submission's provider id, status or detail."""
+        with self._write():
+            self.db["llm_batches"].update(batch_id, {**fields, "updated_at": now()})
+
+    def open_batches(self) -> list[BatchRecord]:
+        """Submissions not yet collected (preparing or submitted), oldest first."""
+        rows = self.db["llm_batches"].rows_where(
+            "status IN ('preparing', 'submitted')", order_by="created_at, rowid"
+        )
+        return [BatchRecord(**r) for r in rows]
+
+    def batches(self) -> list[BatchRecord]:
+        return [BatchRecord(**r) for r in self.db["llm_batches"].rows_where(order_by="created_at, rowid")]
+
+    def batch_requests(self, batch_id: str) -> list[BatchRequestRecord]:
+        rows = self.db["llm_batch_requests"].rows_where("batch = ?", [batch_id], order_by="rowid")
+        return [_batch_request_from_row(r) for r in rows]
+
+    def latest_batch_request(self, key: str) -> tuple[BatchRequestRecord, BatchRecord] | None:
+        """The latest submission of the request with cache key `key`, and its batch."""
+        rows = list(
+            self.db["llm_batch_requests"].rows_where("key = ?", [key], order_by="rowid DESC", limit=1)
+        )
+        if not rows:
+            return None
+        req = _batch_request_from_row(rows[0])
+        return req, BatchRecord(**self.db["llm_batches"].get(req.batch))
+
+    def batch_attempts(self, key: str) -> int:
+        """How often the request with cache key `key` reached the provider and came back without an answer."""
+        sql = (
+            "SELECT COUNT(*) FROM llm_batch_requests r JOIN llm_batches b ON b.id = r.batch "
+            "WHERE r.key = ? AND r.status IN ('errored', 'lost', 'failed') AND b.provider_id IS NOT NULL"
+        )
+        return self.db.execute(sql, [key]).fetchone()[0]
+
+    def finish_batch(
+        self, batch_id: str, status: str, results: Iterable[BatchRequestRecord], detail: str = ""
+    ) -> None:
+        """Write a submission's results and status in one transaction; its requests that got no result
+        (still `pending`) become `lost` (resubmitted later)."""
+        with self._write():
+            for r in results:
+                row = _batch_request_row(r)
+                self.db["llm_batch_requests"].update(r.custom_id, {**row, "updated_at": now()})
+            self.db.execute(
+                "UPDATE llm_batch_requests SET status = 'lost', updated_at = ? "
+                "WHERE batch = ? AND status = 'pending'",
+                [now(), batch_id],
+            )
+            self.db["llm_batches"].update(batch_id, {"status": status, "detail": detail, "updated_at": now()})
+
 
 # What `absorb` copies, parents before children (foreign keys).
 _ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
@@ -1037,6 +1145,18 @@ def fts_query(text: str) -> str:
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def _batch_request_row(r: BatchRequestRecord) -> dict:
+    row = r.model_dump()
+    row["request"] = dumps(row["request"])
+    row["response"] = dumps(row["response"]) if row["response"] is not None else None
+    return row
+
+
+def _batch_request_from_row(row: dict) -> BatchRequestRecord:
+    response = json.loads(row["response"]) if row["response"] else None
+    return BatchRequestRecord(**{**row, "request": json.loads(row["request"]), "response": response})
 
 
 def _run_row(run: RunRecord) -> dict:

@@ -238,7 +238,7 @@ class RunRecord(BaseModel):
     code_version: str
     started_at: str
     finished_at: str | None = None
-    status: Literal["running", "complete", "failed"] = "running"
+    status: Literal["running", "complete", "failed", "waiting"] = "running"  # waiting: on provider batches
     summary: dict = Field(default_factory=dict)
 
 
@@ -255,6 +255,39 @@ class LLMCallRecord(BaseModel):
     latency_s: float = 0.0
     cost_usd: float | None = None
     created_at: str = Field(default_factory=now)
+
+
+class BatchRecord(BaseModel):
+    """One submission of requests to a provider's batch API (OpenAI Batch API, Anthropic Message Batches)."""
+
+    id: str  # ours (sub-...), written before the provider is asked; sent as metadata where supported
+    provider_id: str | None = None  # the provider's batch id, once it answered
+    backend: str
+    model: str
+    status: Literal["preparing", "submitted", "collected", "expired", "failed", "cancelled", "lost"]
+    n_requests: int
+    run_id: str | None = None
+    detail: str = ""  # the provider's status or errors, when it ended without every result
+    created_at: str = Field(default_factory=now)
+    updated_at: str = Field(default_factory=now)
+
+
+class BatchRequestRecord(BaseModel):
+    """One request of a batch: what it is for, the request, and its result once collected."""
+
+    custom_id: str
+    batch: str  # BatchRecord.id
+    key: str  # ChatRequest.cache_key of the request
+    unit_id: str = ""
+    phase: str = ""  # `explain`, or the scorer that simulates / judges with it
+    candidate: str = ""  # the explainer method (and seed), or the explanation id being scored
+    request: dict  # the ChatRequest
+    status: Literal["pending", "succeeded", "errored", "lost", "failed"] = "pending"
+    response: dict | None = None  # the provider's body (chat completion / message) when succeeded
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class Explanation(BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from autointerp import assets, record_units
 from autointerp.store import Store
 
@@ -14,3 +17,16 @@ def bench_store(n_units: int, tokens: int = 40_000, first: int = 0) -> tuple[Sto
     units = list(range(first, first + n_units))
     record_units(path, [HOOK], units=units, max_tokens=tokens)
     return Store(path), [f"gemma-3-270m/{HOOK}/{i}" for i in units]
+
+
+def timed(fn: Callable, spent: dict[str, float], key: str = "s") -> Callable:
+    """`fn`, adding the seconds each call takes to `spent[key]`."""
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - t0
+
+    return wrapper

@@ -3,7 +3,11 @@
     python eval/perf_label.py [--units 6] [--scorers correlation,detection]
 
 Records (once, cached) neurons of Gemma 3 270M, then labels them with no LLM cache. Prints JSON:
-units/hour, seconds per unit split into explanation and each scorer, scoring examples per unit.
+units/hour, seconds per unit split into explanation and each scorer, scoring examples per unit;
+`tokens_per_unit` per LLM role (prompt, of it reused from a prefix cache, completion, and the forward
+tokens actually computed) and where the prompt tokens go (few-shot prefix vs the unit's examples /
+listing, from the run's recorded requests); `llm_share`, the share of wall time spent inside the local
+LLM's forward passes (timed around the model's forward, which the backend runs one at a time).
 """
 
 from __future__ import annotations
@@ -12,10 +16,58 @@ import argparse
 import json
 import statistics
 import time
+from collections import defaultdict
 
-from common import bench_store
+from common import bench_store, timed
 
 from autointerp import label
+from autointerp.store import Store
+from autointerp.types import now
+
+
+def time_forwards(source: str) -> dict[str, float]:
+    """Load the local model now and time every forward pass it makes (generation steps included)."""
+    from autointerp.llm.local import load_engine
+
+    model = load_engine(source).model
+    spent = {"seconds": 0.0}
+    model.forward = timed(model.forward, spent, "seconds")
+    return spent
+
+
+def where_tokens_go(store: Store, since: str, source: str, n_units: int) -> dict[str, float]:
+    """Prompt tokens per unit by part, from the requests the run recorded: the explainer's few-shot
+    prefix and the unit's examples; each simulation's header (few-shot + explanation) and its listing;
+    each judge prompt's header and its examples."""
+    from autointerp.llm.tokens import local_tokenizer
+
+    tok = local_tokenizer(source)
+    parts: dict[str, int] = defaultdict(int)
+    rows = store.db.execute(
+        "SELECT request, prompt_tokens FROM llm_calls WHERE created_at >= ?", [since]
+    ).fetchall()
+    for request, total in rows:
+        req = json.loads(request)
+        if req["kind"] == "chat":
+            msgs = [{"role": m["role"], "content": m["content"]} for m in req["messages"][:-1]]
+            text = tok.apply_chat_template(msgs, tokenize=False) if msgs else ""
+            head = len(tok(text, add_special_tokens=False)["input_ids"])
+            parts["explain: few-shot prefix"] += head
+            parts["explain: examples"] += total - head
+            continue
+        prompt = req["prompt"]
+        role = "simulate" if len(req.get("candidates", [])) == 10 else "judge"
+        cut = prompt.rfind("\n", 0, req["positions"][0] if "positions" in req else len(prompt)) + 1
+        if role == "judge":
+            cut = prompt.rfind("Explanation:") if "Explanation:" in prompt else cut
+        head = len(tok(prompt[:cut])["input_ids"])
+        if role == "simulate":
+            parts["simulate: header (few-shot + explanation)"] += head
+            parts["simulate: listing"] += total - head
+        else:
+            parts["judge: few-shot prefix"] += head
+            parts["judge: explanation + examples"] += total - head
+    return {k: round(v / n_units) for k, v in sorted(parts.items())}
 
 
 def main() -> None:
@@ -27,6 +79,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     args = ap.parse_args()
     store, unit_ids = bench_store(args.units, first=args.first)
+    local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
+    forwards = time_forwards(local) if local else None
+    since = now()
     t = time.perf_counter()
     summary = label(
         store.path,
@@ -37,6 +92,17 @@ def main() -> None:
         concurrency=args.concurrency,
     )
     secs = time.perf_counter() - t
+    n = len(unit_ids)
+    tokens = {
+        role: {
+            "prompt": round(u.prompt_tokens / n),
+            "reused": round(u.reused_prompt_tokens / n),
+            "completion": round(u.completion_tokens / n),
+            "forward_computed": round((u.prompt_tokens - u.reused_prompt_tokens + u.completion_tokens) / n),
+            "calls": round(u.calls / n, 1),
+        }
+        for role, u in summary.usage.items()
+    }
     split: dict[str, list[float]] = {"explain": []}
     n_examples = []
     for r in summary.results:
@@ -57,6 +123,9 @@ def main() -> None:
                 "seconds_per_unit": {k: round(statistics.fmean(v), 2) for k, v in split.items()},
                 "scoring_examples_per_unit": statistics.fmean(n_examples) if n_examples else None,
                 "correlation": summary.stats("correlation"),
+                "tokens_per_unit": tokens,
+                "prompt_tokens_per_unit_by_part": where_tokens_go(store, since, local, n) if local else None,
+                "llm_share": round(forwards["seconds"] / secs, 3) if forwards else None,
                 "concurrency": args.concurrency,
                 "note": "stages overlap when concurrency > 1; the local backend runs one forward at a time",
             }

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import timed
+
 from autointerp.store import Store
 from autointerp.subject.model import load_subject
 from autointerp.subject.recorder import Recorder, neuron_sources
@@ -28,21 +30,8 @@ HOOK = "blocks.6.hook_resid_post"
 
 
 _FINISH = {"s": 0.0}  # seconds spent turning buffers into rows and writing them (grows with unit count)
-
-
-def _timed(fn):  # noqa: ANN001, ANN202
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _FINISH["s"] += time.perf_counter() - t0
-
-    return wrapper
-
-
-Recorder._collect = _timed(Recorder._collect)
-Store.write_units = _timed(Store.write_units)
+Recorder._collect = timed(Recorder._collect, _FINISH)
+Store.write_units = timed(Store.write_units, _FINISH)
 
 
 def record_seconds(subject, sources, tokens: int, db: Path, seed: int) -> tuple[float, float]:  # noqa: ANN001

@@ -19,6 +19,7 @@ from autointerp.pipeline import LabelSummary, RoleUsage, select_units
 from autointerp.progress import CountProgress
 from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
+from tests.conftest import months_probs
 
 HOOK = "blocks.0.mlp.hook_post"
 UNITS = [f"m/{HOOK}/{i}" for i in range(3)]
@@ -232,3 +233,20 @@ def test_a_failing_record_ends_its_run_row_failed_and_the_rerun_completes(tmp_pa
     assert run.summary["error"] == ("interrupted" if isinstance(error, KeyboardInterrupt) else repr(error))
     Recorder(subject, s, synthetic_sources(subject.token_strs, units)).run(store)
     assert store.runs("record")[0].status == "complete" and store.count_units() == 1
+
+
+def test_best_of_keeps_the_candidate_that_simulates_best(month_store, scripted):
+    def respond(request) -> str:  # noqa: ANN001 - ChatRequest
+        return ["cats", "months of the year", "dates"][request.seed]
+
+    def probs(prefix: str, candidates: list[str]) -> dict[str, float]:  # knows the months if told so
+        return months_probs(prefix, candidates) if "months" in prefix else {"0": 1.0}
+
+    llm = scripted(respond=respond, probs=probs)
+    summary = label(month_store.path, ["m/blocks.0.mlp.hook_post/1"], explainer=llm.spec, best_of=3)
+    (r,) = summary.results
+    assert r.explanation == "months of the year"
+    exp = month_store.get_explanation(r.explanation_id)
+    assert exp.settings["candidates"] == ["cats", "months of the year", "dates"]
+    assert exp.settings["validation_correlation"][1] > 0.9
+    assert "batch_id" not in exp.settings

@@ -141,3 +141,23 @@ def test_stepwise_read_out_equals_one_full_prompt_per_step():
     assert native[0].usage.completion_tokens == 4
     with pytest.raises(UserError, match="single-token candidates"):  # a 0-10 scale: "10" is two tokens
         asyncio.run(llm.stepwise_many([StepwiseRequest(prompt=PREFIX, steps=["May\t"], candidates=["10"])]))
+
+
+def test_usage_counts_the_prompt_tokens_a_shared_prefix_saved():
+    """Prompt tokens minus reused ones are exactly the tokens the engine forwarded for the prompts."""
+    from autointerp.llm import StepwiseRequest
+
+    llm = LocalLLM("smollm2-135m", dtype="float32")
+    stats = llm.engine.stats
+    before = stats["forward_tokens"]
+    resps = asyncio.run(llm.token_probs_many(_requests(WORDS)))
+    computed = sum(r.usage.prompt_tokens - r.usage.reused_prompt_tokens for r in resps)
+    assert computed == stats["forward_tokens"] - before
+    assert all(r.usage.reused_prompt_tokens > 0 for r in resps[1:])  # the prefix came from the first
+
+    prompt = PREFIX + "Each again:\n"
+    reqs = [StepwiseRequest(prompt=prompt, steps=[f"{w}\t"], candidates=DIGITS) for w in WORDS[:3]]
+    head = len(llm.engine.tok(prompt)["input_ids"])
+    steps = asyncio.run(llm.stepwise_many(reqs))
+    assert [s.usage.reused_prompt_tokens for s in steps[1:]] == [head, head]  # computed once, for row 0
+    assert 0 <= steps[0].usage.reused_prompt_tokens < head

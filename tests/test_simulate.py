@@ -14,7 +14,14 @@ from autointerp.llm.stepwise import read_stepwise
 from autointerp.metrics import MASS_FLOOR
 from autointerp.sampling import UnitSample
 from autointerp.score import ScoreSettings, correlation
-from autointerp.simulate import DIGITS, ExactSimulator, FollowingSimulator, SimulationError
+from autointerp.simulate import (
+    DIGITS,
+    NULL_EXPLANATION,
+    ExactSimulator,
+    FollowingSimulator,
+    RawSimulator,
+    SimulationError,
+)
 from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
 
@@ -69,11 +76,38 @@ def test_exact_listing_is_one_pass_with_the_prior_digit_after_every_tab():
     llm = scripted_months()
     sim = ExactSimulator(llm)
     (s,) = asyncio.run(sim.simulate("names of months", [example(TOKENS, ACTS)]))
-    (req,) = llm.requests  # one request for the whole window
+    req, null = llm.requests  # one request for the whole window, and its calibration read
     body = req.prompt[len(sim.prompt.text(explanation="names of months")) :]
     assert body == "".join(f"{t}\t0\n" for t in TOKENS[1:])  # the scale's own "0", never a placeholder
-    assert [req.prompt[: p][-7:] for p in req.positions][1] == " March\t"  # read right after each TAB
+    assert [req.prompt[:p][-7:] for p in req.positions][1] == " March\t"  # read right after each TAB
     assert [i for i, v in enumerate(s.expected) if v > 5] == [1, 6]
+    assert (
+        null.prompt == sim.prompt.text(explanation=NULL_EXPLANATION) + body
+    )  # same listing, null explanation
+    head, null_head = (len(sim.prompt.text(explanation=x)) for x in ("names of months", NULL_EXPLANATION))
+    assert [p - null_head for p in null.positions] == [p - head for p in req.positions]
+
+
+def salient(prefix: str, candidates: list[str]) -> dict[str, float]:
+    """A model that finds " it" salient whatever the explanation, and months under "names of months"."""
+    dist = months(prefix, candidates)
+    if prefix.endswith(" it\t"):
+        dist = {"5": 1.0}
+    return dist
+
+
+def test_calibration_subtracts_what_the_model_predicts_under_the_null_explanation():
+    llm = ScriptedLLM(
+        "probs", probs=salient, null_probs=lambda p, c: {"5": 1.0} if p.endswith(" it\t") else {"0": 1}
+    )
+    (s,) = asyncio.run(ExactSimulator(llm).simulate("names of months", [example(TOKENS, ACTS)]))
+    (r,) = asyncio.run(RawSimulator(llm).simulate("names of months", [example(TOKENS, ACTS)]))
+    it = TOKENS.index(" it") - 1
+    assert r.expected[it] == pytest.approx(5.0) and s.raw[it] == pytest.approx(5.0)
+    assert s.expected[it] == pytest.approx(0.0)  # salient under the null too: calibrated away
+    march = TOKENS.index(" March") - 1
+    assert s.expected[march] == pytest.approx(r.expected[march])  # nothing under the null: unchanged
+    assert r.raw is None and len(llm.requests) == 3  # 2 reads calibrated, 1 raw
 
 
 def test_following_read_out_continues_with_the_models_own_digit():

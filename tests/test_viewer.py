@@ -286,3 +286,22 @@ def test_unit_page_shows_investigations_with_their_experiments(store):
     assert "In <March>" not in html and "In \\u003cMarch\\u003e" in html  # the agent's text is escaped
     other = TestClient(create_app(store.path)).get(f"/unit/{store.units()[1].id}").text
     assert 'id="investigations"' not in other
+
+
+def test_head_examples_carry_each_tokens_sources_and_other_units_none(tmp_path, client, store):
+    from tests.viewer_stores import HEAD, head_store
+
+    heads = TestClient(create_app(head_store(tmp_path / "h.db").path))
+    (top,) = heads.get(f"/api/unit/{HEAD}").json()["examples"]["top"]
+    shown = [t["text"] for t in top["tokens"]]
+    assert shown[0] == " Harry" and len(shown) == 7  # BOS left out: the indices count from " Harry"
+    peak = next(t for t in top["tokens"] if t["peak"])
+    assert [(shown[i], w) for i, w in peak["sources"]] == [(" Potter", 0.7), (" Harry", 0.2)]
+    assert top["tokens"][0]["sources"] == [] and top["tokens"][5]["sources"] == [[4, 0.5]]
+    page = heads.get(f"/unit/{HEAD}").text
+    assert 'id="head-note"' in page and page.count('class="toks attn"') == 1
+    assert 'data-src="1:0.7 0:0.2">' in page and "> &lt;b&gt;</span>" in page
+    u0 = store.units()[0].id
+    assert "data-src" not in client.get(f"/unit/{u0}").text
+    neuron = client.get(f"/api/unit/{u0}").json()["examples"]["top"][0]["tokens"]
+    assert all(t["sources"] is None for t in neuron)

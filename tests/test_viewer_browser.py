@@ -7,11 +7,13 @@ endpoints have a slow test of their own.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvicorn
@@ -22,6 +24,9 @@ from autointerp.viewer.app import create_app
 from autointerp.viewer.live import LiveActs, LiveModel, SteerResult
 from autointerp.viewer.pages import OutputToken, tokens_view
 from tests.viewer_stores import SCRIPT, explained_store
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -58,12 +63,16 @@ class StandIn(LiveModel):
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Store]]:
-    store = explained_store(tmp_path / "v.db")
+    yield from serving(explained_store(tmp_path / "v.db"), StandIn())
+
+
+def serving(store: Store, live: LiveModel | None, chat=None) -> Iterator[tuple[str, Store]]:  # noqa: ANN001
+    """The app on `store` served by uvicorn on a free port of 127.0.0.1, until the generator closes."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(store.path, StandIn()), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(store.path, live, chat), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -133,3 +142,107 @@ def test_search_open_a_unit_hover_and_read_live_text(served, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "unit.png").stat().st_size > 10_000
+
+
+@contextlib.contextmanager
+def browser_page(store: Store, live: LiveModel | None, chat=None) -> Iterator[tuple[str, Page]]:  # noqa: ANN001
+    """A page of Debian's chromium, and the URL of the app on `store` served meanwhile."""
+    from playwright.sync_api import sync_playwright
+
+    gen = serving(store, live, chat)
+    url, _ = next(gen)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                yield url, browser.new_page()
+            finally:
+                browser.close()
+    finally:
+        gen.close()
+
+
+def test_hovering_a_head_token_highlights_its_sources_and_a_click_pins_them(tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.viewer_stores import HEAD, head_store
+
+    with browser_page(head_store(tmp_path / "h.db"), None) as (url, page):
+        page.goto(url + "/unit/" + HEAD.replace(":", "%3A"))
+        toks = page.locator("#ex-top .tok")
+        expect(toks).to_have_count(7)  # " Harry" " Potter" " met" " Harry" " Potter" " and" " <b>"
+        src = page.locator("#ex-top .tok.src")
+        expect(src).to_have_count(0)
+        toks.nth(4).hover()  # the second " Potter": looks back at the first " Potter" and " Harry"
+        expect(src).to_have_count(2)
+        expect(src.nth(0)).to_have_text(" Harry")
+        expect(src.nth(0)).to_have_attribute("data-w", "0.20")
+        expect(src.nth(1)).to_have_text(" Potter")
+        expect(src.nth(1)).to_have_attribute("data-w", "0.70")
+        first = src.nth(1).evaluate("el => el.previousSibling.textContent")
+        assert first == " Harry"  # the first " Potter", not the hovered one
+        expect(toks.nth(4)).to_have_class("tok peak dst")
+        strong = src.nth(1).evaluate("el => getComputedStyle(el).backgroundColor")
+        weak = src.nth(0).evaluate("el => getComputedStyle(el).backgroundColor")
+        assert strong != weak and strong.startswith("rgba(22, 163, 74"), (strong, weak)
+        tip = page.locator("#tip")
+        expect(tip).to_contain_text('attends to " Potter" 0.70, " Harry" 0.20')  # strongest first
+        page.screenshot(path=str(tmp_path / "head.png"), full_page=True)
+
+        toks.nth(6).hover()  # " <b>" attends to " and" only
+        expect(src).to_have_count(1)
+        expect(src).to_have_text(" and")
+        page.locator("h1").hover()  # leaving the example clears the highlight
+        expect(src).to_have_count(0)
+
+        toks.nth(4).click()  # pinned: moving away keeps it
+        page.locator("h1").hover()
+        expect(src).to_have_count(2)
+        toks.nth(1).hover()
+        expect(src).to_have_count(2)
+        toks.nth(4).click()  # a second click unpins
+        expect(src).to_have_count(0)
+    assert (tmp_path / "head.png").stat().st_size > 5_000
+
+
+def test_the_chat_panel_asks_the_agent_and_shows_its_tool_calls_and_answer(tmp_path, scripted, monkeypatch):
+    from playwright.sync_api import expect
+
+    from autointerp.agent.loop import AgentSettings
+    from autointerp.viewer.chat import ChatRooms
+    from tests.conftest import build_month_store
+    from tests.test_agent import UNIT, WordTokenizer, act
+
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", lambda model: WordTokenizer())
+    store = build_month_store(tmp_path / "synth.db", n_units=1, hook="synthetic.months")
+    llm = scripted("agent")
+    llm.enqueue(
+        act("activations", "Try French.", texts=["Il est né en juillet.", "Born in <July>."]),
+        act("answer", text="English <b>month</b> names only.", hypothesis="English month names"),
+    )
+    live = StandIn()
+    rooms = ChatRooms(store.path, AgentSettings(agent=llm.spec, max_steps=4), live.reader)
+    with browser_page(store, live, rooms) as (url, page):
+        page.goto(url + "/unit/" + UNIT)
+        expect(page.locator("#chat")).to_contain_text(llm.spec)
+        page.fill("#chat-text", "does it fire on French month names?")
+        page.click("#chat-form button")
+        expect(page.locator("#chat-log .chat-a")).to_have_text("English <b>month</b> names only.")
+        expect(page.locator("#chat-log .chat-q")).to_have_text("does it fire on French month names?")
+        steps = page.locator("#chat-log .chat-step")
+        expect(steps).to_have_count(1)  # the answer is shown as the answer, not as a step
+        expect(steps.locator("summary")).to_contain_text('e1 activations {"texts":["Il est né')
+        steps.locator("summary").click()
+        seen = "'Born in <July>.': max 1.00; fires on 'July' 1.00"  # markup stays text
+        expect(steps.locator("pre")).to_contain_text(seen)
+        expect(page.locator("#chat-log .chat-h")).to_have_text("hypothesis: English month names")
+        (inv,) = Store(store.path).investigations(UNIT)
+        expect(page.locator("#chat-conversation")).to_have_text("conversation " + inv.id)
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+
+        llm.enqueue(act("answer", text="Yes, May fires."))
+        page.fill("#chat-text", "and May?")
+        page.click("#chat-form button")
+        expect(page.locator("#chat-log .chat-a")).to_have_count(2)
+        expect(page.locator("#chat-log .chat-a").nth(1)).to_have_text("Yes, May fires.")
+        assert len(Store(store.path).investigations(UNIT)) == 1  # the same conversation went on

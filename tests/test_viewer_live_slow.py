@@ -1,5 +1,6 @@
 """`serve --live` on the real embedded Gemma: per-token activations of a neuron and of an embedded-SAE
-latent, output tokens through the unembedding, and a steered completion."""
+latent, output tokens through the unembedding, a steered completion, and the chat agent's tool reading
+the neuron on the same loaded model."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ HOOK, SAE_HOOK, TEXT = (
 
 
 @pytest.fixture
-def client(gemma, tmp_path) -> TestClient:
+def live_store(tmp_path) -> Store:
     from autointerp.subject.sae import embedded_sae_path, sae_sha256, sae_unit_name
 
     sae = str(embedded_sae_path())
@@ -39,7 +40,12 @@ def client(gemma, tmp_path) -> TestClient:
     store.write_units(
         units, [Example(unit_id=u.id, kind="top", rank=0, context=ctx, acts=[0, 1]) for u in units]
     )
-    return TestClient(create_app(store.path, LiveModel(subject=gemma)))
+    return store
+
+
+@pytest.fixture
+def client(gemma, live_store) -> TestClient:
+    return TestClient(create_app(live_store.path, LiveModel(subject=gemma)))
 
 
 def test_live_neuron_activations_match_the_hooked_forward_pass(client, gemma):
@@ -78,3 +84,26 @@ def test_live_sae_latent_and_bad_text(client):
     assert len(client.get(f"/api/logits/{uid}").json()["promoted"]) == 10
     r = client.post(f"/api/live/{uid}", json={"text": "   "})
     assert r.status_code == 400 and "empty" in r.json()["error"]
+
+
+def test_the_chat_agents_activations_tool_reads_the_neuron_on_the_live_model(gemma, live_store, scripted):
+    import json
+
+    from autointerp.agent.loop import AgentSettings
+    from autointerp.viewer.chat import ChatRooms
+
+    uid = f"gemma-3-270m/{HOOK}/3"
+    llm = scripted("agent")
+    llm.enqueue(
+        json.dumps({"thought": "", "tool": "activations", "args": {"texts": [TEXT]}}),
+        json.dumps({"thought": "", "tool": "answer", "args": {"text": "done"}}),
+    )
+    live = LiveModel(subject=gemma)
+    rooms = ChatRooms(live_store.path, AgentSettings(agent=llm.spec, max_steps=3), live.reader)
+    client = TestClient(create_app(live_store.path, live, rooms))
+    want = client.post(f"/api/live/{uid}", json={"text": TEXT}).json()["max_act"]
+    reply = client.post(f"/api/chat/{uid}", json={"question": "what does it read on this?"}).json()
+    assert reply["answer"] == "done", reply
+    assert f"max {want:.2f}" in reply["steps"][0]["result"]  # the same model, the same reading
+    (inv,) = Store(live_store.path).investigations(uid)
+    assert inv.mode == "chat"

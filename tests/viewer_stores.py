@@ -1,5 +1,5 @@
 """Stores the viewer tests share: the month store with explanations, scores, a counterfactual pair, an
-SAE whose weights lie beside it, and a token that looks like markup."""
+SAE whose weights lie beside it, a token that looks like markup, and an induction-like attention head."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from autointerp.types import (
     Context,
     Example,
     Explanation,
+    HeadAttention,
     RunRecord,
     Score,
     SourceRef,
@@ -19,7 +20,7 @@ from autointerp.types import (
     UnitRef,
     UnitStats,
 )
-from tests.conftest import build_month_store
+from tests.conftest import build_month_store, recorded_store
 
 SCRIPT = "<script>alert(1)</script>"
 SAE_NAME = "toy-1a2b3c4d"
@@ -94,5 +95,27 @@ def sae_store(path: Path, sae_dir: Path, n_latents: int = 6) -> Store:
     ctx = Context(id="c", token_ids=[1, 2, 3], tokens=["<bos>", " a", " b"])
     store.write_units(
         units, [Example(unit_id=u.id, kind="top", rank=0, context=ctx, acts=[0, 2, 1]) for u in units]
+    )
+    return store
+
+
+HEAD = "m/blocks.1.attn/head:2"
+HEAD_TOKENS = ["<bos>", " Harry", " Potter", " met", " Harry", " Potter", " and", " <b>"]
+
+
+def head_store(path: Path, model: str = "m") -> Store:
+    """The head `MODEL/blocks.1.attn/head:2` with one top example: at the second " Potter" (position 5,
+    the peak) it attends to the first " Potter" (2) with 0.7 and " Harry" (1) with 0.2; every other
+    query attends to the token before it (0.5), BOS (position 0) never counts."""
+    store, stats = recorded_store(path, unit_max=0.7, frac_firing=0.9)
+    unit = Unit(ref=UnitRef(model=model, hook="blocks.1.attn", index=2), run_id="r1", stats=stats)
+    src: list[list[int]] = [[], []] + [[q - 1] for q in range(2, len(HEAD_TOKENS))]
+    weights: list[list[float]] = [[], []] + [[0.5] for _ in range(2, len(HEAD_TOKENS))]
+    src[5], weights[5] = [2, 1], [0.7, 0.2]
+    acts = [0.0, 0.0, 0.5, 0.5, 0.5, 0.7, 0.5, 0.5]
+    ctx = Context(id="hp", token_ids=list(range(len(HEAD_TOKENS))), tokens=HEAD_TOKENS)
+    attn = HeadAttention(src=src, weights=weights)
+    store.write_units(
+        [unit], [Example(unit_id=unit.id, kind="top", rank=0, context=ctx, acts=acts, attn=attn)]
     )
     return store

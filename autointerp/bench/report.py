@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 
 from autointerp.bench.run import RANDOM, BenchResult
+from autointerp.viewer.links import VIEWER_URL, unit_url
 
 SHOWN = {RANDOM: "random explanation (floor)"}  # how a method row is named in the report
 
@@ -127,7 +128,12 @@ TITLES = {
 }
 
 
-def _intro(r: BenchResult) -> list[str]:
+def unit_links(r: BenchResult, viewer_url: str | None) -> list[str | None]:
+    """Per row of the units table, the unit's page in the viewer at `viewer_url` (None: no links)."""
+    return [unit_url(viewer_url, u.unit_id) if viewer_url else None for u in r.units]
+
+
+def _intro(r: BenchResult, viewer_url: str | None = None) -> list[str]:
     s = r.settings
     lines = [
         f"Suite `{s.suite}`, {len(r.units)} units, methods {', '.join(s.methods)}; "
@@ -161,6 +167,11 @@ def _intro(r: BenchResult) -> list[str]:
         "of the LLM calls served from the store's cache (they cost nothing; units resumed from the store "
         "make no calls at all)."
     )
+    if viewer_url:
+        lines.append(
+            f"Each unit's name opens its page in the viewer at {viewer_url}: run "
+            f"`autointerp serve --db {r.db}` first."
+        )
     if r.skipped_units:
         lines.append("Left out: " + "; ".join(f"{u} ({why})" for u, why in r.skipped_units.items()))
     return lines
@@ -172,26 +183,54 @@ td,th{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top;text-align
 <h1>autointerp benchmark</h1>{% for p in intro %}<p>{{ p }}</p>{% endfor %}
 {% for key, rows in tables.items() %}<h2>{{ titles[key] }}</h2>
 <table><tr>{% for c in rows[0] %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in rows[1:] %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
+{% for row in rows[1:] %}{% set url = links[key][loop.index0] if key in links else none %}<tr>
+{%- for c in row %}<td>{% if loop.first and url %}<a href="{{ url }}">{{ c }}</a>
+{%- else %}{{ c }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>
 {% endfor %}<h2>Score distributions</h2><img src="{{ png }}" style="max-width:100%">
 """
 
 
-def write_report(r: BenchResult, out_dir: str | Path) -> dict[str, Path]:
-    """bench.md, bench.html, bench.png and bench.json in `out_dir`; returns their paths."""
+def markdown(r: BenchResult, png: str, viewer_url: str | None = VIEWER_URL) -> str:
+    """The report as Markdown; unit names link to the viewer at `viewer_url` (None: no links)."""
+    t = tables(r)
+    links = unit_links(r, viewer_url)
+    t["units"] = [t["units"][0]] + [
+        [f"[{_md_text(row[0])}]({url})" if url else row[0], *row[1:]]
+        for row, url in zip(t["units"][1:], links, strict=True)
+    ]
+    md = ["# autointerp benchmark", "", *(p + "\n" for p in _intro(r, viewer_url))]
+    for key, rows in t.items():
+        md += [f"## {TITLES[key]}", "", _md_table(rows), ""]
+    md += ["## Score distributions", "", f"![score distributions]({png})", ""]
+    return "\n".join(md)
+
+
+def _md_text(text: str) -> str:
+    """Link text that Markdown reads literally."""
+    return "".join("\\" + c if c in "\\[]()*_`<>" else c for c in text)
+
+
+def html(r: BenchResult, png: str, viewer_url: str | None = VIEWER_URL) -> str:
+    """The report as one HTML page (all text escaped); unit names link to the viewer at `viewer_url`."""
+    env = jinja2.Environment(autoescape=True)
+    return env.from_string(HTML).render(
+        intro=_intro(r, viewer_url),
+        tables=tables(r),
+        links={"units": unit_links(r, viewer_url)},
+        titles=TITLES,
+        png=png,
+    )
+
+
+def write_report(r: BenchResult, out_dir: str | Path, viewer_url: str | None = VIEWER_URL) -> dict[str, Path]:
+    """bench.md, bench.html, bench.png and bench.json in `out_dir` (unit names link to the viewer at
+    `viewer_url`; None: no links); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"bench.{k}" for k in ("md", "html", "png", "json")}
     plot(r, paths["png"])
-    t = tables(r)
-    md = ["# autointerp benchmark", "", *(p + "\n" for p in _intro(r))]
-    for key, rows in t.items():
-        md += [f"## {TITLES[key]}", "", _md_table(rows), ""]
-    md += ["## Score distributions", "", f"![score distributions]({paths['png'].name})", ""]
-    paths["md"].write_text("\n".join(md))
-    env = jinja2.Environment(autoescape=True)
-    paths["html"].write_text(
-        env.from_string(HTML).render(intro=_intro(r), tables=t, titles=TITLES, png=paths["png"].name)
-    )
+    paths["md"].write_text(markdown(r, paths["png"].name, viewer_url))
+    paths["html"].write_text(html(r, paths["png"].name, viewer_url))
     paths["json"].write_text(r.model_dump_json(indent=1))
     return paths

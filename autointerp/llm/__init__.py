@@ -53,12 +53,23 @@ __all__ = [
     "Tool",
     "ToolCall",
     "Usage",
+    "configure_keys",
     "connection",
     "get_llm",
     "parse_spec",
 ]
 
 BACKENDS = ("local", "openai", "anthropic", "scripted")
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+KEY_ENV = dict(DEFAULT_KEY_ENV)  # backend -> the environment variable holding its API key
+
+
+def configure_keys(names: dict[str, str]) -> None:
+    """Read API keys from these environment variables (a config file's [keys]); the rest: the defaults."""
+    KEY_ENV.clear()
+    KEY_ENV.update(DEFAULT_KEY_ENV, **names)
+
+
 TIMEOUT_ENV, RETRIES_ENV = "AUTOINTERP_LLM_TIMEOUT", "AUTOINTERP_LLM_RETRIES"
 
 
@@ -131,19 +142,19 @@ def get_llm(
         inner = registered(s.model)
     elif s.backend == "openai":
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        key = os.environ.get("OPENAI_API_KEY")
+        key = os.environ.get(KEY_ENV["openai"])
         if not key and base_url is None:
             raise UserError(
-                f"{spec} needs an API key: set OPENAI_API_KEY (or pass --base-url for a local "
+                f"{spec} needs an API key: set {KEY_ENV['openai']} (or pass --base-url for a local "
                 "OpenAI-compatible server)."
             )
         from autointerp.llm.openai_backend import OpenAILLM
 
         inner = OpenAILLM(s.model, api_key=key, base_url=base_url, **api)
     else:
-        key = os.environ.get("ANTHROPIC_API_KEY")
+        key = os.environ.get(KEY_ENV["anthropic"])
         if not key:
-            raise UserError(f"{spec} needs an API key: set ANTHROPIC_API_KEY.")
+            raise UserError(f"{spec} needs an API key: set {KEY_ENV['anthropic']}.")
         from autointerp.llm.anthropic_backend import AnthropicLLM
 
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None

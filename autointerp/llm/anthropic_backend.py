@@ -27,7 +27,8 @@ from autointerp.llm.base import (
     ToolCall,
     Usage,
 )
-from autointerp.llm.util import PerLoop, cost_usd
+from autointerp.llm.prices import cost_usd
+from autointerp.llm.util import PerLoop
 
 try:
     import anthropic
@@ -67,6 +68,13 @@ class AnthropicLLM(LLM):
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        params = self.chat_params(request)
+        t0 = time.perf_counter()
+        resp = await self._request(params)
+        return self.chat_response(request, resp, time.perf_counter() - t0)
+
+    def chat_params(self, request: ChatRequest) -> dict:
+        """The parameters of a messages.create call (also what a message batch request carries)."""
         if request.top_logprobs > 0:
             raise LLMError(f"{self.spec} returns no logprobs; use a local: or openai: model for them.")
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
@@ -96,9 +104,10 @@ class AnthropicLLM(LLM):
             params["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
         if tools:
             params["tools"] = tools
-        t0 = time.perf_counter()
-        resp = await self._request(params)
-        latency = time.perf_counter() - t0
+        return params
+
+    def chat_response(self, request: ChatRequest, resp, latency: float) -> ChatResponse:  # noqa: ANN001
+        """Our answer from the SDK's Message; LLMError when a JSON answer was asked for and not given."""
         texts, calls = [], []
         for block in resp.content:
             if block.type == "text":
@@ -111,7 +120,11 @@ class AnthropicLLM(LLM):
             b.type == "tool_use" and b.name == ANSWER_TOOL for b in resp.content
         ):
             raise LLMError(f"{self.spec} did not give a JSON answer; retry the call.")
-        pt, ct = resp.usage.input_tokens, resp.usage.output_tokens
+        u = resp.usage
+        reused = getattr(u, "cache_read_input_tokens", 0) or 0  # cache reads and writes come apart
+        written = getattr(u, "cache_creation_input_tokens", 0) or 0
+        pt, ct = u.input_tokens + reused + written, u.output_tokens
+        billed = u.input_tokens + round(1.25 * written + 0.1 * reused)  # Anthropic's cache multipliers
         return ChatResponse(
             text="".join(texts),
             tool_calls=calls,
@@ -121,8 +134,9 @@ class AnthropicLLM(LLM):
             usage=Usage(
                 prompt_tokens=pt,
                 completion_tokens=ct,
+                reused_prompt_tokens=reused,
                 latency_s=latency,
-                cost_usd=cost_usd(self.model, pt, ct),
+                cost_usd=cost_usd(self.model, billed, ct),
             ),
         )
 

@@ -70,8 +70,13 @@ class TokenLogprob(BaseModel):
 
 
 class Usage(BaseModel):
+    """What one call spent. `cached`: served from the store's cache (nothing was spent this time)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # prompt tokens whose key/values were not computed for this call: a shared or cached prefix of the
+    # local backend, or the provider's cached input tokens (OpenAI `cached_tokens`, Anthropic cache reads)
+    reused_prompt_tokens: int = 0
     latency_s: float = 0.0
     cost_usd: float | None = None
     cached: bool = False

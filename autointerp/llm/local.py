@@ -128,8 +128,11 @@ class Engine:
         after = self.tok.encode(req.after, add_special_tokens=False)
         return _Steps(head, steps, self.candidate_ids(req.candidates), after)
 
-    def stepwise_batch(self, items: list[_Steps]) -> list[tuple[list[list[float]], list[float], list[int]]]:
-        """Per item and step: candidate probabilities, raw candidate mass, index of the chosen candidate."""
+    def stepwise_batch(
+        self, items: list[_Steps]
+    ) -> list[tuple[list[list[float]], list[float], list[int], int]]:
+        """Per item and step: candidate probabilities, raw candidate mass, index of the chosen candidate;
+        per item: how many of its prompt tokens came from a shared or cached prefix."""
         import torch
 
         out: list = [None] * len(items)
@@ -144,8 +147,11 @@ class Engine:
                         out[r] = res
         return out
 
-    def _stepwise_rows(self, items: list[_Steps]) -> list[tuple[list[list[float]], list[float], list[int]]]:
+    def _stepwise_rows(
+        self, items: list[_Steps]
+    ) -> list[tuple[list[list[float]], list[float], list[int], int]]:
         """Rows sharing one prompt: its key/values once, then one batched forward step per position.
+        Per row: probabilities, mass, chosen candidates, and the prompt tokens it did not forward.
 
         Each step's inputs are left-padded to the longest row; padding is masked out of attention and
         every row keeps its own position counter, so a row sees exactly its own unpadded text.
@@ -153,6 +159,7 @@ class Engine:
         import torch
 
         head = items[0].head
+        before = self.stats["forward_tokens"]
         kv = self._prefix_kv(head)
         if kv is None:
             kv = self.model(
@@ -161,6 +168,8 @@ class Engine:
             kv = kv.past_key_values
             self.stats["forward_tokens"] += len(head)
         kv = copy.deepcopy(kv)
+        reused = [len(head)] * len(items)  # the prompt's key/values are computed once, for row 0
+        reused[0] -= self.stats["forward_tokens"] - before
         n = len(items)
         if n > 1:
             kv.batch_repeat_interleave(n)
@@ -207,29 +216,41 @@ class Engine:
                 probs.append(sel.softmax(-1).tolist())
                 mass.append(sel.logsumexp(-1).exp().item())
                 chosen.append(follow(probs[-1]))
-        return res
+        return [(*r, u) for r, u in zip(res, reused, strict=True)]
 
     def token_probs_batch(
         self, preps: list[_Prepared], reuse: bool = True
-    ) -> list[tuple[list[list[float]], list[float]]]:
-        """Candidate probabilities and raw mass at every requested position of every prompt."""
+    ) -> list[tuple[list[list[float]], list[float], int]]:
+        """Candidate probabilities and raw mass at every requested position of every prompt, and how
+        many of its prompt tokens were forwarded for it (the rest came from a shared or cached prefix;
+        a prefix computed for the whole batch is counted once, on its first prompt)."""
         import torch
 
         with self.lock, torch.inference_mode():
+            before = self.stats["forward_tokens"]
             out: list = [None] * len(preps)
-            shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
-            shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
-            if reuse and len(preps) > 1 and shared >= MIN_REUSE:
-                kv = self._prefix_kv(preps[0].ids[:shared])
-                self._forward_rows(list(range(len(preps))), preps, shared if kv is not None else 0, kv, out)
-            elif reuse:
-                for i, p in enumerate(preps):  # no common prefix in this batch: each may match the LRU
-                    cut = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
-                    kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
-                    self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
-            else:
-                self._forward_rows(list(range(len(preps))), preps, 0, None, out)
+            self._token_probs_rows(preps, reuse, out)
+            extra = self.stats["forward_tokens"] - before - sum(r[2] for r in out)  # a shared prefix
+            if out and extra:
+                probs, mass, computed = out[0]
+                out[0] = (probs, mass, computed + extra)
             return out
+
+    def _token_probs_rows(self, preps: list[_Prepared], reuse: bool, out: list) -> None:
+        shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
+        shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
+        if reuse and len(preps) > 1 and shared >= MIN_REUSE:
+            kv = self._prefix_kv(preps[0].ids[:shared])
+            self._forward_rows(list(range(len(preps))), preps, shared if kv is not None else 0, kv, out)
+        elif reuse:
+            for i, p in enumerate(preps):  # no common prefix in this batch: each may match the LRU
+                before = self.stats["forward_tokens"]
+                cut = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
+                kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
+                self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
+                out[i] = (*out[i][:2], self.stats["forward_tokens"] - before)
+        else:
+            self._forward_rows(list(range(len(preps))), preps, 0, None, out)
 
     def _forward_rows(self, rows: list[int], preps: list[_Prepared], start: int, kv, out: list) -> None:
         """Forward `preps[rows]` from token `start` on (past key/values `kv` cover the tokens before)."""
@@ -272,7 +293,7 @@ class Engine:
             for b, c in enumerate(chunk):
                 p = preps[c]
                 sel = logits[b, [col[i - start] for i in p.idx]].float().log_softmax(-1)[:, p.cand]
-                out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist())
+                out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), len(p.ids) - start)
             chunk = [r] if r is not None else []
 
     def _prefix_kv(self, prefix: list[int]):
@@ -542,10 +563,11 @@ class LocalLLM(LLM):
                 usage=Usage(
                     prompt_tokens=len(p.head) + sum(map(len, p.steps)),
                     completion_tokens=len(chosen),
+                    reused_prompt_tokens=reused,
                     latency_s=share,
                 ),
             )
-            for req, p, (probs, mass, chosen) in zip(requests, preps, results, strict=True)
+            for req, p, (probs, mass, chosen, reused) in zip(requests, preps, results, strict=True)
         ]
 
     async def _drain(self, engine: Engine) -> None:
@@ -568,7 +590,7 @@ class LocalLLM(LLM):
                         fut.set_exception(err)
                 continue
             share = (time.perf_counter() - t0) / len(batch)
-            for (req, prep, fut), (probs, mass) in zip(batch, results, strict=True):
+            for (req, prep, fut), (probs, mass, computed) in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 fut.set_result(
@@ -577,6 +599,10 @@ class LocalLLM(LLM):
                         mass=mass,
                         model=self.model,
                         backend=self.backend,
-                        usage=Usage(prompt_tokens=len(prep.ids), latency_s=share),
+                        usage=Usage(
+                            prompt_tokens=len(prep.ids),
+                            reused_prompt_tokens=max(0, len(prep.ids) - computed),
+                            latency_s=share,
+                        ),
                     )
                 )

@@ -30,7 +30,8 @@ from autointerp.llm.base import (
     ToolCall,
     Usage,
 )
-from autointerp.llm.util import PerLoop, cost_usd, parse_json_answer
+from autointerp.llm.prices import cost_usd
+from autointerp.llm.util import PerLoop, parse_json_answer
 
 try:
     import openai
@@ -93,6 +94,14 @@ class OpenAILLM(LLM):
         self._sem = PerLoop(lambda: asyncio.Semaphore(concurrency))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        t0 = time.perf_counter()
+        resp = await self._request(
+            (await self._client.aget()).chat.completions.create, self.chat_params(request)
+        )
+        return self.chat_response(request, resp, time.perf_counter() - t0)
+
+    def chat_params(self, request: ChatRequest) -> dict:
+        """The body of a /v1/chat/completions request (also what a batch line carries)."""
         params: dict = {
             "model": self.model,
             "messages": [_message(m) for m in request.messages],
@@ -116,9 +125,10 @@ class OpenAILLM(LLM):
                 }
             else:  # llama.cpp and most compatible servers: a grammar from the schema
                 params["response_format"] = {"type": "json_object", "schema": request.json_schema}
-        t0 = time.perf_counter()
-        resp = await self._request((await self._client.aget()).chat.completions.create, params)
-        latency = time.perf_counter() - t0
+        return params
+
+    def chat_response(self, request: ChatRequest, resp, latency: float) -> ChatResponse:  # noqa: ANN001
+        """Our answer from the SDK's ChatCompletion; LLMError when it holds none we can use."""
         if not resp.choices:
             raise LLMError(f"{self.spec} returned no choices; check the model name and the server.")
         choice = resp.choices[0]
@@ -162,7 +172,7 @@ class OpenAILLM(LLM):
             )
         mode = await self._echo_mode()
         resp, latency = await self._prompt_logprobs(request.prompt, echo=True)
-        at = _distributions(resp.choices[0].logprobs, mode)
+        at = _distributions(resp.choices[0].logprobs, mode, request.prompt, self.spec)
         probs, mass = [], []
         for p in request.positions:
             if p not in at:
@@ -198,7 +208,15 @@ class OpenAILLM(LLM):
             "logprobs": max(self.prompt_logprobs, 1),
         }
         t0 = time.perf_counter()
-        resp = await self._request((await self._client.aget()).completions.create, params)
+        try:
+            resp = await self._request((await self._client.aget()).completions.create, params)
+        except LLMError as e:
+            if echo and "echo" in str(e).lower():  # llama.cpp's C++ llama-server: "Only no echo is supported"
+                raise LLMError(
+                    f"{self.spec}: the server does not echo prompt logprobs ({e}); for exact simulation "
+                    "serve the model with vLLM or llama-cpp-python's server, or use --simulator-mode json."
+                ) from e
+            raise
         lp = resp.choices[0].logprobs if resp.choices else None
         if lp is None or not lp.text_offset or lp.top_logprobs is None:
             raise LLMError(
@@ -222,7 +240,8 @@ class OpenAILLM(LLM):
         plain, _ = await self._prompt_logprobs(probe, echo=False)
         truth = plain.choices[0].logprobs.top_logprobs[0] or {}
         for mode in ("shifted", "standard"):
-            got = _distributions(echoed.choices[0].logprobs, mode).get(len(probe))
+            got = _distributions(echoed.choices[0].logprobs, mode, probe, self.spec)
+            got = got.get(len(probe))
             if got and truth and _same(got, truth):
                 self._mode = mode
                 return mode
@@ -234,8 +253,16 @@ class OpenAILLM(LLM):
     def _usage(self, u, latency: float) -> Usage:  # noqa: ANN001 - the SDK's usage object
         pt = getattr(u, "prompt_tokens", 0) or 0
         ct = getattr(u, "completion_tokens", 0) or 0
+        details = getattr(u, "prompt_tokens_details", None)
+        reused = getattr(details, "cached_tokens", 0) or 0
         cost = cost_usd(self.model, pt, ct) if self.official else None
-        return Usage(prompt_tokens=pt, completion_tokens=ct, latency_s=latency, cost_usd=cost)
+        return Usage(
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            reused_prompt_tokens=reused,
+            latency_s=latency,
+            cost_usd=cost,
+        )
 
     async def _request(self, create, params: dict):  # noqa: ANN001, ANN202
         """One call under the concurrency bound; SDK errors become LLMError with the fix named."""
@@ -307,18 +334,42 @@ def _message(m: Message) -> dict:
     return out
 
 
-def _distributions(lp, mode: str) -> dict[int, dict[str, float]]:  # noqa: ANN001 - the SDK's logprobs
-    """Char offset p -> top logprobs of the next token after prompt[:p], from echoed logprobs."""
+def _distributions(lp, mode: str, prompt: str, spec: str) -> dict[int, dict[str, float]]:  # noqa: ANN001
+    """Char offset p -> top logprobs of the next token after prompt[:p], from the echoed logprobs `lp`
+    (the SDK's) of `prompt`.
+
+    Where the offsets just add up the tokens' lengths (vLLM, llama-cpp-python), they may count a BOS
+    token the prompt does not hold (vLLM): they are moved back by its length; and the tokens must spell
+    the prompt (a character split across tokens decodes to U+FFFD and would shift every later offset:
+    refused, never misread).
+    """
+    offsets = list(lp.text_offset)
+    if _cumulative(offsets, lp.tokens):
+        joined = "".join(lp.tokens)
+        shift = next((n for n in (0, len(lp.tokens[0])) if joined[n:].startswith(prompt)), None)
+        if shift is None:
+            raise LLMError(
+                f"{spec}: the server's echoed tokens do not spell the prompt (a character split across "
+                "tokens?), so their offsets cannot be trusted; keep the examples to plain text or use a "
+                "local: model."
+            )
+        offsets = [o - shift for o in offsets]
     at: dict[int, dict[str, float]] = {}
-    for i, (off, tok, top) in enumerate(zip(lp.text_offset, lp.tokens, lp.top_logprobs, strict=False)):
-        if top is None:
+    for i, (off, tok, top) in enumerate(zip(offsets, lp.tokens, lp.top_logprobs, strict=False)):
+        if top is None or off < 0:
             continue
-        if mode == "standard":
-            p = off
-        else:
-            p = lp.text_offset[i + 1] if i + 1 < len(lp.text_offset) else off + len(tok)
-        at.setdefault(p, top)
+        after = offsets[i + 1] if i + 1 < len(offsets) else off + len(tok)  # where the token ends
+        at.setdefault(off if mode == "standard" else after, top)
     return at
+
+
+def _cumulative(offsets: list[int], tokens: list[str]) -> bool:
+    """Offsets that start at 0 and add up the tokens' lengths (how vLLM writes them)."""
+    return (
+        bool(offsets)
+        and offsets[0] == 0
+        and all(offsets[i + 1] == offsets[i] + len(tokens[i]) for i in range(len(offsets) - 1))
+    )
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:

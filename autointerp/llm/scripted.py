@@ -3,7 +3,9 @@
 Like the `llm` CLI's mock model: chat answers come from a queue (`enqueue`), each a string, a function
 of the request, or an exception to raise; when the queue is empty, `respond(request)` answers (if
 given). Token probabilities come from `probs(prefix, candidates)` (a dict, renormalised over the
-candidates; uniform without it), with `mass` as the probability on the candidates. Every request is
+candidates; uniform without it), with `mass` as the probability on the candidates; a listing under the
+exact simulator's null explanation (its calibration read) gets all of it on "0", as a model would
+predict nothing for an explanation that says nothing (`null_probs` to script it). Every request is
 kept in `requests`. `get_llm("scripted:NAME")` serves the instance registered as NAME (`register`).
 """
 
@@ -42,10 +44,12 @@ class ScriptedLLM(LLM):
         probs: Probs | None = None,
         mass: float = 1.0,
         token_probs: bool = True,
+        null_probs: Probs | None = None,
     ):
         self.model, self.spec = name, f"scripted:{name}"
         self.answers: deque[Answer] = deque(answers)
         self.respond, self.probs, self.mass = respond, probs, mass
+        self.null_probs = null_probs or (lambda _prefix, candidates: {candidates[0]: 1.0})
         self.capabilities = Capabilities(
             token_probs=token_probs, top_logprobs=False, tools=False, json_schema=False
         )
@@ -79,10 +83,13 @@ class ScriptedLLM(LLM):
     async def token_probs(self, request: TokenProbsRequest) -> TokenProbsResponse:
         if not self.capabilities.token_probs:
             raise LLMError(f"{self.spec} gives no token probabilities; use --simulator-mode json.")
+        from autointerp.simulate import is_null_read
+
         self.requests.append(request)
+        rule = self.null_probs if is_null_read(request.prompt) else self.probs
         probs = []
         for p in request.positions:
-            given = self.probs(request.prompt[:p], request.candidates) if self.probs else {}
+            given = rule(request.prompt[:p], request.candidates) if rule else {}
             weights = [given.get(c, 0.0) for c in request.candidates]
             total = sum(weights)
             n = len(weights)

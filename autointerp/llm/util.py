@@ -1,4 +1,4 @@
-"""Small helpers shared by the backends: prices, JSON answers, per-event-loop objects."""
+"""Small helpers shared by the backends: JSON answers, per-event-loop objects (prices: `llm.prices`)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,6 @@ from typing import Generic, TypeVar
 from autointerp.llm.base import LLMError
 
 T = TypeVar("T")
-
-# USD per million (input, output) tokens, by model-name prefix; longest prefix wins. Unknown: no cost.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-    "claude-3-haiku": (0.25, 1.25),
-    "claude-3-5-haiku": (0.80, 4.00),
-    "claude-haiku-4-5": (1.00, 5.00),
-    "claude-3-5-sonnet": (3.00, 15.00),
-    "claude-3-7-sonnet": (3.00, 15.00),
-    "claude-sonnet-4": (3.00, 15.00),
-    "claude-opus-4": (15.00, 75.00),
-}
-
-
-def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Cost of one call at list prices, where the model's price is known."""
-    match = max((p for p in PRICES if model.startswith(p)), key=len, default=None)
-    if match is None:
-        return None
-    pin, pout = PRICES[match]
-    return (prompt_tokens * pin + completion_tokens * pout) / 1e6
 
 
 def schema_instruction(schema: dict) -> str:

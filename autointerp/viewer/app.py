@@ -4,7 +4,6 @@ store."""
 from __future__ import annotations
 
 import queue
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from pydantic import BaseModel, Field, ValidationError
 from autointerp.errors import UserError
 from autointerp.store import Store
 from autointerp.types import Unit, UnitQuery
+from autointerp.viewer.chat import ChatAsk, ChatReply, ChatRooms
 from autointerp.viewer.decoder import neighbours
+from autointerp.viewer.links import unit_path
 from autointerp.viewer.live import LiveModel
 from autointerp.viewer.pages import IndexPage, UnitPage, index_page, unit_page
 
@@ -41,10 +42,10 @@ class BadRequest(Exception):
     """Invalid query parameters or live input: a 400 page (or JSON under /api)."""
 
 
-def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
+def create_app(db: str | Path, live: LiveModel | None = None, chat: ChatRooms | None = None) -> FastAPI:
     """The app over the store `db` (read-only connections, each lent to one request at a time and kept
     warm between requests); `live`: a subject model for the live text box, steering and output tokens
-    (None: those panels say so)."""
+    (None: those panels say so); `chat`: the agent's conversations (the only writer of the store)."""
     db = Path(db)
     idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
     idle.put(Store.reader(db))  # fail now, not on the first request
@@ -67,13 +68,13 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["num"] = _num
-    env.globals["unit_url"] = lambda uid: "/unit/" + urllib.parse.quote(uid)
+    env.globals["unit_url"] = unit_path
     templates = Jinja2Templates(env=env)
     app = FastAPI(title="autointerp viewer", docs_url="/api/docs", redoc_url=None)
     app.mount("/static", StaticFiles(packages=[("autointerp.viewer", "static")]), name="static")
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
-        context |= {"db": db.name, "live": live is not None}
+        context |= {"db": db.name, "live": live is not None, "chat": chat.agent if chat else None}
         return templates.TemplateResponse(request, name, context, status_code=status)
 
     @app.exception_handler(NotFound)
@@ -117,7 +118,7 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
     @app.get("/unit/{unit_id:path}", response_class=HTMLResponse)
     def unit(request: Request, unit_id: str, store: Store = lend) -> Response:
         if store.get_unit(unit_id) is None and len(found := store.find_unit_ids(unit_id)) == 1:
-            return RedirectResponse("/unit/" + urllib.parse.quote(found[0]))
+            return RedirectResponse(unit_path(found[0]))
         return page(request, "unit.html", data=unit_data(store, unit_id))
 
     @app.get("/api/unit/{unit_id:path}")
@@ -145,6 +146,12 @@ def create_app(db: str | Path, live: LiveModel | None = None) -> FastAPI:
         model, unit = need_live(), get_unit(store, unit_id)
         clamp = unit.stats.max if body.clamp is None else body.clamp
         return user_input(model.steer, store, unit, body.text, clamp, body.max_new_tokens)
+
+    @app.post("/api/chat/{unit_id:path}")
+    def api_chat(unit_id: str, body: ChatAsk, store: Store = lend) -> ChatReply:
+        if chat is None:
+            raise NotFound("The chat is off; run `autointerp serve --live` to talk with the agent.")
+        return user_input(chat.ask, store, get_unit(store, unit_id), body)
 
     @app.get("/api/logits/{unit_id:path}")
     def api_logits(unit_id: str, store: Store = lend) -> dict:

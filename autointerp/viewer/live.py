@@ -17,6 +17,7 @@ from autointerp.viewer.pages import OutputToken, TokenView, tokens_view
 if TYPE_CHECKING:
     import torch
 
+    from autointerp.agent.reader import ActReader
     from autointerp.subject.model import SubjectModel
 
 MAX_TEXT_CHARS = 4000
@@ -68,6 +69,16 @@ class LiveModel:
         from autointerp.counterfactual.probe import UnitProbe
 
         return UnitProbe.for_unit(self._load(store, unit), store, unit)
+
+    def reader(self, store: Store, unit: Unit) -> ActReader:
+        """The chat agent's reader of the unit on new text: this model (loaded now if need be), shared
+        with the other live requests one at a time; a synthetic unit's rule needs only the tokenizer."""
+        from autointerp.agent.reader import ProbeReader, open_reader, synthetic_unit
+
+        if synthetic_unit(unit) is not None:
+            return open_reader(store, unit)
+        with self._lock:
+            return _Locked(ProbeReader(self._probe(store, unit)), self._lock)
 
     def activations(self, store: Store, unit: Unit, text: str) -> LiveActs:
         """The unit's activation at every token of `text` (read after BOS where the model uses one)."""
@@ -173,6 +184,17 @@ class LiveModel:
             d[unit.ref.index] = 1.0
             return d
         return None
+
+
+class _Locked:
+    """A reader that takes the live model's lock for each read."""
+
+    def __init__(self, reader: ActReader, lock: threading.Lock):
+        self._reader, self._lock = reader, lock
+
+    def read(self, texts: list[str]) -> list[tuple[list[str], list[float]]]:
+        with self._lock:
+            return self._reader.read(texts)
 
 
 def _tokens(subject: SubjectModel, ids: list[int], values: list[float]) -> list[OutputToken]:

@@ -8,9 +8,18 @@ import math
 from pydantic import BaseModel, Field
 
 from autointerp.listing import ScoredExplanation, best_explanation, main_scorer, unit_explanations
-from autointerp.render import crop
+from autointerp.render import crop, crop_start
 from autointerp.store import Store
-from autointerp.types import Example, Experiment, Investigation, Score, Unit, UnitIndexRow, UnitQuery
+from autointerp.types import (
+    Example,
+    Experiment,
+    HeadAttention,
+    Investigation,
+    Score,
+    Unit,
+    UnitIndexRow,
+    UnitQuery,
+)
 
 KIND_ORDER = ("top", "quantile", "random", "negative", "minimal", "hard_negative")
 
@@ -22,6 +31,8 @@ class TokenView(BaseModel):
     act: float
     alpha: float  # -1..1: share of the unit's max activation (negative: below zero)
     peak: bool = False
+    # attention heads: the earlier tokens this one attends to most, (index into the shown tokens, weight)
+    sources: list[tuple[int, float]] | None = None
 
 
 class ExampleView(BaseModel):
@@ -169,11 +180,33 @@ def _best_value(explained: list[ScoredExplanation], scorer: str) -> float | None
     return max(values) if values else None
 
 
-def tokens_view(tokens: list[str], acts: list[float], scale: float, peak: int | None) -> list[TokenView]:
-    """Tokens with their activations; colour strength is the activation over `scale` (clipped to -1..1)."""
+def tokens_view(
+    tokens: list[str],
+    acts: list[float],
+    scale: float,
+    peak: int | None,
+    sources: list[list[tuple[int, float]]] | None = None,
+) -> list[TokenView]:
+    """Tokens with their activations; colour strength is the activation over `scale` (clipped to -1..1);
+    `sources`: per token, an attention head's top sources."""
     return [
-        TokenView(text=t, act=round(a, 4), alpha=_alpha(a, scale), peak=i == peak)
+        TokenView(
+            text=t,
+            act=round(a, 4),
+            alpha=_alpha(a, scale),
+            peak=i == peak,
+            sources=sources[i] if sources is not None and i < len(sources) else None,
+        )  # fmt: skip
         for i, (t, a) in enumerate(zip(tokens, acts, strict=True))
+    ]
+
+
+def head_sources(attn: HeadAttention, first: int) -> list[list[tuple[int, float]]]:
+    """Per query position from `first` on (the shown tokens), its stored top sources as (shown index,
+    weight); a source before `first` (BOS, never stored) is left out."""
+    return [
+        [(s - first, round(w, 3)) for s, w in zip(src, weights, strict=True) if s >= first]
+        for src, weights in zip(attn.src[first:], attn.weights[first:], strict=True)
     ]
 
 
@@ -186,12 +219,13 @@ def example_view(e: Example, scale: float) -> ExampleView:
     tokens, acts = crop(e, 0)
     top = max(acts, default=0.0)
     peak = acts.index(top) if top > 0 else None
+    sources = head_sources(e.attn, crop_start(e, 0)) if e.attn is not None else None
     return ExampleView(
         kind=e.kind,
         rank=e.rank,
         quantile=e.quantile,
         max_act=round(top, 4),
-        tokens=tokens_view(tokens, acts, scale, peak),
+        tokens=tokens_view(tokens, acts, scale, peak, sources),
         note=_note(e),
     )
 
