@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
-from autointerp.units import parse_units, resolve_unit_ids
+from autointerp.units import parse_units, resolve_unit_ids, select_unit_ids
 from autointerp.viewer.links import VIEWER_URL, check_viewer_url
 
 app = typer.Typer(
@@ -421,7 +421,10 @@ def counterfactuals(
     unit: Annotated[list[str] | None, typer.Option("--unit", help="Unit id (repeatable).")] = None,
     hook: Annotated[str | None, typer.Option("--hook", help="Only units of this hook.")] = None,
     units: Annotated[
-        str | None, typer.Option("--units", help="Unit indices, e.g. 0:8 or 3,17 (with --hook).")
+        str | None,
+        typer.Option(
+            "--units", help="Unit indices (0:8, 3,17; with --hook), or heads, ids, patterns (5.1,5.*)."
+        ),
     ] = None,
     llm: Annotated[
         str, typer.Option("--llm", help="LLM spec that writes edits.")
@@ -691,10 +694,19 @@ def units_table(rows: list) -> Table:  # rows: autointerp.listing.UnitSummary
 def label(
     db: DbOpt,
     units: Annotated[
-        list[str] | None, typer.Option("--unit", help="Unit id (repeatable; default all).")
+        list[str] | None,
+        typer.Option(
+            "--unit", help="Unit id, its end, a head L.H or a pattern like 5.* (repeatable; default all)."
+        ),
     ] = None,
     hook: Annotated[
         list[str] | None, typer.Option("--hook", help="Only units at this hook (repeatable).")
+    ] = None,
+    unit_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--units", help="Indices of the --hook units (0:8,17), or heads, ids, patterns (5.1,5.*)."
+        ),
     ] = None,
     min_count: Annotated[
         int, typer.Option(help="Only units that fired on at least this many tokens (delphi's min_examples).")
@@ -719,8 +731,8 @@ def label(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Explainer methods: top,highlight,contrastive,head (attention heads), agent (an "
-            "investigation per unit) [default: config, else highlight]."
+            help="Explainer methods: top,highlight,contrastive,head, agent (an investigation per unit) "
+            "[default: config, else highlight, and head with the head-exact simulator for attention heads]."
         ),
     ] = None,
     scorers: Annotated[
@@ -809,7 +821,7 @@ def label(
     explainer = explainer or cfg.models.explainer or default.explainer
     simulator = simulator or cfg.models.simulator
     simulator_mode = simulator_mode or cfg.label.simulator_mode or default.simulator_mode
-    methods = methods or ",".join(cfg.label.methods or default.methods)
+    methods = methods or (",".join(cfg.label.methods) if cfg.label.methods else None)  # None: by unit kind
     scorers = scorers or ",".join(cfg.label.scorers or default.scorers)
     concurrency = concurrency or cfg.label.concurrency or default.concurrency
     shard_spec = ShardSpec.parse(shard) if shard is not None else None
@@ -828,7 +840,7 @@ def label(
     from autointerp.score import SCORERS, ScoreSettings
     from autointerp.store import Store
 
-    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",))
+    method_list = names(methods, "--methods", EXPLAINERS, extra=("agent",)) if methods is not None else None
     scorer_list = names(scorers, "--scorers", SCORERS)
     if batch:
         from autointerp.pipeline import LabelSettings, check_batch
@@ -844,7 +856,8 @@ def label(
     if not db.exists():
         raise UserError(f"No store at {db}; run `autointerp record --db {db} ...` first.")
     store = Store.reader(db) if dry_run else Store(db)  # a dry run writes nothing, not even a migration
-    ids = select_units(store, units, hooks=hook, min_count=min_count, order=order, limit=limit)
+    chosen = select_unit_ids(store, units, unit_spec, hook)
+    ids = select_units(store, chosen, hooks=hook, min_count=min_count, order=order, limit=limit)
     if shard_spec:
         ids = [u for u in ids if shard_spec.has_unit(u)]
     with option_errors():
@@ -865,7 +878,7 @@ def label(
     if shard_spec:
         db = label_shard_store(db, shard_spec, out)
         err.print(f"shard {shard_spec}: {len(ids)} units -> {db}")
-    with CountProgress(err, "labelling", total=len(ids) * max(len(method_list), 1)) as bar:
+    with CountProgress(err, "labelling", total=len(ids) * len(method_list or [None])) as bar:
 
         def on_result(r) -> None:  # noqa: ANN001 - pipeline.UnitResult
             note = (
@@ -1372,7 +1385,10 @@ def export(
     ] = "neuronpedia",
     unit: Annotated[list[str] | None, typer.Option(help="A unit id (repeatable).")] = None,
     hook: Annotated[str | None, typer.Option(help="Only units of this hook.")] = None,
-    units: Annotated[str | None, typer.Option(help="Only these indices, e.g. 0:512 or 3,17,42.")] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(help="Only these indices (0:512, 3,17,42), or heads, ids, patterns (5.1,5.*)."),
+    ] = None,
 ) -> None:
     """Export units with their examples, explanations and scores (Neuronpedia's feature JSON)."""
     if fmt != "neuronpedia":

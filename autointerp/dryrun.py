@@ -246,13 +246,16 @@ async def aestimate(
     labeller = Labeller(
         store, s, llm(s.explainer, exp_est, exp_counter), llm(s.simulator, sim_est, sim_counter)
     )
-    for name, scorer in list(labeller.scorers.items()):
-        if not scorer.source.startswith(s.simulator):  # the embedder: no LLM tokens, nothing to count
-            labeller.scorers[name] = NotCounted(scorer)
-            notes.append(f"The {name} scorer uses {scorer.source}, no LLM: not counted.")
+    for scorers in (labeller.scorers, labeller.head_scorers):
+        for name, scorer in list(scorers.items()):
+            if not scorer.source.startswith(s.simulator):  # the embedder: no LLM tokens, nothing to count
+                scorers[name] = NotCounted(scorer)
+                note = f"The {name} scorer uses {scorer.source}, no LLM: not counted."
+                if note not in notes:
+                    notes.append(note)
     out = DryRunEstimate(units=0, to_label=0, already_done=0, unlabellable=0)
     for uid in unit_ids:
-        for method in s.methods:
+        for method in labeller.methods_for(uid):
             out.units += 1
             try:
                 sample = sample_unit(store, uid, s.sample)

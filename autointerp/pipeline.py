@@ -32,21 +32,26 @@ from autointerp.llm.base import LLM, LLMError, OutOfCreditError, Usage
 from autointerp.llm.batch import BatchReport
 from autointerp.render import normalize
 from autointerp.sampling import SampleSettings, UnitSample, Unlabellable, digest, sample_unit
-from autointerp.score import SCORERS, ScoreRecord
-from autointerp.simulate import make_simulator
+from autointerp.score import SCORERS, Scorer, ScoreRecord
+from autointerp.simulate import Simulator, make_simulator
 from autointerp.store import Store
 from autointerp.types import Explanation, RunRecord, Score, Unit, UnitRef, now
+from autointerp.units import match_unit_ids
 from autointerp.version import code_version
 
 if TYPE_CHECKING:
     from autointerp.agent.bulk import AgentBudget
+DEFAULT_METHOD = "highlight"  # best on the synthetic bench
+HEAD_METHOD = "head"
 
 
 class LabelSettings(BaseModel):
     explainer: str = "local:qwen2.5-coder-1.5b"
     simulator: str = "local:qwen2.5-coder-1.5b"
-    simulator_mode: str = "auto"  # exact (token probabilities), json, or auto
-    methods: list[str] = Field(default_factory=lambda: ["highlight"])  # best on the synthetic bench
+    # a simulator name, or auto: exact (head-exact for heads) with token probabilities, else json
+    simulator_mode: str = "auto"
+    # None: by unit kind, `DEFAULT_METHOD` for neurons and latents, `HEAD_METHOD` for attention heads
+    methods: list[str] | None = None
     scorers: list[str] = Field(default_factory=lambda: ["correlation"])
     best_of: int = 1
     revise: bool = False  # one revision round with the examples the explanation predicted worst
@@ -327,7 +332,7 @@ class Labeller:
     ):
         """`batcher`: a --batch run (the LLMs are its `BatchLLM`s): poll first, submit at the end.
         `agent`: the budget of the `agent` method's investigations (default: AgentBudget())."""
-        EXPLAINERS.check([m for m in s.methods if m != AGENT])
+        EXPLAINERS.check([m for m in s.methods or [] if m != AGENT])
         SCORERS.check(s.scorers)
         self.store, self.s, self.batcher = store, s, batcher
         # One meter per role, also when both roles are served by the same model: nothing is dropped.
@@ -335,19 +340,37 @@ class Labeller:
         self.sim_llm = TokenMeter(simulator, "simulator")
         self.meters: dict[str, TokenMeter] = {"explainer": self.explainer, "simulator": self.sim_llm}
         self.simulator = make_simulator(self.sim_llm, s.simulator_mode)
+        self.head_simulator = self.simulator
+        if s.simulator_mode == "auto" and self.sim_llm.capabilities.token_probs:
+            self.head_simulator = make_simulator(self.sim_llm, "head-exact")
+        methods = s.methods if s.methods is not None else [DEFAULT_METHOD, HEAD_METHOD]
         self.explainers: dict[str, Explainer] = {
-            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in s.methods if m != AGENT
+            m: EXPLAINERS[m](self.explainer, s.sample.explain_window) for m in methods if m != AGENT
         }
         self.agent_budget = agent
         self.readers = None  # the agent method's activation readers, made on first use
         self.scorers = {x: SCORERS[x](self.simulator, self.sim_llm) for x in s.scorers}
+        self.head_scorers = {x: SCORERS[x](self.head_simulator, self.sim_llm) for x in s.scorers}
         self.run_id = (
             "lab-" + hashlib.sha1(json.dumps(s.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
         )
 
-    def score_fields(self, scorer: str) -> dict:
-        """What a configured scorer records as its producer: its simulator (or judge) and prompt."""
-        sc = self.scorers[scorer]
+    def methods_for(self, unit_id: str) -> list[str]:
+        """The explainer methods a unit gets: those configured, or by its kind when none were chosen."""
+        if self.s.methods is not None:
+            return self.s.methods
+        return [HEAD_METHOD if UnitRef.parse(unit_id).is_head else DEFAULT_METHOD]
+
+    def simulator_for(self, unit: Unit) -> Simulator:
+        """The simulator of a unit: under `auto`, attention heads get `head-exact` (with probabilities)."""
+        return self.head_simulator if unit.ref.is_head else self.simulator
+
+    def scorers_for(self, unit: Unit | None) -> dict[str, Scorer]:
+        return self.head_scorers if unit is not None and unit.ref.is_head else self.scorers
+
+    def score_fields(self, scorer: str, unit: Unit | None = None) -> dict:
+        """What a configured scorer records as its producer (for `unit`): its simulator (or judge), prompt."""
+        sc = self.scorers_for(unit)[scorer]
         return {"simulator": sc.source, "prompt": sc.prompt}
 
     def explain_inputs(self, sample: UnitSample, method: str) -> str:
@@ -379,7 +402,11 @@ class Labeller:
             and x.settings.get("inputs") == inputs
             and all(x.settings.get(k, default[k]) == v for k, v in want_settings.items())
         }
-        want = {(sc, f["simulator"], f["prompt"]) for sc in self.s.scorers for f in [self.score_fields(sc)]}
+        want = {
+            (sc, f["simulator"], f["prompt"])
+            for sc in self.s.scorers
+            for f in [self.score_fields(sc, sample.unit)]
+        }
         return self.store.get_explanation(exp_id) is not None and want <= have
 
     async def explain(self, sample: UnitSample, method: str) -> tuple[str, str, dict]:
@@ -407,8 +434,9 @@ class Labeller:
         text = texts[0]
         if best_of > 1:
             candidates = [t for t in texts if t is not None]
+            simulator = self.simulator_for(sample.unit)
             with batch.tagged(phase="validation"):
-                sims = await batch.in_turn(self.simulator.simulate(c, sample.validation) for c in candidates)
+                sims = await batch.in_turn(simulator.simulate(c, sample.validation) for c in candidates)
             val_scores = [scoring.sim_correlation(x) for x in sims]
             best = max(
                 range(len(candidates)),
@@ -426,7 +454,8 @@ class Labeller:
         """Show the explainer the 3 explain examples its explanation predicted worst; keep the revised
         explanation only if it scores better on the validation set."""
         unit_max = sample.unit.stats.max
-        sims = await self.simulator.simulate(text, sample.explain)
+        simulator = self.simulator_for(sample.unit)
+        sims = await simulator.simulate(text, sample.explain)
 
         def error(sim) -> float:  # noqa: ANN001
             true = normalize(sim.true, unit_max)
@@ -437,8 +466,8 @@ class Labeller:
             revised = await explainer.revise(sample, text, [(e, sim.expected) for e, sim in worst])
         except ExplanationError as e:
             return {"text": None, "kept": False, "error": str(e)}
-        before = scoring.sim_correlation(await self.simulator.simulate(text, sample.validation))
-        after = scoring.sim_correlation(await self.simulator.simulate(revised, sample.validation))
+        before = scoring.sim_correlation(await simulator.simulate(text, sample.validation))
+        after = scoring.sim_correlation(await simulator.simulate(revised, sample.validation))
         kept = not math.isnan(after) and (math.isnan(before) or after > before)
         return {"text": revised, "kept": kept, "validation_before": before, "validation_after": after}
 
@@ -461,7 +490,7 @@ class Labeller:
         """Every scorer on the record. In a --batch run a scorer whose answers are not back yet is
         passed over, the others still run (their requests join the batch), then BatchPending is raised."""
         out, pending = [], None
-        for name, scorer in self.scorers.items():
+        for name, scorer in self.scorers_for(record.sample.unit).items():
             t0 = time.perf_counter()
             with (
                 metered() as spent,
@@ -608,7 +637,7 @@ class Labeller:
         try:
             if self.batcher:  # collect what ended before anything asks for it
                 await self.batcher.poll()
-            tasks = [asyncio.ensure_future(one(u, m)) for u in unit_ids for m in self.s.methods]
+            tasks = [asyncio.ensure_future(one(u, m)) for u in unit_ids for m in self.methods_for(u)]
             results = await asyncio.gather(*tasks)
             if self.batcher:  # every request the units now wait for, as one batch per model
                 await self.batcher.submit(self.run_id)
@@ -657,7 +686,8 @@ def select_units(
     limit: int | None = None,
     seed: int = 0,
 ) -> list[str]:
-    """Unit ids to label: those given (checked) or every recorded unit, at the `hooks`, that fired on at
+    """Unit ids to label: those `units` name (ids, their ends, heads `L.H`, patterns: `match_unit_ids`)
+    or every recorded unit, at the `hooks`, that fired on at
     least `min_count` tokens, in `order` (index: as recorded; selective: lowest firing frequency first,
     among units that fire; random: shuffled by `seed`), at most `limit`. A repeated unit counts once."""
     if order not in ORDERS:
@@ -674,13 +704,7 @@ def select_units(
                 f"{', '.join(recorded_hooks) or 'none'}."
             )
     if units:
-        ids = list(dict.fromkeys(UnitRef.parse(u).id for u in units))
-        pool = []
-        for uid in ids:
-            unit = store.get_unit(uid)
-            if unit is None:
-                raise UserError(f"{uid} is not recorded in {store.path}; record its hook first.")
-            pool.append(unit)
+        pool = [store.get_unit(uid) for uid in match_unit_ids(store, units)]
     else:
         pool = store.units()
         if not pool:

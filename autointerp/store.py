@@ -721,6 +721,14 @@ class Store:
         )
         return [r[0] for r in cur.fetchall()]
 
+    def glob_unit_ids(self, pattern: str) -> list[str]:
+        """Recorded unit ids that match the glob `pattern` (`*`, `?`, `[...]`) whole or after a `/`."""
+        cur = self.db.execute(
+            "SELECT id FROM units WHERE id GLOB ? OR id GLOB '*/' || ? ORDER BY model, hook, sae, idx",
+            [pattern, pattern],
+        )
+        return [r[0] for r in cur.fetchall()]
+
     def hooks(self) -> list[str]:
         """The hooks that have recorded units, sorted."""
         return [h for (h,) in self.db.execute("SELECT DISTINCT hook FROM units ORDER BY hook")]

@@ -433,7 +433,9 @@ def prepare(
     sim_llm = agent_llm if simulator == s.agent else get_llm(simulator, store, **llm_options)
     labeller = Labeller(store, labeller_settings, agent_llm, sim_llm)
     reader = reader or open_reader(store, sample.unit, units_file)
-    toolbox = Toolbox(sample, store.examples(uid), reader, labeller.simulator, max_scores=s.max_scores)
+    toolbox = Toolbox(
+        sample, store.examples(uid), reader, labeller.simulator_for(sample.unit), max_scores=s.max_scores
+    )
     if not resume:
         store.put_investigation(inv)
     return Investigator(store, inv, labeller.explainer, toolbox, labeller, s, on_step=on_step)
