@@ -1,6 +1,7 @@
 """End-to-end units/hour of `label` with the embedded models, and where the time goes.
 
     python eval/perf_label.py [--units 6] [--scorers correlation,detection]
+                              [--simulator-mode exact] [--compare exact-raw]
 
 Records (once, cached) neurons of Gemma 3 270M, then labels them with no LLM cache. Prints JSON:
 units/hour, seconds per unit split into explanation and each scorer, scoring examples per unit;
@@ -8,6 +9,8 @@ units/hour, seconds per unit split into explanation and each scorer, scoring exa
 tokens actually computed) and where the prompt tokens go (few-shot prefix vs the unit's examples /
 listing, from the run's recorded requests); `llm_share`, the share of wall time spent inside the local
 LLM's forward passes (timed around the model's forward, which the backend runs one at a time).
+`--compare MODE` labels the same units again in the same run with another simulator mode (e.g.
+`exact-raw`, the uncalibrated read at half the simulation passes) and adds its figures under `compare`.
 """
 
 from __future__ import annotations
@@ -77,10 +80,22 @@ def main() -> None:
     ap.add_argument("--scorers", default="correlation,detection")
     ap.add_argument("--explainer", default="local:qwen2.5-coder-1.5b")
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--simulator-mode", default="auto")
+    ap.add_argument("--compare", default=None, help="another simulator mode, measured in the same run")
     args = ap.parse_args()
     store, unit_ids = bench_store(args.units, first=args.first)
     local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
     forwards = time_forwards(local) if local else None
+    out = measure(args, store, unit_ids, local, forwards, args.simulator_mode)
+    if args.compare:
+        out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare)
+    print(json.dumps(out))
+
+
+def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str) -> dict:  # noqa: ANN001
+    """Label the units once with no LLM cache, with simulator mode `mode`; the figures as a dict."""
+    if forwards is not None:
+        forwards["seconds"] = 0.0
     since = now()
     t = time.perf_counter()
     summary = label(
@@ -90,6 +105,7 @@ def main() -> None:
         scorers=args.scorers.split(","),
         no_cache=True,
         concurrency=args.concurrency,
+        simulator_mode=mode,
     )
     secs = time.perf_counter() - t
     n = len(unit_ids)
@@ -112,25 +128,22 @@ def main() -> None:
             split.setdefault(s.scorer, []).append(s.details.get("seconds", float("nan")))
             if s.scorer == "correlation":
                 n_examples.append(s.details.get("n_test", 0))
-    print(
-        json.dumps(
-            {
-                "explainer": args.explainer,
-                "units": len(unit_ids),
-                "failures": len(summary.failures),
-                "seconds": round(secs, 1),
-                "units_per_hour": round(3600 * len(unit_ids) / secs, 1),
-                "seconds_per_unit": {k: round(statistics.fmean(v), 2) for k, v in split.items()},
-                "scoring_examples_per_unit": statistics.fmean(n_examples) if n_examples else None,
-                "correlation": summary.stats("correlation"),
-                "tokens_per_unit": tokens,
-                "prompt_tokens_per_unit_by_part": where_tokens_go(store, since, local, n) if local else None,
-                "llm_share": round(forwards["seconds"] / secs, 3) if forwards else None,
-                "concurrency": args.concurrency,
-                "note": "stages overlap when concurrency > 1; the local backend runs one forward at a time",
-            }
-        )
-    )
+    return {
+        "explainer": args.explainer,
+        "simulator_mode": mode,
+        "units": len(unit_ids),
+        "failures": len(summary.failures),
+        "seconds": round(secs, 1),
+        "units_per_hour": round(3600 * len(unit_ids) / secs, 1),
+        "seconds_per_unit": {k: round(statistics.fmean(v), 2) for k, v in split.items()},
+        "scoring_examples_per_unit": statistics.fmean(n_examples) if n_examples else None,
+        "correlation": summary.stats("correlation"),
+        "tokens_per_unit": tokens,
+        "prompt_tokens_per_unit_by_part": where_tokens_go(store, since, local, n) if local else None,
+        "llm_share": round(forwards["seconds"] / secs, 3) if forwards else None,
+        "concurrency": args.concurrency,
+        "note": "stages overlap when concurrency > 1; the local backend runs one forward at a time",
+    }
 
 
 if __name__ == "__main__":
