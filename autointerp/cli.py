@@ -770,6 +770,14 @@ def label(
             "--delphi", help="Detection / fuzzing with delphi's protocol (32 tokens, 5 per prompt)."
         ),
     ] = False,
+    per_quantile: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Quantile windows simulated per activation quantile for the per-quantile correlations "
+            "in a correlation score's details; 0 skips them (about a third fewer simulations).",
+        ),
+    ] = 1,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -870,7 +878,7 @@ def label(
             best_of=best_of,
             revise=revise,
             concurrency=concurrency,
-            score=ScoreSettings.delphi() if delphi else ScoreSettings(),
+            score=(ScoreSettings.delphi if delphi else ScoreSettings)(n_per_quantile=per_quantile),
         )
     if dry_run:
         print_estimate(estimate(db, ids, settings, base_url=base_url, no_cache=no_cache), counterfactuals)

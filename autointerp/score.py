@@ -107,7 +107,8 @@ async def correlation(
         "top_only": sim_correlation([x for x in test if x.kind == "top"]),
         "random_only": sim_correlation([x for x in test if x.kind == "random"]),
         "per_quantile": {
-            str(q): sim_correlation([x for x in q_sims if x.rank in {e.rank for e in by_q[q]}]) for q in by_q
+            str(q): sim_correlation([x for x in q_sims if x.rank in {e.rank for e in by_q[q]}])
+            for q in (by_q if s.n_per_quantile else ())
         },
         "n_test": len(test),
         "predicted": [[round(v, 3) for v in x.expected] for x in test],

@@ -24,6 +24,7 @@ from collections import defaultdict
 from common import bench_store, timed
 
 from autointerp import label
+from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--explainer", default="local:qwen2.5-coder-1.5b")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--simulator-mode", default="auto")
+    ap.add_argument("--per-quantile", type=int, default=1, help="label --per-quantile")
     ap.add_argument("--compare", default=None, help="another simulator mode, measured in the same run")
     args = ap.parse_args()
     store, unit_ids = bench_store(args.units, first=args.first)
@@ -106,6 +108,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str)
         no_cache=True,
         concurrency=args.concurrency,
         simulator_mode=mode,
+        score=ScoreSettings(n_per_quantile=args.per_quantile),
     )
     secs = time.perf_counter() - t
     n = len(unit_ids)

@@ -250,3 +250,19 @@ def test_best_of_keeps_the_candidate_that_simulates_best(month_store, scripted):
     assert exp.settings["candidates"] == ["cats", "months of the year", "dates"]
     assert exp.settings["validation_correlation"][1] > 0.9
     assert "batch_id" not in exp.settings
+
+
+def test_per_quantile_zero_simulates_no_quantile_windows(month_store, scripted):
+    def calls(*args: str) -> tuple[int, dict]:
+        llm = scripted(name=f"q{len(args)}")
+        out = CliRunner().invoke(
+            app, ["label", "--db", str(month_store.path), "--explainer", llm.spec, "--unit", UNITS[0], *args]
+        )
+        assert out.exit_code == 0, out.output
+        (score,) = month_store.scores(month_store.explanations(UNITS[0])[-1].id)
+        return len(llm.requests), score.details["per_quantile"]
+
+    with_q, per_q = calls()
+    without, none = calls("--per-quantile", "0")
+    assert per_q and none == {}  # the per-quantile correlations are the only thing dropped
+    assert without < with_q
