@@ -36,17 +36,39 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+DEFAULT_LLM = "local:qwen2.5-coder-1.5b"
+_GLOBAL: dict[str, Path | None] = {"config": None}  # the app-wide --config of this invocation
+
+
 @app.callback()
 def main_options(
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config file for every command [default: ./autointerp.toml, else [tool.autointerp] in "
+            "./pyproject.toml]: models, API key variables, prices, label defaults."
+        ),
+    ] = None,
 ) -> None:
     """Automated interpretability of transformers."""
     from autointerp.logs import quiet_third_party
 
     quiet_third_party()
+    _GLOBAL["config"] = config
+
+
+def config_in_force(path: Path | None = None):  # noqa: ANN201 - autointerp.config.Config
+    """The config file's settings (a command's own --config, else the app-wide one, else found in the
+    working directory), its prices and key variables made the process's; a bad file fails here."""
+    from autointerp.config import load_config
+
+    cfg = load_config(path or _GLOBAL["config"])
+    cfg.apply()
+    return cfg
 
 
 def names(value: str, option: str, registry, extra: tuple[str, ...] = ()) -> list[str]:  # noqa: ANN001 - a Registry
@@ -427,8 +449,12 @@ def counterfactuals(
         ),
     ] = None,
     llm: Annotated[
-        str, typer.Option("--llm", help="LLM spec that writes edits.")
-    ] = "local:qwen2.5-coder-1.5b",
+        str | None,
+        typer.Option(
+            "--llm",
+            help="LLM spec that writes edits [default: config's explainer, else " + DEFAULT_LLM + "].",
+        ),
+    ] = None,
     no_llm: Annotated[
         bool, typer.Option("--no-llm", help="Only attributions, minimal examples, hard negatives.")
     ] = False,
@@ -454,6 +480,8 @@ def counterfactuals(
 ) -> None:
     """Minimal examples, token attributions, LLM-written counterfactuals checked on the subject model,
     and hard negatives, for recorded units (resumable)."""
+    cfg = config_in_force()
+    llm = llm or cfg.models.explainer or DEFAULT_LLM
     require_local("autointerp counterfactuals")
     from autointerp.counterfactual import CounterfactualSettings, ProgressEvent, generate_counterfactuals
     from autointerp.progress import CountProgress
@@ -817,14 +845,12 @@ def label(
     score of a unit failed. --dry-run builds the run's prompts and counts them with the models'
     tokenizers (no model loads), and prices them for API models."""
     from autointerp.agent.bulk import AgentBudget
-    from autointerp.config import load_config
     from autointerp.llm import connection, parse_spec
     from autointerp.pipeline import LabelSettings
     from autointerp.scale.shards import ShardSpec, label_shard_store
 
     viewer = check_viewer_url(viewer_url)
-    cfg = load_config(config)  # flags override it; a bad file fails here, before anything loads
-    cfg.apply()
+    cfg = config_in_force(config)  # flags override it; a bad file fails here, before anything loads
     default = LabelSettings()
     explainer = explainer or cfg.models.explainer or default.explainer
     simulator = simulator or cfg.models.simulator
@@ -934,7 +960,10 @@ def investigate(
     unit_id: Annotated[
         str | None, typer.Argument(help="The unit, e.g. gemma-3-270m/synthetic.months/0 (or its unique end).")
     ] = None,
-    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    agent: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the agent [default: config's explainer, else " + DEFAULT_LLM + "]."),
+    ] = None,
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator that scores (default: the agent).")
     ] = None,
@@ -968,6 +997,9 @@ def investigate(
     from autointerp.score import SCORERS
 
     connection(timeout, retries)  # bad values fail here, before anything loads
+    cfg = config_in_force()
+    agent = agent or cfg.models.explainer or DEFAULT_LLM
+    simulator = simulator or cfg.models.simulator
     if unit_id is None and resume is None:
         raise UserError("Name the unit to investigate (UNIT_ID), or pass --resume ID.")
     for spec in (agent, simulator):
@@ -1009,7 +1041,10 @@ def investigate(
 def chat(
     db: StoreOpt,
     unit_id: Annotated[str | None, typer.Argument(help="The unit (or its unique end).")] = None,
-    agent: Annotated[str, typer.Option(help="LLM spec of the agent.")] = "local:qwen2.5-coder-1.5b",
+    agent: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the agent [default: config's explainer, else " + DEFAULT_LLM + "]."),
+    ] = None,
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator of /score and /save (default: the agent).")
     ] = None,
@@ -1029,6 +1064,9 @@ def chat(
     from autointerp.aio import run_sync
     from autointerp.llm import parse_spec
 
+    cfg = config_in_force()
+    agent = agent or cfg.models.explainer or DEFAULT_LLM
+    simulator = simulator or cfg.models.simulator
     if unit_id is None and resume is None:
         raise UserError("Name the unit to talk about (UNIT_ID), or pass --resume ID.")
     for spec in (agent, simulator):
@@ -1229,7 +1267,10 @@ def bench(
         str, typer.Option(help="Explainer methods (agent: an investigation per unit).")
     ] = "top,highlight,contrastive",
     agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit.")] = 8,
-    explainer: Annotated[str, typer.Option(help="LLM spec of the explainer.")] = "local:qwen2.5-coder-1.5b",
+    explainer: Annotated[
+        str | None,
+        typer.Option(help="LLM spec of the explainer [default: config, else " + DEFAULT_LLM + "]."),
+    ] = None,
     simulator: Annotated[
         str | None, typer.Option(help="LLM spec of the simulator (default: explainer).")
     ] = None,
@@ -1257,6 +1298,9 @@ def bench(
     from autointerp.llm import connection, parse_spec
 
     connection(timeout, retries)  # a bad value fails here, before anything loads
+    cfg = config_in_force()
+    explainer = explainer or cfg.models.explainer or DEFAULT_LLM
+    simulator = simulator or cfg.models.simulator
     viewer = check_viewer_url(viewer_url)
     for spec in (explainer, simulator or explainer):
         parse_spec(spec)
@@ -1336,9 +1380,10 @@ def serve(
     agent: Annotated[
         str,
         typer.Option(
-            help="With --live: the LLM spec of the agent in each unit page's chat panel ('' for no chat)."
+            help="With --live: the LLM spec of the agent in each unit page's chat panel ('' for no chat) "
+            "[default: config's explainer, else " + DEFAULT_LLM + "]."
         ),
-    ] = "local:qwen2.5-coder-1.5b",
+    ] = None,
     base_url: BaseUrlOpt = None,
 ) -> None:
     """A local web viewer of the store: an index of every unit with search, and a page per unit.
@@ -1352,6 +1397,8 @@ def serve(
     require_local("autointerp serve", VIEWER_STACK, extra="viewer")
     if live:
         require_local("autointerp serve --live", SAE_STACK)
+    if agent is None:
+        agent = config_in_force().models.explainer or DEFAULT_LLM
     chat_agent = agent.strip() if live else ""
     if chat_agent:
         from autointerp.llm import parse_spec

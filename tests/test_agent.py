@@ -418,3 +418,15 @@ def test_chat_commands_parse_or_say_why():
     for bad, says in bad_lines:
         with pytest.raises(CommandError, match=says):
             parse_command(bad)
+
+
+def test_investigate_takes_its_agent_from_the_config_file(synth_store, scripted, monkeypatch, tmp_path):
+    monkeypatch.setattr("autointerp.agent.reader.load_tokenizer", lambda model: WordTokenizer())
+    llm = scripted("lab-agent")
+    llm.enqueue(act("finish", explanation="names of months", supporting=[]))
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(f'[models]\nexplainer = "{llm.spec}"\n')
+    res = invoke("--config", cfg, "investigate", UNIT, "--db", synth_store.path)
+    assert res.exit_code == 0, res.output
+    (exp,) = Store(synth_store.path).explanations(UNIT, method="agent")
+    assert exp.settings["agent"] == llm.spec and llm.requests  # the config's model ran, no flag given

@@ -104,3 +104,23 @@ def test_flags_override_the_config(month_store, tmp_path, monkeypatch):
     assert out.exit_code == 0 and "anthropic:claude-haiku-4-5" in flat and "openai:lab-model" not in flat
     missing = CliRunner().invoke(app, ["label", "--db", db, "--config", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2 and "No config file at" in missing.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["counterfactuals", "--db", "DB", "--unit", "u"],
+        ["investigate", "u", "--db", "DB"],
+        ["chat", "u", "--db", "DB"],
+        ["bench", "--db", "DB"],
+        ["serve", "--db", "DB"],
+    ],
+)
+def test_every_command_reads_the_app_wide_config_first(tmp_path, command):
+    bad = tmp_path / "lab.toml"
+    bad.write_text('[models]\nexplainer = "nope"\n')
+    db = str(tmp_path / "x.db")
+    out = CliRunner().invoke(app, ["--config", str(bad), *[db if a == "DB" else a for a in command]])
+    flat = " ".join(out.output.split())
+    assert out.exit_code == 2 and flat.startswith(f"error: {bad}") and "models.explainer" in flat, flat
+    assert not (tmp_path / "x.db").exists()
