@@ -14,7 +14,8 @@ from autointerp.types import Unit
 from autointerp.viewer.pages import OutputToken, TokenView, tokens_view
 
 if TYPE_CHECKING:
-    from autointerp.agent.reader import ActReader
+    from autointerp.agent.reader import ActReader, UnitEffects
+    from autointerp.subject.effects import NextTokenChange, TokenValue
     from autointerp.subject.model import SubjectModel
 
 MAX_TEXT_CHARS = 4000
@@ -136,14 +137,30 @@ class LiveModel:
 
 
 class _Locked:
-    """A reader that takes the live model's lock for each read."""
+    """A reader (and its unit's effects) that takes the live model's lock for each use."""
 
     def __init__(self, reader: ActReader, lock: threading.Lock):
         self._reader, self._lock = reader, lock
+        self.effects = _LockedEffects(reader.effects, lock) if reader.effects is not None else None
 
     def read(self, texts: list[str]) -> list[tuple[list[str], list[float]]]:
         with self._lock:
             return self._reader.read(texts)
+
+
+class _LockedEffects:
+    """`UnitEffects` under the live model's lock (steering and ablation run the model)."""
+
+    def __init__(self, effects: UnitEffects, lock: threading.Lock):
+        self._effects, self._lock = effects, lock
+
+    def output_effect(self, k: int) -> tuple[list[TokenValue], list[TokenValue]]:
+        with self._lock:
+            return self._effects.output_effect(k)
+
+    def next_token(self, prompt: str, value: float, k: int) -> NextTokenChange:
+        with self._lock:
+            return self._effects.next_token(prompt, value, k)
 
 
 def _check_text(text: str) -> str:
