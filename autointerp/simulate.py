@@ -129,23 +129,21 @@ class ExactSimulator:
         out = []
         for e, (_, acts), resp, null in zip(examples, shown, responses, nulls, strict=True):
             raw = [expected_value(dist) for dist in resp.probs]
-            if null is None:
-                out.append(
-                    Simulation(
-                        unit_id=e.unit_id, kind=e.kind, rank=e.rank, expected=raw, true=acts, mass=resp.mass
-                    )
-                )
-                continue
-            base = [expected_value(dist) for dist in null.probs]
+            expected, mass, kept = raw, resp.mass, None
+            if null is not None:  # calibrated: minus the null read, on the lower of the two masses
+                base = [expected_value(dist) for dist in null.probs]
+                expected = [r - b for r, b in zip(raw, base, strict=True)]
+                mass = [min(a, b) for a, b in zip(resp.mass, null.mass, strict=True)]
+                kept = raw
             out.append(
                 Simulation(
                     unit_id=e.unit_id,
                     kind=e.kind,
                     rank=e.rank,
-                    expected=[r - b for r, b in zip(raw, base, strict=True)],
+                    expected=expected,
                     true=acts,
-                    mass=[min(a, b) for a, b in zip(resp.mass, null.mass, strict=True)],
-                    raw=raw,
+                    mass=mass,
+                    raw=kept,
                 )
             )
         return out
