@@ -247,8 +247,10 @@ class GuidedInvestigator(Investigator):
         await self.run_tool("tokens", TokensArgs(n=20), "count the tokens it fires on")
 
     def shown_examples(self) -> list[str]:
+        """The read windows the LLM is shown: those where the unit fires (marked) first."""
         e = self.ok("examples")
-        return [x["text"] for x in e.result["examples"][:SHOWN]] if e else []
+        read = e.result["examples"] if e else []
+        return [x["text"] for x in sorted(read, key=lambda x: not x["active"])[:SHOWN]]
 
     async def do_propose(self) -> None:
         k = self.s.hypotheses
