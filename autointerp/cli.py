@@ -776,7 +776,7 @@ def label(
             help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
         ),
     ] = None,
-    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit at most.")] = 12,
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit at most.")] = 16,
     agent_tokens: Annotated[
         int | None,
         typer.Option(min=1, help="Method agent: agent tokens per unit at most."),
@@ -982,7 +982,7 @@ def investigate(
         int | None, typer.Option(min=1, help="Agent prompt + completion tokens at most.")
     ] = None,
     max_seconds: Annotated[float | None, typer.Option(min=0.001, help="Seconds at most.")] = None,
-    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 5,
+    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 7,
     agent_mode: AgentModeOpt = "auto",
     resume: Annotated[
         str | None, typer.Option(help="Continue this investigation (its id) from its last stored step.")
@@ -1276,7 +1276,7 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="Explainer methods (agent: an investigation per unit).")
     ] = "top,highlight,contrastive",
-    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit.")] = 12,
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit.")] = 16,
     agent_mode: AgentModeOpt = "auto",
     explainer: Annotated[
         str | None,

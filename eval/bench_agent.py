@@ -2,7 +2,7 @@
 (`highlight` by default)? Same units, same LLM as agent, explainer and simulator, same held-out test sets.
 
     python eval/bench_agent.py [--llm local:qwen2.5-coder-1.5b] [--baseline highlight] [--units 3]
-                               [--skip 0] [--tokens 20000] [--max-steps 12] [--max-scores 5]
+                               [--skip 0] [--tokens 20000] [--max-steps 16] [--max-scores 7]
                                [--n-test 10] [--wall SECONDS] [--db PATH] [--agent-mode auto]
 
 Records built-in synthetic units `--skip` .. `--skip + --units` over Gemma's tokens (no forward pass),
@@ -148,11 +148,11 @@ def main() -> None:
     ap.add_argument("--baseline", default="highlight", help="the one-shot method compared with")
     ap.add_argument("--units", type=int, default=3)
     ap.add_argument("--skip", type=int, default=0, help="start at this unit of the built-in suite")
-    ap.add_argument("--max-scores", type=int, default=5, help="the agent's score tool calls at most")
+    ap.add_argument("--max-scores", type=int, default=7, help="the agent's score tool calls at most")
     ap.add_argument("--n-test", type=int, default=10, help="held-out top and random windows each")
     ap.add_argument("--wall", type=float, default=None, help="start no unit after this many seconds")
     ap.add_argument("--tokens", type=int, default=20_000)
-    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--max-steps", type=int, default=16)
     ap.add_argument("--agent-mode", default="auto", choices=["auto", "guided", "free"])
     ap.add_argument("--db", default=None, help="reuse a store (default: a temporary one)")
     print(json.dumps(asyncio.run(run(ap.parse_args())), indent=2))

@@ -80,7 +80,7 @@ def test_label_methods_agent_stores_method_agent_scored_on_the_same_test_set_as_
     assert agent_score.details["examples"] == hl_score.details["examples"]  # the same held-out windows
     assert agent_score.run_id == summary.run_id == exp.run_id
     (inv,) = store.investigations(UNIT)
-    assert inv.status == "finished" and inv.explanation_id == exp.id and inv.settings["max_steps"] == 8
+    assert inv.status == "finished" and inv.explanation_id == exp.id and inv.settings["max_steps"] == 16
     assert summary.usage["explainer"].prompt_tokens > 0  # the agent's tokens are counted as the explainer's
 
 
@@ -190,7 +190,7 @@ def test_bench_compares_highlight_and_agent_on_the_same_units(
         tmp_path, char_tokenizer, monkeypatch, llm.spec, methods=["highlight", "agent"], agent_mode="free"
     )
     assert {m.method: m for m in again.methods}["agent"].resumed == 2  # stored: nothing investigated again
-    assert json.loads(again.model_dump_json())["settings"]["agent_steps"] == 12
+    assert json.loads(again.model_dump_json())["settings"]["agent_steps"] == 16
 
 
 def test_a_unit_whose_reader_cannot_be_built_fails_alone(tmp_path, monkeypatch, scripted):

@@ -23,6 +23,8 @@ PROPOSED = (
 
 def stage(req: ChatRequest) -> str:
     last = req.messages[-1].content
+    if "What kind of word" in last:
+        return "name"
     if "better hypothesis" in last:
         return "revise"
     if "different hypotheses" in last or "one per line" in last:
@@ -87,12 +89,33 @@ def test_parse_hypotheses_keeps_short_distinct_lines_and_drops_ids_examples_and_
     assert parse_hypotheses("", 3) == parse_hypotheses("gemma/synthetic.x/0\n[[x]]", 3) == []
 
 
+def test_usual_context_is_a_token_before_most_firing_ones_spaces_stripped():
+    from autointerp.agent.guided import usual_context
+    from autointerp.agent.tools import TokenCount, TokensResult
+
+    def tr(firing: dict, before: dict) -> TokensResult:
+        def tc(d: dict) -> list:
+            return [TokenCount(token=t, count=n) for t, n in d.items()]
+
+        return TokensResult(n_windows=5, firing=tc(firing), before=tc(before))
+
+    assert usual_context(tr({".": 26}, {"self": 16, " self": 10})) == "self"
+    assert usual_context(tr({"1": 10, "2": 6}, {"(": 7, " (": 4, "5": 5})) == "("  # 11 of 16
+    assert usual_context(tr({"1": 10, "2": 6}, {"(": 7, "5": 9})) is None  # none before 60%
+    assert usual_context(tr({"def": 17}, {"    ": 17})) is None  # indentation is no context
+
+
 def test_guided_happy_path_scores_candidates_revises_and_finishes_with_the_best(
     synth_store, reader, scripted
 ):
     llm = guided_llm(
         scripted,
-        {"highlight": ["the word cat"], "propose": [PROPOSED], "revise": ["names of months"]},
+        {
+            "name": ["words"],
+            "highlight": ["the word cat"],
+            "propose": [PROPOSED],
+            "revise": ["names of months"],
+        },
     )
     seen = []
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader, on_step=seen.append)
@@ -100,40 +123,45 @@ def test_guided_happy_path_scores_candidates_revises_and_finishes_with_the_best(
     assert [e.tool for e in exps] == [
         "examples",
         "tokens",
+        "name",
         "propose",
         "highlight",
         "score",  # the highlight candidate first
+        "score",
         "score",
         "revise",
         "score",
         "finish",
     ]
-    assert [e.id for e in seen] == [f"e{i}" for i in range(1, 10)] and not any(e.error for e in exps)
+    assert [e.id for e in seen] == [f"e{i}" for i in range(1, 12)] and not any(e.error for e in exps)
     assert exps[1].result["firing"] == [{"token": " March", "count": 6}]  # the 6 explain-split top windows
+    assert exps[2].result["hypotheses"] == ["words"]  # no token comes before most ' March': no context
     # the id line and the duplicate were dropped; highlight's "the word cat" is also proposed: scored once
-    assert exps[2].result["hypotheses"] == ["words after a preposition", "the word cat"]
+    assert exps[3].result["hypotheses"] == ["words after a preposition", "the word cat"]
     assert [e.arguments["explanation"] for e in exps if e.tool == "score"] == [
         "the word cat",
+        "words",
         "words after a preposition",
         "names of months",
     ]
+    assert exps[6].result["correlation"] is None  # "words" predicts nothing: undefined, never the best
     # the revision saw the best so far with its misses: ' March' fired, predicted low
     revise_req = next(r for r in llm.requests if isinstance(r, ChatRequest) and stage(r) == "revise")
     assert "' March' x" in revise_req.messages[-1].content.split("predicted nothing:")[1]
-    assert exps[5].result["missed"][0]["token"] == " March"
+    assert exps[7].result["missed"][0]["token"] == " March"
     # finished with the highest-scoring hypothesis, citing its score
     assert inv.status == "finished" and inv.explanation == "names of months"
-    assert exps[7].result["correlation"] > 0.9 > exps[4].result["correlation"]
-    assert inv.evidence["supporting"] == ["e1", "e2", "e7", "e8"]
-    assert inv.prompt == "agent-guided@1" and inv.steps == 9
+    assert exps[9].result["correlation"] > 0.9 > exps[5].result["correlation"]
+    assert inv.evidence["supporting"] == ["e1", "e2", "e9", "e10"]
+    assert inv.prompt == "agent-guided@2" and inv.steps == 11
     assert inv.prompt_tokens > 0 and inv.completion_tokens > 0
     assert all(not e.action for e in exps if e.tool in ("examples", "tokens", "score", "finish"))
     # every LLM request was plain text: no tools, no JSON action format
     chats = [r for r in llm.requests if isinstance(r, ChatRequest)]
-    assert len(chats) == 3 and all(r.tools is None and "JSON" not in r.messages[0].content for r in chats)
+    assert len(chats) == 4 and all(r.tools is None and "JSON" not in r.messages[0].content for r in chats)
     store = Store(synth_store.path)
     (exp,) = store.explanations(UNIT, method="agent")
-    assert exp.text == "names of months" and exp.prompt == "agent-guided@1"
+    assert exp.text == "names of months" and exp.prompt == "agent-guided@2"
     assert exp.settings["agent_mode"] == "guided" and exp.settings["agent_settings"]["hypotheses"] == 3
     (score,) = store.scores(exp.id)
     assert score.value > 0.9 and score.details["examples"] == [
@@ -179,17 +207,18 @@ def test_unparsable_hypotheses_are_retried_once_then_highlight_carries_it(synth_
     llm2 = guided_llm(scripted, {"propose": ["", "???"]}, name="g2")
     out = investigate(synth_store.path, UNIT, settings(llm2, with_highlight=False), reader=reader)
     assert out.investigation.status == "failed" and "no hypothesis" in out.investigation.reason
-    assert [e.tool for e in out.experiments] == ["examples", "tokens", "propose", "propose"]
+    assert [e.tool for e in out.experiments] == ["examples", "tokens", "name", "propose", "propose"]
+    assert out.experiments[2].error.startswith("invalid action: no usable category")
 
 
 def test_budgets_finish_with_the_best_so_far_or_end_exhausted(synth_store, reader, scripted):
     answers = {"highlight": ["the word cat"], "propose": ["names of months\ndates"]}
     llm = guided_llm(scripted, {k: list(v) for k, v in answers.items()})
-    # 7 steps: examples, tokens, propose, highlight, two scores, and one kept for finish
-    out = investigate(synth_store.path, UNIT, settings(llm, max_steps=7), reader=reader)
+    # 8 steps: examples, tokens, name (unreadable here), propose, highlight, two scores, and finish
+    out = investigate(synth_store.path, UNIT, settings(llm, max_steps=8), reader=reader)
     assert [e.tool for e in out.experiments][-3:] == ["score", "score", "finish"]
     assert out.investigation.status == "finished" and out.investigation.explanation == "names of months"
-    assert out.investigation.steps == 7
+    assert out.investigation.steps == 8
     # the score budget: one score, then finish with the scored one (no revision without a score left)
     llm = guided_llm(scripted, {k: list(v) for k, v in answers.items()}, name="g3")
     out = investigate(synth_store.path, UNIT, settings(llm, max_scores=1), reader=reader)
@@ -204,10 +233,10 @@ def test_budgets_finish_with_the_best_so_far_or_end_exhausted(synth_store, reade
     assert [e.tool for e in out.experiments] == ["examples", "tokens"] and not llm.requests
     assert Store(synth_store.path).get_investigation(inv.id).status == "exhausted"
     # the token budget, spent by the first LLM turn: it finishes with that turn's first hypothesis
-    llm = guided_llm(scripted, {k: list(v) for k, v in answers.items()}, name="g5")
+    llm = guided_llm(scripted, {"name": ["month words"]}, name="g5")
     out = investigate(synth_store.path, UNIT, settings(llm, max_tokens=5), reader=reader)
-    assert out.investigation.status == "finished" and out.investigation.explanation == "names of months"
-    assert [e.tool for e in out.experiments] == ["examples", "tokens", "propose", "finish"]
+    assert out.investigation.status == "finished" and out.investigation.explanation == "month words"
+    assert [e.tool for e in out.experiments] == ["examples", "tokens", "name", "finish"]
     assert "unscored" in out.experiments[-1].thought
 
 
@@ -223,12 +252,12 @@ def test_guided_resumes_after_an_interruption_from_the_last_stored_step(synth_st
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
     inv = out.investigation
     assert inv.status == "failed" and f"--resume {inv.id}" in inv.reason
-    assert [e.tool for e in out.experiments] == ["examples", "tokens", "propose"]
+    assert [e.tool for e in out.experiments] == ["examples", "tokens", "name", "propose"]
     calls = len([r for r in llm.requests if isinstance(r, ChatRequest)])
     out = investigate(synth_store.path, "", settings(llm), resume=inv.id, reader=reader)
     assert out.investigation.status == "finished" and out.investigation.explanation == "names of months"
     tools = [e.tool for e in out.experiments]
-    assert tools[:4] == ["examples", "tokens", "propose", "highlight"] and tools.count("propose") == 1
+    assert tools[:5] == ["examples", "tokens", "name", "propose", "highlight"] and tools.count("propose") == 1
     assert [e.id for e in out.experiments] == [f"e{i}" for i in range(1, len(tools) + 1)]
     # only the missing LLM turns ran again: highlight and revise (propose was stored)
     chats = [r for r in llm.requests if isinstance(r, ChatRequest)][calls:]
@@ -245,7 +274,7 @@ def test_investigate_command_guided_by_default_for_a_scripted_agent(synth_store,
     res = invoke("investigate", UNIT, "--db", synth_store.path, "--agent", llm.spec, "--max-scores", 2)
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
-    assert "e3 propose" in out and "- names of months" in out and "e5 score" in out
+    assert "e4 propose" in out and "- names of months" in out and "e6 score" in out
     assert "finished" in out and "correlation on the held-out test set" in out
     res = invoke("show", UNIT, "--db", synth_store.path)
     assert res.exit_code == 0 and "names of months" in " ".join(res.output.split())
@@ -270,4 +299,4 @@ def test_label_methods_agent_takes_the_agent_mode(synth_store, scripted, monkeyp
     assert summary.ok, [r.error for r in summary.results]
     (inv,) = Store(synth_store.path).investigations(UNIT)
     assert inv.settings["agent_mode"] == mode
-    assert inv.prompt == ("agent-guided@1" if mode == "guided" else "agent-investigate@1")
+    assert inv.prompt == ("agent-guided@2" if mode == "guided" else "agent-investigate@1")

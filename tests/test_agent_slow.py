@@ -59,9 +59,9 @@ def test_qwen_guided_investigation_of_the_months_unit(gemma, tmp_path):
     inv = Store(db).get_investigation(out.investigation.id)
     exps = Store(db).experiments(inv.id)
     print(inv.status, inv.reason, inv.explanation, [(e.tool, e.error, e.action, e.result) for e in exps])
-    assert inv.prompt == "agent-guided@1" and inv.settings["agent_mode"] == "guided"
-    assert [e.tool for e in exps][:4] == ["examples", "tokens", "propose", "highlight"]
-    assert exps[1].result["firing"] and not exps[2].error and exps[2].result["hypotheses"]
+    assert inv.prompt == "agent-guided@2" and inv.settings["agent_mode"] == "guided"
+    assert [e.tool for e in exps][:5] == ["examples", "tokens", "name", "propose", "highlight"]
+    assert exps[1].result["firing"] and any(not e.error for e in exps[2:4])  # a usable LLM answer
     assert inv.status == "finished" and len([e for e in exps if e.tool == "score" and not e.error]) == 2
     (exp,) = Store(db).explanations(uid, method="agent")
     scored = {e.arguments["explanation"]: e.result["correlation"] for e in exps if e.tool == "score"}

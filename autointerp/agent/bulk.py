@@ -33,10 +33,10 @@ from autointerp.types import Investigation, Score
 class AgentBudget(BaseModel):
     """What a bulk investigation may spend, and where synthetic units are defined."""
 
-    max_steps: int = Field(8, ge=1)
+    max_steps: int = Field(16, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
-    max_scores: int = Field(5, ge=0)  # guided: 3 hypotheses + highlight + 1 revision
+    max_scores: int = Field(7, ge=0)  # guided: highlight, 2 named, 3 proposed, 1 revision
     agent_mode: AgentMode = "auto"
     units_file: str | None = None  # synthetic units' rules (default: the built-in suite)
 

@@ -7,6 +7,8 @@ free loop, so `show`, `--resume` and the bulk method work alike):
 
 1. `examples(top)` and `tokens`: the explain split's top windows and the tokens the unit fires on, with
    counts and the token before each (the test split stays unreachable: the same tools as the free loop).
+   `name`: the LLM names what those tokens have in common; when one token comes before most of them,
+   'CATEGORY right after "TOKEN"' is a second candidate.
 2. `propose`: the LLM writes K distinct hypotheses, one per line (parsed robustly; empty, duplicate,
    id-like, pasted-example lines are dropped; one retry when none is left).
 3. `highlight` (with `with_highlight`): the one-shot highlight explainer's answer on the same explain
@@ -50,6 +52,7 @@ from autointerp.render import show_token
 from autointerp.types import Experiment
 
 N_EXAMPLES = 10  # top explain-split windows read (and shown to the LLM: the first SHOWN)
+CONTEXT_SHARE = 0.6  # `name`: a preceding token this common among the firing ones makes a second candidate
 SHOWN = 6
 MAX_WORDS = 12  # a hypothesis line longer than this is prose, not a hypothesis
 RETRY = "Answer with {k} short hypotheses, one per line, each a short phrase naming a kind of token."
@@ -85,6 +88,21 @@ def counts(xs: list[TokenCount], n: int = 8) -> str:
     return ", ".join(f"{show_token(x.token)!r} x{x.count}" for x in xs[:n]) or "none"
 
 
+def usual_context(tokens: TokensResult) -> str | None:
+    """The token (spaces stripped) before at least CONTEXT_SHARE of the firing tokens, if any; None for
+    whitespace."""
+    total = sum(x.count for x in tokens.firing)
+    by: dict[str, int] = {}
+    for x in tokens.before:
+        key = x.token.strip()
+        if key:
+            by[key] = by.get(key, 0) + x.count
+    if not by or not total:
+        return None
+    token, n = max(by.items(), key=lambda kv: kv[1])
+    return token if n >= CONTEXT_SHARE * total else None
+
+
 class Candidate(BaseModel):
     text: str
     source: str  # the experiment id that proposed it
@@ -108,7 +126,7 @@ class GuidedInvestigator(Investigator):
     def candidates(self) -> list[Candidate]:
         """Every hypothesis so far (highlight's first), each once, with its score where it has one."""
         out: dict[str, Candidate] = {}
-        order = [*self.ran("highlight"), *self.ran("propose"), *self.ran("revise")]
+        order = [*self.ran("highlight"), *self.ran("name"), *self.ran("propose"), *self.ran("revise")]
         for e in order:
             if e.error:
                 continue
@@ -140,6 +158,8 @@ class GuidedInvestigator(Investigator):
             return "examples"
         if not self.ran("tokens"):
             return "tokens"
+        if not self.ran("name") and self.tokens_result().firing:
+            return "name"
         proposals = self.ran("propose")
         if not proposals or (len(proposals) == 1 and proposals[0].error):
             return "propose"
@@ -251,6 +271,19 @@ class GuidedInvestigator(Investigator):
         e = self.ok("examples")
         read = e.result["examples"] if e else []
         return [x["text"] for x in sorted(read, key=lambda x: not x["active"])[:SHOWN]]
+
+    async def do_name(self) -> None:
+        """The category of the firing tokens (a list is what a small model names best), and, when one
+        preceding token comes before most of them, the category right after it."""
+        tokens = self.tokens_result()
+        messages = prompt(GUIDED_PROMPT).messages(stage="name", firing=counts(tokens.firing, 10))
+        exp, resp = await self.ask("name", ChatRequest(messages=messages, max_tokens=24, temperature=0.0))
+        exp.thought = "name what the firing tokens have in common"
+        found = parse_hypotheses(resp.text, 1)
+        context = usual_context(tokens)
+        if found and context:
+            found.append(f'{found[0]} right after "{context}"')
+        self.keep(exp, found, "category")
 
     async def do_propose(self) -> None:
         k = self.s.hypotheses

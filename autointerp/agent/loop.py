@@ -71,7 +71,7 @@ class AgentSettings(BaseModel):
     max_steps: int = Field(20, ge=1)  # agent turns (per question in a chat)
     max_tokens: int | None = Field(None, ge=1)  # the agent's prompt + completion tokens
     max_seconds: float | None = Field(None, gt=0)
-    max_scores: int = Field(5, ge=0)  # calls of the score tool
+    max_scores: int = Field(7, ge=0)  # calls of the score tool
     action_tokens: int = Field(200, ge=16)  # the longest answer per turn
     sample: SampleSettings = Field(default_factory=SampleSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)

@@ -316,8 +316,9 @@ class FinishResult(BaseModel):
 
 
 class HypothesesResult(BaseModel):
-    """A guided investigation's LLM turn: hypotheses it proposed or revised (`propose`, `revise`,
-    `highlight`: the one-shot highlight explainer's answer)."""
+    """A guided investigation's LLM turn: hypotheses it proposed or revised (`name`: the firing tokens'
+    category, alone and after their usual preceding token; `propose`; `revise`; `highlight`: the
+    one-shot highlight explainer's answer)."""
 
     hypotheses: list[str]
 
@@ -661,6 +662,7 @@ RESULTS: dict[str, type[BaseModel]] = {
     "finish": FinishResult,
     "answer": AnswerResult,
     "tokens": TokensResult,
+    "name": HypothesesResult,
     "propose": HypothesesResult,
     "highlight": HypothesesResult,
     "revise": HypothesesResult,

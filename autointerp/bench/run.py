@@ -99,7 +99,7 @@ class BenchSettings(BaseModel):
     n_test_random: int = 10  # random windows in each correlation test set
     n_per_quantile: int = 1  # quantile windows simulated per quantile (per-quantile correlations; 0: none)
     delphi: bool = False  # detection / fuzzing with delphi's protocol (ScoreSettings.delphi())
-    agent_steps: int = 12  # method `agent`: steps per unit
+    agent_steps: int = 16  # method `agent`: steps per unit
     agent_mode: str = "auto"  # method `agent`: guided, free or auto (agent/loop.py resolve_mode)
 
 
