@@ -86,6 +86,8 @@ def test_parse_hypotheses_keeps_short_distinct_lines_and_drops_ids_examples_and_
     )
     assert parse_hypotheses(text, 3) == ["Names of months", "dates", "month names after in"]
     assert parse_hypotheses(text, 1) == ["Names of months"]
+    # a quote that belongs to the hypothesis stays (only a whole quoted line is unquoted)
+    assert parse_hypotheses('periods right after "self"\n"dots"', 3) == ['periods right after "self"', "dots"]
     assert parse_hypotheses("", 3) == parse_hypotheses("gemma/synthetic.x/0\n[[x]]", 3) == []
 
 

@@ -68,7 +68,10 @@ def parse_hypotheses(text: str, k: int) -> list[str]:
     for raw in text.splitlines():
         line = re.sub(r"^\s*(?:[-*•]+|\(?\d+[.):]|hypothesis\s*\d*\s*[:.)-])\s*", "", raw, flags=re.I)
         line = re.sub(r"^(?:hypothesis|answer|explanation)\s*\d*\s*:\s*", "", line, flags=re.I)
-        line = line.strip().strip("\"'`*").strip().rstrip(".").strip()
+        line = line.strip().strip("`*").strip()
+        if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":  # quoted whole: unquote
+            line = line[1:-1]
+        line = line.strip().rstrip(".").strip()
         key = " ".join(line.lower().split())
         if (
             not any(c.isalpha() for c in line)
