@@ -107,6 +107,13 @@ SimulatorModeOpt = Annotated[
     ),
 ]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")]
+AgentModeOpt = Annotated[
+    Literal["auto", "guided", "free"],
+    typer.Option(
+        help="guided: the code drives hypotheses -> scores -> one revision, the LLM writes plain text; "
+        "free: the LLM calls tools; auto: free for openai:/anthropic:, guided otherwise."
+    ),
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Call the LLMs even for cached requests.")]
 ViewerUrlOpt = Annotated[
     str,
@@ -769,11 +776,12 @@ def label(
             help="correlation,detection,fuzzing,embedding,counterfactual [default: config, else correlation]."
         ),
     ] = None,
-    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit at most.")] = 8,
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit at most.")] = 16,
     agent_tokens: Annotated[
         int | None,
         typer.Option(min=1, help="Method agent: agent tokens per unit at most."),
     ] = None,
+    agent_mode: AgentModeOpt = "auto",
     best_of: Annotated[
         int, typer.Option(min=1, help="Explanations sampled; the best on validation is kept.")
     ] = 1,
@@ -940,7 +948,7 @@ def label(
             shard=str(shard_spec) if shard_spec else None,
             batch_api=batch,
             **settings.model_dump(),
-            agent=AgentBudget(max_steps=agent_steps, max_tokens=agent_tokens),
+            agent=AgentBudget(max_steps=agent_steps, max_tokens=agent_tokens, agent_mode=agent_mode),
         )
     print_summary(summary)
     if summary.batch is not None:
@@ -974,7 +982,8 @@ def investigate(
         int | None, typer.Option(min=1, help="Agent prompt + completion tokens at most.")
     ] = None,
     max_seconds: Annotated[float | None, typer.Option(min=0.001, help="Seconds at most.")] = None,
-    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 5,
+    max_scores: Annotated[int, typer.Option(min=0, help="Calls of the score tool at most.")] = 7,
+    agent_mode: AgentModeOpt = "auto",
     resume: Annotated[
         str | None, typer.Option(help="Continue this investigation (its id) from its last stored step.")
     ] = None,
@@ -1016,6 +1025,7 @@ def investigate(
         max_tokens=max_tokens,
         max_seconds=max_seconds,
         max_scores=max_scores,
+        agent_mode=agent_mode,
     )
     investigator = prepare(
         db,
@@ -1266,7 +1276,8 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="Explainer methods (agent: an investigation per unit).")
     ] = "top,highlight,contrastive",
-    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: agent turns per unit.")] = 8,
+    agent_steps: Annotated[int, typer.Option(min=1, help="Method agent: steps per unit.")] = 16,
+    agent_mode: AgentModeOpt = "auto",
     explainer: Annotated[
         str | None,
         typer.Option(help="LLM spec of the explainer [default: config, else " + DEFAULT_LLM + "]."),
@@ -1332,6 +1343,7 @@ def bench(
             meta=not no_meta,
             delphi=delphi,
             agent_steps=agent_steps,
+            agent_mode=agent_mode,
             progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
             phases=bars.start,
         )

@@ -2,17 +2,18 @@
 (`highlight` by default)? Same units, same LLM as agent, explainer and simulator, same held-out test sets.
 
     python eval/bench_agent.py [--llm local:qwen2.5-coder-1.5b] [--baseline highlight] [--units 3]
-                               [--skip 0] [--tokens 20000] [--max-steps 6] [--max-scores 2]
-                               [--n-test 10] [--wall SECONDS] [--db PATH]
+                               [--skip 0] [--tokens 20000] [--max-steps 16] [--max-scores 7]
+                               [--n-test 10] [--wall SECONDS] [--db PATH] [--agent-mode auto]
 
 Records built-in synthetic units `--skip` .. `--skip + --units` over Gemma's tokens (no forward pass),
 explains each with the baseline method (the label pipeline) and with an investigation (`--max-steps`),
 and scores both with the correlation scorer on the same held-out examples (`--n-test` top + `--n-test`
 random windows). Prints JSON: per unit the truth, both explanations, their correlations and matches to
 the truth (MiniLM cosine, or keyword overlap without the embedder), the agent's status, steps, tools,
-tokens, seconds and share of well-formed actions; then per method the mean correlation, match share,
-tokens and seconds per unit, and the ratios agent / baseline of tokens and seconds. Each unit's row is
-also printed to stderr as soon as it is done.
+tokens, seconds and share of well-formed LLM turns (free: JSON actions; guided: answers holding a
+hypothesis); then per method the mean correlation, match share, tokens and seconds per unit, and the
+ratios agent / baseline of tokens and seconds. Each unit's row is also printed to stderr as soon as it
+is done. `--agent-mode`: guided, free or auto (guided for local:, free for openai: and anthropic:).
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ async def run(args: argparse.Namespace) -> dict:
         base_tokens = meter.prompt_tokens + meter.completion_tokens
         meter.prompt_tokens = meter.completion_tokens = 0
         t0 = time.perf_counter()
-        agent_s = AgentSettings(
-            agent=args.llm, max_steps=args.max_steps, max_scores=args.max_scores, sample=sample, score=score
-        )
+        budget = {"max_steps": args.max_steps, "max_scores": args.max_scores, "agent_mode": args.agent_mode}
+        agent_s = AgentSettings(agent=args.llm, sample=sample, score=score, **budget)
         out = await ainvestigate(db, uid, agent_s)
         inv, agent_seconds = out.investigation, time.perf_counter() - t0
         steps = [e for e in out.experiments if e.source == "agent"]
+        turns = [e for e in steps if e.action]  # the LLM's own answers (guided: not the code's tool runs)
         row = {
             "unit": unit.name,
             "truth": unit.explanation,
@@ -87,7 +88,13 @@ async def run(args: argparse.Namespace) -> dict:
                 "steps": inv.steps,
                 "tools": [e.tool or "?" for e in steps],
                 "errors": [e.error[:80] for e in steps if e.error],
-                "well_formed": sum(not e.error.startswith(INVALID) for e in steps) / max(1, len(steps)),
+                "mode": inv.settings.get("agent_mode"),
+                "hypotheses": [
+                    (e.arguments.get("explanation"), e.result.get("correlation"))
+                    for e in steps
+                    if e.tool == "score" and not e.error
+                ],
+                "well_formed": sum(not e.error.startswith(INVALID) for e in turns) / max(1, len(turns)),
                 "tokens": inv.prompt_tokens + inv.completion_tokens,
                 "seconds": round(agent_seconds, 1),
             },
@@ -120,6 +127,8 @@ async def run(args: argparse.Namespace) -> dict:
         "baseline": base,
         "units": len(rows),
         "max_steps": args.max_steps,
+        "max_scores": args.max_scores,
+        "agent_mode": args.agent_mode,
         "n_test": args.n_test,
         "match_measure": how,
         "rows": rows,
@@ -139,11 +148,12 @@ def main() -> None:
     ap.add_argument("--baseline", default="highlight", help="the one-shot method compared with")
     ap.add_argument("--units", type=int, default=3)
     ap.add_argument("--skip", type=int, default=0, help="start at this unit of the built-in suite")
-    ap.add_argument("--max-scores", type=int, default=2, help="the agent's score tool calls at most")
+    ap.add_argument("--max-scores", type=int, default=7, help="the agent's score tool calls at most")
     ap.add_argument("--n-test", type=int, default=10, help="held-out top and random windows each")
     ap.add_argument("--wall", type=float, default=None, help="start no unit after this many seconds")
     ap.add_argument("--tokens", type=int, default=20_000)
-    ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--max-steps", type=int, default=16)
+    ap.add_argument("--agent-mode", default="auto", choices=["auto", "guided", "free"])
     ap.add_argument("--db", default=None, help="reuse a store (default: a temporary one)")
     print(json.dumps(asyncio.run(run(ap.parse_args())), indent=2))
 

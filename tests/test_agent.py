@@ -53,7 +53,8 @@ def act(tool: str, thought: str = "", **args) -> str:
 
 
 def settings(llm, **kw) -> AgentSettings:
-    return AgentSettings(agent=llm.spec, **kw)
+    """The free loop's settings (the scripted LLM answers JSON actions)."""
+    return AgentSettings(agent=llm.spec, **{"agent_mode": "free"} | kw)
 
 
 def test_reader_of_a_synthetic_unit_is_its_rule(synth_store, reader):
@@ -210,12 +211,21 @@ def test_an_llm_failure_is_recorded_and_the_investigation_resumes(synth_store, r
     assert any("e1 examples" in m.content for m in chats[2].messages)
 
 
-def test_finish_citing_an_experiment_that_never_ran_is_an_invalid_action(synth_store, reader, scripted):
+def test_finish_citing_unknown_experiments_keeps_the_explanation_and_drops_the_ids(
+    synth_store, reader, scripted
+):
     llm = scripted("agent")
-    llm.enqueue(act("finish", explanation="months", supporting=["e9"]), act("finish", explanation="months"))
+    llm.enqueue(
+        act("examples", n=2),
+        act("finish", explanation="months", supporting=["e1", "e9"], refuting=["e7", "e9"]),
+    )
     out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
-    assert "e9 is not an experiment that ran" in out.experiments[0].error
-    assert out.investigation.status == "finished" and out.investigation.evidence["supporting"] == []
+    fin = out.experiments[1]
+    assert not fin.error and "evidence e9, e7 dropped" in fin.thought
+    assert fin.arguments["supporting"] == ["e1"] and fin.arguments["refuting"] == []
+    inv = out.investigation
+    assert inv.status == "finished" and inv.explanation == "months"
+    assert inv.evidence == {"supporting": ["e1"], "refuting": []}
 
 
 def test_native_tool_calls_get_schemas_and_tool_messages(synth_store, reader, scripted):
@@ -340,7 +350,8 @@ def test_investigate_command_runs_shows_steps_and_stores_the_explanation(synth_s
         act("activations", "Months?", texts=["Born in July.", "Born at home."]),
         act("finish", explanation="names of months", supporting=["e1"]),
     )
-    res = invoke("investigate", "synthetic.months/0", "--db", synth_store.path, "--agent", llm.spec)
+    free = ["--agent", llm.spec, "--agent-mode", "free"]
+    res = invoke("investigate", "synthetic.months/0", "--db", synth_store.path, *free)
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert "e1 activations" in out and "' July' 1.00" in out and "finished" in out
@@ -348,7 +359,7 @@ def test_investigate_command_runs_shows_steps_and_stores_the_explanation(synth_s
     (exp,) = Store(synth_store.path).explanations(UNIT, method="agent")
     assert exp.text == "names of months"
     llm.enqueue(act("examples"), act("examples", n=2))
-    res = invoke("investigate", UNIT, "--db", synth_store.path, "--agent", llm.spec, "--max-steps", 2)
+    res = invoke("investigate", UNIT, "--db", synth_store.path, *free, "--max-steps", 2)
     assert res.exit_code == 1 and "exhausted" in res.output
     res = invoke("show", UNIT, "--db", synth_store.path)
     out = " ".join(res.output.split())
@@ -426,7 +437,7 @@ def test_investigate_takes_its_agent_from_the_config_file(synth_store, scripted,
     llm.enqueue(act("finish", explanation="names of months", supporting=[]))
     cfg = tmp_path / "lab.toml"
     cfg.write_text(f'[models]\nexplainer = "{llm.spec}"\n')
-    res = invoke("--config", cfg, "investigate", UNIT, "--db", synth_store.path)
+    res = invoke("--config", cfg, "investigate", UNIT, "--db", synth_store.path, "--agent-mode", "free")
     assert res.exit_code == 0, res.output
     (exp,) = Store(synth_store.path).explanations(UNIT, method="agent")
     assert exp.settings["agent"] == llm.spec and llm.requests  # the config's model ran, no flag given

@@ -21,7 +21,11 @@ def test_qwen_investigates_the_months_unit_and_every_step_is_stored(gemma, tmp_p
     (uid,), _ = record_suite(store, BenchSettings(tokens=12_000, ctx=32), [BUILTIN[0]], subject=gemma)
     small = SampleSettings(n_test_top=4, n_test_random=4)  # a short held-out scoring
     s = AgentSettings(
-        agent="local:qwen2.5-coder-1.5b", max_steps=3, sample=small, score=ScoreSettings(n_per_quantile=0)
+        agent="local:qwen2.5-coder-1.5b",
+        agent_mode="free",
+        max_steps=3,
+        sample=small,
+        score=ScoreSettings(n_per_quantile=0),
     )
     out = investigate(db, uid, s)
     inv = Store(db).get_investigation(out.investigation.id)
@@ -38,6 +42,34 @@ def test_qwen_investigates_the_months_unit_and_every_step_is_stored(gemma, tmp_p
         assert exp.settings["steps"] == inv.steps and Store(db).scores(exp.id)
 
 
+def test_qwen_guided_investigation_of_the_months_unit(gemma, tmp_path):
+    """The guided protocol with the 1.5B model: plain-text hypotheses, scored, one revision, the best kept."""
+    db = tmp_path / "guided.db"
+    store = Store(db)
+    (uid,), _ = record_suite(store, BenchSettings(tokens=12_000, ctx=32), [BUILTIN[0]], subject=gemma)
+    small = SampleSettings(n_test_top=4, n_test_random=4)
+    s = AgentSettings(
+        agent="local:qwen2.5-coder-1.5b",
+        hypotheses=2,
+        max_scores=2,
+        sample=small,
+        score=ScoreSettings(n_per_quantile=0),
+    )
+    out = investigate(db, uid, s)
+    inv = Store(db).get_investigation(out.investigation.id)
+    exps = Store(db).experiments(inv.id)
+    print(inv.status, inv.reason, inv.explanation, [(e.tool, e.error, e.action, e.result) for e in exps])
+    assert inv.prompt == "agent-guided@2" and inv.settings["agent_mode"] == "guided"
+    assert [e.tool for e in exps][:5] == ["examples", "tokens", "name", "propose", "highlight"]
+    assert exps[1].result["firing"] and any(not e.error for e in exps[2:4])  # a usable LLM answer
+    assert inv.status == "finished" and len([e for e in exps if e.tool == "score" and not e.error]) == 2
+    (exp,) = Store(db).explanations(uid, method="agent")
+    scored = {e.arguments["explanation"]: e.result["correlation"] for e in exps if e.tool == "score"}
+    assert exp.text in scored and scored[exp.text] == max(v for v in scored.values() if v is not None)
+    assert "month" in exp.text.lower()  # the truth: names of months
+    assert Store(db).scores(exp.id)
+
+
 def test_label_methods_agent_with_qwen_stores_one_investigation_and_reruns_without_duplicates(
     gemma, tmp_path
 ):
@@ -49,7 +81,7 @@ def test_label_methods_agent_with_qwen_stores_one_investigation_and_reruns_witho
     kw = dict(
         explainer="local:qwen2.5-coder-1.5b",
         methods=["agent"],
-        agent=AgentBudget(max_steps=2),
+        agent=AgentBudget(max_steps=2, agent_mode="free"),
         sample=SampleSettings(n_test_top=4, n_test_random=4),
         score=ScoreSettings(n_per_quantile=0),
     )

@@ -72,7 +72,7 @@ def test_a_bad_regex_is_an_invalid_action_back_to_the_agent(synth_store, reader,
         act("search", "Months in the corpus?", pattern=r"\b(March|June)\b"),
         act("finish", explanation="months", supporting=["e2"]),
     )
-    out = investigate(synth_store.path, UNIT, AgentSettings(agent=llm.spec), reader=reader)
+    out = investigate(synth_store.path, UNIT, AgentSettings(agent=llm.spec, agent_mode="free"), reader=reader)
     e1, e2, _ = out.experiments
     assert e1.error.startswith("invalid action: bad arguments for search: pattern")
     assert "not a valid regular expression" in llm.requests[1].messages[-1].content
@@ -98,7 +98,7 @@ def test_effect_tools_on_a_synthetic_unit_are_tool_errors_and_not_offered(synth_
         act("ablate", prompt="We met in"),
         act("finish", explanation="months"),
     )
-    out = investigate(synth_store.path, UNIT, AgentSettings(agent=llm.spec), reader=reader)
+    out = investigate(synth_store.path, UNIT, AgentSettings(agent=llm.spec, agent_mode="free"), reader=reader)
     errors = [e.error for e in out.experiments[:3]]
     assert all("is a synthetic unit (a rule over tokens)" in e for e in errors)
     assert not any(e.startswith("invalid action") for e in errors)  # tool errors: the loop goes on
@@ -201,7 +201,9 @@ def test_scripted_investigation_of_a_real_neuron_runs_the_effect_tools(neuron_st
         act("finish", explanation="letters", supporting=["e1", "e2", "e3"]),
     )
     uid = f"tiny/{NEURON_HOOK}/3"
-    out = investigate(neuron_store.path, uid, AgentSettings(agent=llm.spec), reader=box.reader)
+    out = investigate(
+        neuron_store.path, uid, AgentSettings(agent=llm.spec, agent_mode="free"), reader=box.reader
+    )
     assert [e.tool for e in out.experiments] == ["output_effect", "steer", "ablate", "finish"]
     assert not any(e.error for e in out.experiments) and out.investigation.status == "finished"
     assert len(out.experiments[0].result["promoted"]) == 3 and out.experiments[1].result["change"]["kl"] > 0

@@ -13,7 +13,14 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autointerp.agent import reader as readers_module
-from autointerp.agent.loop import AgentSettings, Investigator, new_investigation
+from autointerp.agent.loop import (
+    AgentMode,
+    AgentSettings,
+    investigator_class,
+    new_investigation,
+    resolve_mode,
+    stored_settings,
+)
 from autointerp.agent.reader import ActReader, open_reader
 from autointerp.agent.tools import FinishArgs, Toolbox
 from autointerp.errors import UserError
@@ -26,10 +33,11 @@ from autointerp.types import Investigation, Score
 class AgentBudget(BaseModel):
     """What a bulk investigation may spend, and where synthetic units are defined."""
 
-    max_steps: int = Field(8, ge=1)
+    max_steps: int = Field(16, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
-    max_scores: int = Field(3, ge=0)
+    max_scores: int = Field(7, ge=0)  # guided: highlight, 2 named, 3 proposed, 1 revision
+    agent_mode: AgentMode = "auto"
     units_file: str | None = None  # synthetic units' rules (default: the built-in suite)
 
 
@@ -59,7 +67,7 @@ class Readers:
 
 def agent_settings(labeller: Labeller, budget: AgentBudget) -> AgentSettings:
     s = labeller.s
-    return AgentSettings(
+    settings = AgentSettings(
         agent=s.explainer,
         simulator=s.simulator,
         simulator_mode=s.simulator_mode,
@@ -68,6 +76,7 @@ def agent_settings(labeller: Labeller, budget: AgentBudget) -> AgentSettings:
         score=s.score,
         **budget.model_dump(exclude={"units_file"}),
     )
+    return resolve_mode(settings)
 
 
 def prior_investigation(store: Store, unit_id: str, s: AgentSettings) -> Investigation | None:
@@ -75,7 +84,7 @@ def prior_investigation(store: Store, unit_id: str, s: AgentSettings) -> Investi
     same = [
         inv
         for inv in store.investigations(unit_id)
-        if inv.mode == "investigate" and AgentSettings.model_validate(inv.settings) == s
+        if inv.mode == "investigate" and stored_settings(inv) == s
     ]
     return same[-1] if same else None
 
@@ -102,7 +111,7 @@ async def label_agent(
     toolbox = Toolbox(sample, store.examples(uid), reader, labeller.simulator, max_scores=s.max_scores)
     if fresh:
         store.put_investigation(inv)
-    agent = Investigator(store, inv, labeller.explainer, toolbox, labeller, s)
+    agent = investigator_class(s, inv)(store, inv, labeller.explainer, toolbox, labeller, s)
     finish = next((e for e in reversed(agent.experiments) if e.tool == "finish" and not e.error), None)
     if finish is not None:  # the agent finished, but the scores are missing (scoring failed) or stale
         args = FinishArgs.model_validate(finish.arguments)

@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -46,6 +47,7 @@ from autointerp.units import find_unit
 from autointerp.version import code_version
 
 PROMPT = "agent_investigate.j2"
+GUIDED_PROMPT = "agent_guided.j2"
 PROBES = ["examples", "activations", "compare", "search", "output_effect", "steer", "ablate", "score"]
 INVESTIGATE_TOOLS = [*PROBES, "finish"]
 CHAT_TOOLS = [*PROBES, "answer"]
@@ -54,21 +56,44 @@ INVALID = "invalid action: "  # how an experiment's error marks an action that c
 NEXT_ACTION = "}\n{"  # a small model writes more actions after its first: stop there (its "}" is cut)
 
 
+AgentMode = Literal["auto", "guided", "free"]
+NATIVE_TOOL_BACKENDS = ("openai", "anthropic")  # auto: these drive the free loop, the rest are guided
+
+
 class AgentSettings(BaseModel):
     agent: str = "local:qwen2.5-coder-1.5b"
+    agent_mode: AgentMode = "auto"  # guided: the code drives the loop (agent/guided.py); free: the LLM
+    hypotheses: int = Field(3, ge=1, le=8)  # guided: hypotheses proposed at first
+    with_highlight: bool = True  # guided: the one-shot highlight explanation is one more candidate
     simulator: str | None = None  # default: the agent's LLM
     simulator_mode: str = "auto"
     scorers: list[str] = Field(default_factory=lambda: ["correlation"])
     max_steps: int = Field(20, ge=1)  # agent turns (per question in a chat)
     max_tokens: int | None = Field(None, ge=1)  # the agent's prompt + completion tokens
     max_seconds: float | None = Field(None, gt=0)
-    max_scores: int = Field(5, ge=0)  # calls of the score tool
+    max_scores: int = Field(7, ge=0)  # calls of the score tool
     action_tokens: int = Field(200, ge=16)  # the longest answer per turn
     sample: SampleSettings = Field(default_factory=SampleSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
 
 
 BUDGET = ("max_steps", "max_tokens", "max_seconds")  # what a resumed investigation takes anew
+
+
+def stored_settings(inv: Investigation) -> AgentSettings:
+    """An investigation's settings; one stored before the guided mode existed ran the free loop."""
+    return AgentSettings.model_validate({"agent_mode": "free"} | inv.settings)
+
+
+def resolve_mode(s: AgentSettings, mode: str = "investigate") -> AgentSettings:
+    """The settings with `agent_mode` decided: a chat is always free; `auto` is free for a backend with
+    native tool calls (openai, anthropic) and guided for the rest (the embedded local models, scripted)."""
+    if mode == "chat":
+        return s.model_copy(update={"agent_mode": "free"})
+    if s.agent_mode != "auto":
+        return s
+    native = s.agent.partition(":")[0] in NATIVE_TOOL_BACKENDS
+    return s.model_copy(update={"agent_mode": "free" if native else "guided"})
 
 
 class Action(BaseModel):
@@ -235,8 +260,10 @@ class Investigator:
             if key in self.seen and name != "answer":  # a chat may answer two questions alike
                 raise ActionError(f"you already ran exactly this as {self.seen[key]}; try something new")
             if isinstance(args, FinishArgs):
-                args = self.checked_evidence(args)
+                args, dropped = self.checked_evidence(args)
                 exp.arguments = args.model_dump()
+                if dropped:
+                    exp.thought = (exp.thought + " " if exp.thought else "") + dropped
             result = await self.toolbox.run(name, args)
             exp.result = result.model_dump()
             self.seen[key] = exp.id
@@ -259,14 +286,20 @@ class Investigator:
         self.record(exp)
         return exp
 
-    def checked_evidence(self, args: FinishArgs) -> FinishArgs:
-        """Evidence limited to ids of experiments that ran; an unknown id is an invalid action."""
+    def checked_evidence(self, args: FinishArgs) -> tuple[FinishArgs, str]:
+        """Evidence limited to ids of experiments that ran: unknown ids are dropped (the explanation is
+        kept), with a note naming them ("" when none was)."""
         ran = {e.id for e in self.experiments if not e.error}
         bad = [x for x in args.supporting + args.refuting if x not in ran]
-        if bad:
-            known = ", ".join(sorted(ran)) or "none"
-            raise ActionError(f"{bad[0]} is not an experiment that ran; cite ids from {known}")
-        return args
+        if not bad:
+            return args, ""
+        kept = args.model_copy(
+            update={
+                "supporting": [x for x in args.supporting if x in ran],
+                "refuting": [x for x in args.refuting if x in ran],
+            }
+        )
+        return kept, f"(evidence {', '.join(dict.fromkeys(bad))} dropped: no such experiment ran)"
 
     def note_hypothesis(self, args: Args) -> None:
         if isinstance(args, FinishArgs | ScoreArgs):
@@ -317,6 +350,7 @@ class Investigator:
             prompt=inv.prompt,
             settings={
                 "agent": inv.agent,
+                "agent_mode": self.s.agent_mode,
                 "prompt": inv.prompt,
                 "investigation": inv.id,
                 "steps": inv.steps,
@@ -374,12 +408,13 @@ def open_store(db: str | Path) -> Store:
 
 
 def new_investigation(unit_id: str, s: AgentSettings, mode: str) -> Investigation:
+    s = resolve_mode(s, mode)
     key = json.dumps({"unit": unit_id, "s": s.model_dump(), "mode": mode, "t": time.time_ns()})
     return Investigation(
         id="inv-" + hashlib.sha1(key.encode()).hexdigest()[:12],
         unit_id=unit_id,
         agent=s.agent,
-        prompt=prompt(PROMPT).id,
+        prompt=prompt(GUIDED_PROMPT if s.agent_mode == "guided" else PROMPT).id,
         mode=mode,  # type: ignore[arg-type]
         settings=s.model_dump(),
         code_version=code_version(),
@@ -412,10 +447,11 @@ def prepare(
         if inv.status == "finished" and mode == "investigate":
             raise UserError(f"Investigation {resume} has finished; start a new one without --resume.")
         budget = {k: getattr(s, k) for k in BUDGET}  # the budget given now; the rest as stored
-        s = AgentSettings.model_validate(inv.settings).model_copy(update=budget)
+        s = stored_settings(inv).model_copy(update=budget)
         inv.settings = s.model_dump()
         uid = inv.unit_id
     else:
+        s = resolve_mode(s, mode)
         uid = find_unit(store, unit_id)
         inv = new_investigation(uid, s, mode)
     sample = sample_unit(store, uid, s.sample)  # a unit that never fired stops here
@@ -438,7 +474,17 @@ def prepare(
     )
     if not resume:
         store.put_investigation(inv)
-    return Investigator(store, inv, labeller.explainer, toolbox, labeller, s, on_step=on_step)
+    make = investigator_class(s, inv)
+    return make(store, inv, labeller.explainer, toolbox, labeller, s, on_step=on_step)
+
+
+def investigator_class(s: AgentSettings, inv: Investigation) -> type[Investigator]:
+    """The free loop, or the guided protocol for an investigation whose settings say guided."""
+    if s.agent_mode == "guided" and inv.mode == "investigate":
+        from autointerp.agent.guided import GuidedInvestigator
+
+        return GuidedInvestigator
+    return Investigator
 
 
 async def ainvestigate(db: str | Path, unit_id: str, s: AgentSettings | None = None, **kwargs) -> Outcome:

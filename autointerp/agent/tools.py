@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from typing import Literal
 
 import regex
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autointerp.agent.reader import ActReader, EffectUnavailable
 from autointerp.llm.base import Tool
-from autointerp.render import MARK_AT, body, marked, marked_at, show_token
+from autointerp.render import MARK_AT, body, crop, marked, marked_at, show_token
 from autointerp.sampling import UnitSample
 from autointerp.score import sim_correlation
 from autointerp.simulate import Simulator
@@ -32,6 +33,9 @@ MAX_TEXTS = 8  # texts per activations call
 MAX_CHARS = 400  # characters per text
 MAX_STRENGTH = 20.0  # steer: at most this many times the unit's recorded maximum
 SEARCH_TIMEOUT = 0.05  # seconds per window a search pattern may take
+MISS_FIRING = 4.0  # score misses: a token the unit fires on at >= this (0-9 scale of its max) ...
+MISS_LOW = 2.0  # ... predicted below this; a false alarm: predicted >= MISS_HIGH where the truth < 1
+MISS_HIGH = 3.0
 EFFECT_TOOLS = ("output_effect", "steer", "ablate")  # need the unit in the model
 
 
@@ -80,6 +84,10 @@ class CompareArgs(Args):
     @classmethod
     def _texts(cls, v: str) -> str:
         return _text(v)
+
+
+class TokensArgs(Args):
+    n: int = Field(20, ge=1, le=50, description="top explain-split windows counted")
 
 
 class ScoreArgs(Args):
@@ -261,11 +269,34 @@ class SearchResult(BaseModel):
         return "\n".join([head, *lines])
 
 
+class TokenCount(BaseModel):
+    token: str
+    count: int
+
+
+def _counts(xs: list[TokenCount]) -> str:
+    return ", ".join(f"{show_token(x.token)!r} x{x.count}" for x in xs) or "none"
+
+
+class TokensResult(BaseModel):
+    n_windows: int  # top explain-split windows counted
+    firing: list[TokenCount]  # tokens at >= 40% of the unit's max, most frequent first
+    before: list[TokenCount]  # the token right before each of them
+
+    def brief(self) -> str:
+        return (
+            f"in {self.n_windows} top windows the unit fires on: {_counts(self.firing)}\n"
+            f"the token before: {_counts(self.before)}"
+        )
+
+
 class ScoreResult(BaseModel):
     explanation: str
     correlation: float | None  # None when undefined (constant prediction or truth)
     n_examples: int
     scores_left: int
+    missed: list[TokenCount] = Field(default_factory=list)  # fired, the simulation predicted low
+    false_alarms: list[TokenCount] = Field(default_factory=list)  # predicted high, did not fire
 
     def brief(self) -> str:
         value = "undefined" if self.correlation is None else f"{self.correlation:.3f}"
@@ -282,6 +313,17 @@ class FinishResult(BaseModel):
 
     def brief(self) -> str:
         return f"final explanation: {self.explanation!r}"
+
+
+class HypothesesResult(BaseModel):
+    """A guided investigation's LLM turn: hypotheses it proposed or revised (`name`: the firing tokens'
+    category, alone and after their usual preceding token; `propose`; `revise`; `highlight`: the
+    one-shot highlight explainer's answer)."""
+
+    hypotheses: list[str]
+
+    def brief(self) -> str:
+        return "\n".join(f"- {h}" for h in self.hypotheses) or "no hypothesis"
 
 
 class AnswerResult(BaseModel):
@@ -303,6 +345,7 @@ TOOL_ARGS: dict[str, type[Args]] = {
     "score": ScoreArgs,
     "finish": FinishArgs,
     "answer": AnswerArgs,
+    "tokens": TokensArgs,
 }
 DESCRIPTIONS = {
     "examples": "Recorded examples of the unit (explain split), activating tokens in [[ ]].",
@@ -315,6 +358,7 @@ DESCRIPTIONS = {
     "score": "Simulate the unit from a short explanation and correlate with its real activations.",
     "finish": "End the investigation with the final explanation and the experiment ids behind it.",
     "answer": "Reply to the person (chat): your answer and your current hypothesis.",
+    "tokens": "The tokens the unit fires on most in its top windows, with counts, and the token before.",
 }
 
 
@@ -429,6 +473,8 @@ class Toolbox:
             return await asyncio.to_thread(self.effect, name, args)
         if isinstance(args, ScoreArgs):
             return await self.score(args.explanation)
+        if isinstance(args, TokensArgs):
+            return self.tokens(args)
         if isinstance(args, FinishArgs):
             return FinishResult(**args.model_dump())
         if isinstance(args, AnswerArgs):
@@ -462,6 +508,27 @@ class Toolbox:
                 )
             )
         return ExamplesResult(examples=shown)
+
+    def tokens(self, args: TokensArgs, k: int = 10) -> TokensResult:
+        """Counts of the activating tokens (and the token before each) in the top explain-split windows."""
+        windows = self.pool.get("top", [])[: args.n]
+        if not windows:
+            raise ToolError("no top examples in the explain split")
+        firing: Counter[str] = Counter()
+        before: Counter[str] = Counter()
+        for e in windows:
+            b = body(e)
+            toks = b.context.tokens
+            for i, a in enumerate(b.acts):
+                if self.unit_max > 0 and a > 0 and a >= MARK_AT * self.unit_max:
+                    firing[toks[i]] += 1
+                    if i > 0:
+                        before[toks[i - 1]] += 1
+
+        def top(c: Counter[str]) -> list[TokenCount]:
+            return [TokenCount(token=t, count=n) for t, n in c.most_common(k)]
+
+        return TokensResult(n_windows=len(windows), firing=top(firing), before=top(before))
 
     def effect(self, name: str, args: OutputEffectArgs | SteerArgs | AblateArgs) -> BaseModel:
         """output_effect, steer or ablate on the subject model; ToolError when the unit has no such effect."""
@@ -548,12 +615,25 @@ class Toolbox:
         if not examples:
             raise ToolError("the explain split holds no examples to score on")
         self.scores_left -= 1
-        value = sim_correlation(await self.simulator.simulate(explanation, examples))
+        sims = await self.simulator.simulate(explanation, examples)
+        value = sim_correlation(sims)
+        missed: Counter[str] = Counter()
+        false_alarms: Counter[str] = Counter()
+        scale = 9 / self.unit_max if self.unit_max > 0 else 0.0
+        for e, sim in zip(examples, sims, strict=True):
+            tokens = crop(e, 0)[0]
+            for tok, true, pred in zip(tokens, sim.true, sim.expected, strict=False):
+                if true * scale >= MISS_FIRING and pred < MISS_LOW:
+                    missed[tok] += 1
+                elif true * scale < 1 and pred >= MISS_HIGH:
+                    false_alarms[tok] += 1
         return ScoreResult(
             explanation=explanation,
             correlation=None if math.isnan(value) else round(value, 4),
             n_examples=len(examples),
             scores_left=self.scores_left,
+            missed=[TokenCount(token=t, count=n) for t, n in missed.most_common(8)],
+            false_alarms=[TokenCount(token=t, count=n) for t, n in false_alarms.most_common(8)],
         )
 
 
@@ -568,6 +648,7 @@ SIGNATURES = {
     "score": "explanation: string",
     "finish": "explanation: string, supporting: list of ids, refuting: list of ids",
     "answer": "text: string, hypothesis: string | null",
+    "tokens": "n: int = 20",
 }
 RESULTS: dict[str, type[BaseModel]] = {
     "examples": ExamplesResult,
@@ -580,6 +661,11 @@ RESULTS: dict[str, type[BaseModel]] = {
     "score": ScoreResult,
     "finish": FinishResult,
     "answer": AnswerResult,
+    "tokens": TokensResult,
+    "name": HypothesesResult,
+    "propose": HypothesesResult,
+    "highlight": HypothesesResult,
+    "revise": HypothesesResult,
 }
 
 

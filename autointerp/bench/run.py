@@ -99,7 +99,8 @@ class BenchSettings(BaseModel):
     n_test_random: int = 10  # random windows in each correlation test set
     n_per_quantile: int = 1  # quantile windows simulated per quantile (per-quantile correlations; 0: none)
     delphi: bool = False  # detection / fuzzing with delphi's protocol (ScoreSettings.delphi())
-    agent_steps: int = 8  # method `agent`: agent turns per unit
+    agent_steps: int = 16  # method `agent`: steps per unit
+    agent_mode: str = "auto"  # method `agent`: guided, free or auto (agent/loop.py resolve_mode)
 
 
 class Match(BaseModel):
@@ -479,7 +480,7 @@ async def arun_bench(
         from autointerp.agent.bulk import AgentBudget
 
         units_file = s.suite if s.suite not in ("synthetic", "real") else None
-        agent_budget = AgentBudget(max_steps=s.agent_steps, units_file=units_file)
+        agent_budget = AgentBudget(max_steps=s.agent_steps, agent_mode=s.agent_mode, units_file=units_file)
         rows = {
             uid: UnitRow(
                 unit_id=uid,
