@@ -11,12 +11,18 @@ listing, from the run's recorded requests); `llm_share`, the share of wall time 
 LLM's forward passes (timed around the model's forward, which the backend runs one at a time).
 `--compare MODE` labels the same units again in the same run with another simulator mode (e.g.
 `exact-raw`, the uncalibrated read at half the simulation passes) and adds its figures under `compare`.
+`--compare-engine VARIANT[,VARIANT]` labels them again with the local engine run another way and adds
+each under `compare_engine`: `plain` (nn.Linear, the LM head over every row's union of positions: the
+engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (the default: both);
+the main run is `prepacked` unless AUTOINTERP_PREPACK=0. Each run records its `engine` variant and the
+load average before and after (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -28,6 +34,19 @@ from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
+ENGINES = ("plain", "unpacked", "prepacked")
+
+
+def engine_variant(variant: str) -> None:
+    """Run the local engine as `variant` from the next `label` on (see the module docstring)."""
+    from autointerp.llm import local
+    from autointerp.llm.prepack import ENV
+
+    if not hasattr(local, "_default_plain_head"):
+        local._default_plain_head = local._plain_head
+    local._plain_head = (lambda model: None) if variant == "plain" else local._default_plain_head
+    os.environ[ENV] = "1" if variant == "prepacked" else "0"  # read by the LocalLLM that label() makes
+
 
 def time_forwards(source: str) -> dict[str, float]:
     """Load the local model now and time every forward pass it makes (generation steps included)."""
@@ -37,6 +56,13 @@ def time_forwards(source: str) -> dict[str, float]:
     spent = {"seconds": 0.0}
     model.forward = timed(model.forward, spent, "seconds")
     return spent
+
+
+def prepacked_layers(source: str) -> int:
+    """How many linear layers of the loaded local model run prepacked now."""
+    from autointerp.llm.local import load_engine
+
+    return load_engine(source).prepacked
 
 
 def where_tokens_go(store: Store, since: str, source: str, n_units: int) -> dict[str, float]:
@@ -84,20 +110,35 @@ def main() -> None:
     ap.add_argument("--simulator-mode", default="auto")
     ap.add_argument("--per-quantile", type=int, default=1, help="label --per-quantile")
     ap.add_argument("--compare", default=None, help="another simulator mode, measured in the same run")
+    ap.add_argument("--compare-engine", default="", help=f"engine variants measured too: {ENGINES}")
     args = ap.parse_args()
+    variants = [v for v in args.compare_engine.split(",") if v]
+    if bad := [v for v in variants if v not in ENGINES]:
+        ap.error(f"unknown engine variant {bad[0]!r}; use {', '.join(ENGINES)}")
     store, unit_ids = bench_store(args.units, first=args.first)
     local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
     forwards = time_forwards(local) if local else None
-    out = measure(args, store, unit_ids, local, forwards, args.simulator_mode)
+    main_engine = "prepacked" if os.environ.get("AUTOINTERP_PREPACK", "1") != "0" else "unpacked"
+    out = measure(args, store, unit_ids, local, forwards, args.simulator_mode, main_engine)
     if args.compare:
-        out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare)
+        out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare, main_engine)
+    if variants:
+        out["compare_engine"] = {
+            v: measure(args, store, unit_ids, local, forwards, args.simulator_mode, v) for v in variants
+        }
+        out["compare_engine_ratio"] = {
+            v: round(out["units_per_hour"] / r["units_per_hour"], 3) for v, r in out["compare_engine"].items()
+        }
     print(json.dumps(out))
 
 
-def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str) -> dict:  # noqa: ANN001
-    """Label the units once with no LLM cache, with simulator mode `mode`; the figures as a dict."""
+def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str, engine: str) -> dict:  # noqa: ANN001
+    """Label the units once with no LLM cache, with simulator mode `mode` and engine variant `engine`;
+    the figures as a dict."""
+    engine_variant(engine)
     if forwards is not None:
         forwards["seconds"] = 0.0
+    load_before = os.getloadavg()[0]
     since = now()
     t = time.perf_counter()
     summary = label(
@@ -134,6 +175,9 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str)
     return {
         "explainer": args.explainer,
         "simulator_mode": mode,
+        "engine": engine,
+        "prepacked_layers": prepacked_layers(local) if local else None,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "units": len(unit_ids),
         "failures": len(summary.failures),
         "seconds": round(secs, 1),
