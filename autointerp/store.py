@@ -974,7 +974,8 @@ class Store:
 
     def absorb(self, other: str | Path, skip_runs: Iterable[str] = ()) -> None:
         """Copy every row of the store at `other` that this one lacks (by primary key), in one
-        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls.
+        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls,
+        provider batches and their requests.
         Runs in `skip_runs`, and the units (with examples) they recorded, are left out."""
         skip = list(skip_runs)
         marks = ",".join("?" * len(skip))
@@ -1102,7 +1103,17 @@ class Store:
 
 
 # What `absorb` copies, parents before children (foreign keys).
-_ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
+_ABSORB_TABLES = (
+    "records",
+    "contexts",
+    "units",
+    "examples",
+    "llm_calls",
+    "llm_batches",
+    "llm_batch_requests",
+    "explanations",
+    "scores",
+)
 
 
 def discard_if_blank(path: str | Path) -> bool:
