@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from common import bench_store, timed
 
@@ -49,13 +52,30 @@ def engine_variant(variant: str) -> None:
 
 
 def time_forwards(source: str) -> dict[str, float]:
-    """Load the local model now and time every forward pass it makes (generation steps included)."""
+    """Load the local model now and time every forward pass it makes (generation steps included): the
+    model's forward, and its decoder's when the engine calls that alone (outermost calls only)."""
     from autointerp.llm.local import load_engine
 
     model = load_engine(source).model
-    spent = {"seconds": 0.0}
-    model.forward = timed(model.forward, spent, "seconds")
+    spent = {"seconds": 0.0, "depth": 0}
+    for m in (model, getattr(model, "model", None)):
+        if m is not None:
+            m.forward = outermost(timed(m.forward, spent, "seconds"), m.forward, spent)
     return spent
+
+
+def outermost(timed_fn, plain_fn, state: dict):  # noqa: ANN001, ANN201
+    """`timed_fn` for an outermost call, `plain_fn` for a call made inside another timed one."""
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        fn = timed_fn if state["depth"] == 0 else plain_fn
+        state["depth"] += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state["depth"] -= 1
+
+    return wrapper
 
 
 def prepacked_layers(source: str) -> int:
@@ -138,6 +158,10 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
     engine_variant(engine)
     if forwards is not None:
         forwards["seconds"] = 0.0
+    # each measurement labels its own copy of the recorded store: nothing is skipped as already done
+    copy = Path(tempfile.mkdtemp(prefix="perf_label-")) / "store.db"
+    store.copy_to(copy)
+    store = Store(copy)
     load_before = os.getloadavg()[0]
     since = now()
     t = time.perf_counter()
@@ -172,7 +196,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
             split.setdefault(s.scorer, []).append(s.details.get("seconds", float("nan")))
             if s.scorer == "correlation":
                 n_examples.append(s.details.get("n_test", 0))
-    return {
+    result = {
         "explainer": args.explainer,
         "simulator_mode": mode,
         "engine": engine,
@@ -191,6 +215,9 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "concurrency": args.concurrency,
         "note": "stages overlap when concurrency > 1; the local backend runs one forward at a time",
     }
+    store.db.close()
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":
