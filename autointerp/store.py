@@ -628,6 +628,12 @@ class Store:
             self.db.conn.execute("DELETE FROM examples WHERE unit_id = ? AND kind = ?", [unit_id, kind])
 
     # -- explanations and scores ----------------------------------------------------------------
+    def delete_labels(self) -> None:
+        """Remove every explanation and score (a benchmark labels the same recording afresh)."""
+        with self._write():
+            self.db.conn.execute("DELETE FROM scores")
+            self.db.conn.execute("DELETE FROM explanations")
+
     def put_explanation(self, explanation: Explanation, scores: Iterable[Score] = ()) -> None:
         """Write an explanation with its scores in one transaction."""
         row = explanation.model_dump()

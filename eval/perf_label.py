@@ -162,6 +162,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
     copy = Path(tempfile.mkdtemp(prefix="perf_label-")) / "store.db"
     store.copy_to(copy)
     store = Store(copy)
+    store.delete_labels()
     load_before = os.getloadavg()[0]
     since = now()
     t = time.perf_counter()
