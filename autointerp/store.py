@@ -628,6 +628,12 @@ class Store:
             self.db.conn.execute("DELETE FROM examples WHERE unit_id = ? AND kind = ?", [unit_id, kind])
 
     # -- explanations and scores ----------------------------------------------------------------
+    def delete_labels(self) -> None:
+        """Remove every explanation and score (a benchmark labels the same recording afresh)."""
+        with self._write():
+            self.db.conn.execute("DELETE FROM scores")
+            self.db.conn.execute("DELETE FROM explanations")
+
     def put_explanation(self, explanation: Explanation, scores: Iterable[Score] = ()) -> None:
         """Write an explanation with its scores in one transaction."""
         row = explanation.model_dump()
@@ -974,7 +980,8 @@ class Store:
 
     def absorb(self, other: str | Path, skip_runs: Iterable[str] = ()) -> None:
         """Copy every row of the store at `other` that this one lacks (by primary key), in one
-        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls.
+        transaction: runs, units and their examples and contexts, explanations, scores, LLM calls,
+        provider batches and their requests.
         Runs in `skip_runs`, and the units (with examples) they recorded, are left out."""
         skip = list(skip_runs)
         marks = ",".join("?" * len(skip))
@@ -1102,7 +1109,17 @@ class Store:
 
 
 # What `absorb` copies, parents before children (foreign keys).
-_ABSORB_TABLES = ("records", "contexts", "units", "examples", "llm_calls", "explanations", "scores")
+_ABSORB_TABLES = (
+    "records",
+    "contexts",
+    "units",
+    "examples",
+    "llm_calls",
+    "llm_batches",
+    "llm_batch_requests",
+    "explanations",
+    "scores",
+)
 
 
 def discard_if_blank(path: str | Path) -> bool:

@@ -11,15 +11,24 @@ listing, from the run's recorded requests); `llm_share`, the share of wall time 
 LLM's forward passes (timed around the model's forward, which the backend runs one at a time).
 `--compare MODE` labels the same units again in the same run with another simulator mode (e.g.
 `exact-raw`, the uncalibrated read at half the simulation passes) and adds its figures under `compare`.
+`--compare-engine VARIANT[,VARIANT]` labels them again with the local engine run another way and adds
+each under `compare_engine`: `plain` (nn.Linear, the LM head over every row's union of positions: the
+engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (the default: both);
+the main run is `prepacked` unless AUTOINTERP_PREPACK=0. Each run records its `engine` variant and the
+load average before and after (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from common import bench_store, timed
 
@@ -28,15 +37,52 @@ from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
+ENGINES = ("plain", "unpacked", "prepacked")
+
+
+def engine_variant(variant: str) -> None:
+    """Run the local engine as `variant` from the next `label` on (see the module docstring)."""
+    from autointerp.llm import local
+    from autointerp.llm.prepack import ENV
+
+    if not hasattr(local, "_default_plain_head"):
+        local._default_plain_head = local._plain_head
+    local._plain_head = (lambda model: None) if variant == "plain" else local._default_plain_head
+    os.environ[ENV] = "1" if variant == "prepacked" else "0"  # read by the LocalLLM that label() makes
+
 
 def time_forwards(source: str) -> dict[str, float]:
-    """Load the local model now and time every forward pass it makes (generation steps included)."""
+    """Load the local model now and time every forward pass it makes (generation steps included): the
+    model's forward, and its decoder's when the engine calls that alone (outermost calls only)."""
     from autointerp.llm.local import load_engine
 
     model = load_engine(source).model
-    spent = {"seconds": 0.0}
-    model.forward = timed(model.forward, spent, "seconds")
+    spent = {"seconds": 0.0, "depth": 0}
+    for m in (model, getattr(model, "model", None)):
+        if m is not None:
+            m.forward = outermost(timed(m.forward, spent, "seconds"), m.forward, spent)
     return spent
+
+
+def outermost(timed_fn, plain_fn, state: dict):  # noqa: ANN001, ANN201
+    """`timed_fn` for an outermost call, `plain_fn` for a call made inside another timed one."""
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        fn = timed_fn if state["depth"] == 0 else plain_fn
+        state["depth"] += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state["depth"] -= 1
+
+    return wrapper
+
+
+def prepacked_layers(source: str) -> int:
+    """How many linear layers of the loaded local model run prepacked now."""
+    from autointerp.llm.local import load_engine
+
+    return load_engine(source).prepacked
 
 
 def where_tokens_go(store: Store, since: str, source: str, n_units: int) -> dict[str, float]:
@@ -84,20 +130,40 @@ def main() -> None:
     ap.add_argument("--simulator-mode", default="auto")
     ap.add_argument("--per-quantile", type=int, default=1, help="label --per-quantile")
     ap.add_argument("--compare", default=None, help="another simulator mode, measured in the same run")
+    ap.add_argument("--compare-engine", default="", help=f"engine variants measured too: {ENGINES}")
     args = ap.parse_args()
+    variants = [v for v in args.compare_engine.split(",") if v]
+    if bad := [v for v in variants if v not in ENGINES]:
+        ap.error(f"unknown engine variant {bad[0]!r}; use {', '.join(ENGINES)}")
     store, unit_ids = bench_store(args.units, first=args.first)
     local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
     forwards = time_forwards(local) if local else None
-    out = measure(args, store, unit_ids, local, forwards, args.simulator_mode)
+    main_engine = "prepacked" if os.environ.get("AUTOINTERP_PREPACK", "1") != "0" else "unpacked"
+    out = measure(args, store, unit_ids, local, forwards, args.simulator_mode, main_engine)
     if args.compare:
-        out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare)
+        out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare, main_engine)
+    if variants:
+        out["compare_engine"] = {
+            v: measure(args, store, unit_ids, local, forwards, args.simulator_mode, v) for v in variants
+        }
+        out["compare_engine_ratio"] = {
+            v: round(out["units_per_hour"] / r["units_per_hour"], 3) for v, r in out["compare_engine"].items()
+        }
     print(json.dumps(out))
 
 
-def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str) -> dict:  # noqa: ANN001
-    """Label the units once with no LLM cache, with simulator mode `mode`; the figures as a dict."""
+def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str, engine: str) -> dict:  # noqa: ANN001
+    """Label the units once with no LLM cache, with simulator mode `mode` and engine variant `engine`;
+    the figures as a dict."""
+    engine_variant(engine)
     if forwards is not None:
         forwards["seconds"] = 0.0
+    # each measurement labels its own copy of the recorded store: nothing is skipped as already done
+    copy = Path(tempfile.mkdtemp(prefix="perf_label-")) / "store.db"
+    store.copy_to(copy)
+    store = Store(copy)
+    store.delete_labels()
+    load_before = os.getloadavg()[0]
     since = now()
     t = time.perf_counter()
     summary = label(
@@ -131,9 +197,12 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str)
             split.setdefault(s.scorer, []).append(s.details.get("seconds", float("nan")))
             if s.scorer == "correlation":
                 n_examples.append(s.details.get("n_test", 0))
-    return {
+    result = {
         "explainer": args.explainer,
         "simulator_mode": mode,
+        "engine": engine,
+        "prepacked_layers": prepacked_layers(local) if local else None,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "units": len(unit_ids),
         "failures": len(summary.failures),
         "seconds": round(secs, 1),
@@ -147,6 +216,9 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str)
         "concurrency": args.concurrency,
         "note": "stages overlap when concurrency > 1; the local backend runs one forward at a time",
     }
+    store.db.close()
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":

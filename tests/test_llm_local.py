@@ -161,3 +161,72 @@ def test_usage_counts_the_prompt_tokens_a_shared_prefix_saved():
     steps = asyncio.run(llm.stepwise_many(reqs))
     assert [s.usage.reused_prompt_tokens for s in steps[1:]] == [head, head]  # computed once, for row 0
     assert 0 <= steps[0].usage.reused_prompt_tokens < head
+
+
+def test_prepacked_linears_give_the_logits_within_bf16_rounding():
+    """SmolLM2 in bf16 with its linear layers prepacked (the default on CPU): every layer runs packed,
+    the tied head still reads the embedding, and the logits agree with plain nn.Linear to within bf16
+    rounding (not bitwise: oneDNN's inner product rounds a few elements one step apart, which 30
+    layers carry into the logits); unpacking gives the plain logits back bit for bit."""
+    import torch
+
+    from autointerp.llm import prepack
+
+    llm = LocalLLM("smollm2-135m", prepack=False)
+    eng = llm.engine
+    if not prepack.supported(eng.model):
+        pytest.skip("no oneDNN packed linear here")
+    ids = eng.tok([f"{PREFIX}{w}\t" for w in WORDS[:2]], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        plain = eng.model(input_ids=ids).logits.float()
+        n = LocalLLM("smollm2-135m", prepack=True).engine.prepacked
+        assert n == eng.prepacked == 30 * 7 + 1  # q, k, v, o, gate, up, down per layer + the LM head
+        lm = eng.model.get_output_embeddings()
+        assert lm.weight is eng.model.get_input_embeddings().weight  # tied, one weight
+        packed = eng.model(input_ids=ids).logits.float()
+        assert prepack.count(eng.model)[1:] == (n, 0)  # one forward: each layer ran packed once
+        assert (packed - plain).abs().max() < 0.05 * plain.abs().max()
+        assert (packed.argmax(-1) == plain.argmax(-1)).float().mean() > 0.95
+        assert eng.set_prepack(False) == 0
+        assert torch.equal(eng.model(input_ids=ids).logits.float(), plain)
+
+
+def test_gathered_lm_head_gives_the_same_probabilities():
+    """Rows whose positions differ: reading only each row's own positions through the LM head gives
+    the numbers of the model's own `logits_to_keep` path (which computes the union for every row).
+    float32: equal up to float rounding (in bf16 the head's kernel rounds differently by row count on
+    SmolLM2's shapes, as the union path already does between batch shapes; on Qwen's it is identical)."""
+    from autointerp.llm import local
+
+    llm = LocalLLM("smollm2-135m", dtype="float32", prefix_cache=False)
+    eng = llm.engine
+    listing = "".join(f"{w}\t0\n" for w in WORDS * 4)
+    reqs = []
+    for k in range(6):
+        prompt = f"{PREFIX}{'x ' * k}\n{listing}"
+        starts = [i + len(w) + 1 for i, w in _line_starts(prompt, len(PREFIX) + 2 * k + 1)]
+        reqs.append(TokenProbsRequest(prompt=prompt, positions=starts, candidates=DIGITS))
+    preps = [eng.prepare(r) for r in reqs]
+    assert sum(len(p.idx) for p in preps) >= local.GATHER_MIN
+    gathered = eng.token_probs_batch(preps, reuse=False)
+    saved, local._plain_head = local._plain_head, lambda m: None
+    try:
+        union = eng.token_probs_batch(preps, reuse=False)
+    finally:
+        local._plain_head = saved
+    for (pg, mg, ng), (pu, mu, nu) in zip(gathered, union, strict=True):
+        assert ng == nu and len(pg) == len(pu) == 24
+        for a, b in zip(pg, pu, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
+        assert mg == pytest.approx(mu, rel=1e-4)
+    assert gathered[0][0] != gathered[1][0]  # rows read at their own positions
+
+
+def _line_starts(text: str, start: int) -> list[tuple[int, str]]:
+    """(offset, first tab-separated field) of each line of `text` from `start` on."""
+    out, i = [], start
+    for line in text[start:].splitlines(keepends=True):
+        if "\t" in line:
+            out.append((i, line.split("\t")[0]))
+        i += len(line)
+    return out

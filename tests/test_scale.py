@@ -215,6 +215,36 @@ def test_label_shards_merge_into_the_single_run(tmp_path, scripted):
         merge_stores(tmp_path / "m2.db", paths[:1])
 
 
+def test_merge_keeps_every_shards_provider_batches(tmp_path):
+    """`label --batch` shards each keep their submissions: the merge carries every batch and request
+    (status, answer, tokens), so a later `label --batch` on the merged store polls or reuses them."""
+    from autointerp.types import BatchRecord, BatchRequestRecord
+
+    paths = []
+    for i in range(2):
+        store = build_month_store(tmp_path / f"s{i}.db", n_units=3)
+        sub = f"sub-{i}"
+        store.put_batch(
+            BatchRecord(id=sub, backend="openai", model="gpt-4o-mini", status="submitted", n_requests=2),
+            [
+                BatchRequestRecord(
+                    custom_id=f"{sub}-{k}", batch=sub, key=f"key-{i}-{k}", unit_id=f"u{k}", request={"k": k}
+                )
+                for k in range(2)
+            ],
+        )
+        store.update_batch(sub, provider_id=f"batch_{i}", status="collected" if i else "submitted")
+        paths.append(tmp_path / f"s{i}.db")
+    merge_stores(tmp_path / "merged.db", paths)
+    merged = Store(tmp_path / "merged.db")
+    got = {b.id: (b.provider_id, b.status, b.n_requests) for b in merged.batches()}
+    assert got == {"sub-0": ("batch_0", "submitted", 2), "sub-1": ("batch_1", "collected", 2)}
+    assert [r.key for r in merged.batch_requests("sub-1")] == ["key-1-0", "key-1-1"]
+    req, batch = merged.latest_batch_request("key-0-1")
+    assert req.custom_id == "sub-0-1" and req.request == {"k": 1} and batch.id == "sub-0"
+    assert [b.id for b in merged.open_batches()] == ["sub-0"]
+
+
 def test_label_shards_of_different_settings_are_refused(tmp_path, scripted):
     build_month_store(tmp_path / "rec.db", n_units=3)
     paths = []

@@ -147,6 +147,8 @@ def test_explanations_and_explicit_nan_scores(store):
     assert got["correlation"].value is None and got["correlation"].status == "nan"
     assert got["correlation"].reason == "simulation is constant"
     assert got["detection"].value == 0.75
+    store.delete_labels()  # a benchmark's fresh start: the recording stays, the labels go
+    assert store.explanations(u.id) == [] and store.scores("e1") == [] and len(store.units()) == 1
 
 
 def test_add_examples_needs_a_recorded_unit(store):

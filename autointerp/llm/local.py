@@ -44,6 +44,7 @@ MIN_REUSE = 16  # shortest shared prefix (tokens) worth a cached key/value pass
 LRU_SIZE = 8  # prefixes kept per model
 BATCH_TOKENS = 4096  # suffix tokens per forward pass (rows x longest suffix)
 STEP_ROWS = 32  # stepwise rows decoded together
+GATHER_MIN = 64  # fewest (row, position) logits read through the gathered LM head (see _position_logits)
 
 
 def _device() -> str:
@@ -79,6 +80,24 @@ class Engine:
     prefixes: OrderedDict = field(default_factory=OrderedDict)  # tuple(token ids) -> DynamicCache
     sliding: bool = False  # the model has sliding-window layers: prefix reuse is off
     stats: dict = field(default_factory=lambda: {"forward_tokens": 0, "reused_tokens": 0})
+    prepacked: int = 0  # linear layers running on prepacked bf16 weights (llm/prepack.py)
+
+    def set_prepack(self, on: bool) -> int:
+        """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes) or put
+        the plain ones back; how many are prepacked now. The prefix cache is emptied on a change, so
+        every cached key/value was computed the way the next forward passes run."""
+        from autointerp.llm import prepack
+
+        with self.lock:
+            if on and not self.prepacked:
+                self.prepacked = prepack.prepack_linears(self.model)
+            elif not on and self.prepacked:
+                prepack.unpack_linears(self.model)
+                self.prepacked = 0
+            else:
+                return self.prepacked
+            self.prefixes.clear()
+            return self.prepacked
 
     # -- token_probs ----------------------------------------------------------------------------
     def prepare(self, req: TokenProbsRequest) -> _Prepared:
@@ -273,28 +292,53 @@ class Engine:
             mask = torch.tensor(
                 [[1] * (start + len(s)) + [0] * (width - len(s)) for s in suffixes], device=self.device
             )
-            keep = sorted({i - start for c in chunk for i in preps[c].idx})
             kwargs = {}
             if kv is not None:
                 past = copy.deepcopy(kv)
                 if len(chunk) > 1:
                     past.batch_repeat_interleave(len(chunk))
                 kwargs["past_key_values"] = past
+            rows_logits = self._position_logits(
+                inp, mask, [[i - start for i in preps[c].idx] for c in chunk], kv is not None, kwargs
+            )
+            self.stats["forward_tokens"] += sum(map(len, suffixes))
+            self.stats["reused_tokens"] += start * len(chunk)
+            for c, logits in zip(chunk, rows_logits, strict=True):
+                p = preps[c]
+                sel = logits.float().log_softmax(-1)[:, p.cand]
+                out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), len(p.ids) - start)
+            chunk = [r] if r is not None else []
+
+    def _position_logits(self, inp, mask, positions: list[list[int]], use_cache: bool, kwargs: dict) -> list:  # noqa: ANN001
+        """Per row of `inp`, the logits at its own `positions` (a [len(positions[b]), vocab] tensor).
+
+        The model's `logits_to_keep` keeps the union of all rows' positions for every row, so a chunk
+        of B rows with disjoint positions pays B times the LM head it needs. Where the model's logits
+        are exactly `lm_head(decoder(...))` and enough positions are asked for, the decoder runs alone
+        and the head reads only the asked (row, position) pairs: the same matrix product row for row,
+        so the same numbers (oneDNN picks another kernel below ~40 rows: then the model's own path).
+        """
+        import torch
+
+        keep = sorted({i for pos in positions for i in pos})
+        pairs = sum(map(len, positions))
+        split = _plain_head(self.model)
+        if split is None or pairs < GATHER_MIN or pairs >= len(keep) * len(positions):
             logits = self.model(
                 input_ids=inp,
                 attention_mask=mask,
                 logits_to_keep=torch.tensor(keep, device=self.device),
-                use_cache=kv is not None,
+                use_cache=use_cache,
                 **kwargs,
             ).logits
-            self.stats["forward_tokens"] += sum(map(len, suffixes))
-            self.stats["reused_tokens"] += start * len(chunk)
             col = {k: j for j, k in enumerate(keep)}
-            for b, c in enumerate(chunk):
-                p = preps[c]
-                sel = logits[b, [col[i - start] for i in p.idx]].float().log_softmax(-1)[:, p.cand]
-                out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), len(p.ids) - start)
-            chunk = [r] if r is not None else []
+            return [logits[b, [col[i] for i in pos]] for b, pos in enumerate(positions)]
+        decoder, head = split
+        hidden = decoder(input_ids=inp, attention_mask=mask, use_cache=use_cache, **kwargs).last_hidden_state
+        rows = torch.tensor([b for b, pos in enumerate(positions) for _ in pos], device=self.device)
+        cols = torch.tensor([i for pos in positions for i in pos], device=self.device)
+        logits = head(hidden[rows, cols])
+        return list(logits.split([len(pos) for pos in positions]))
 
     def _prefix_kv(self, prefix: list[int]):
         """Key/value cache of exactly `prefix`: from the LRU (cropped or extended) or computed.
@@ -391,6 +435,18 @@ class Engine:
         if req.json_schema is not None:
             parse_json_answer(answer, req.json_schema, spec)
         return answer, finish, logprobs, n_prompt, len(gen)
+
+
+_PLAIN_HEADS = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
+
+
+def _plain_head(model) -> tuple | None:  # noqa: ANN001
+    """(decoder, lm_head) of a model whose logits are exactly `lm_head(decoder(...).last_hidden_state)`
+    (no soft-capping or logit scaling); None for any other model."""
+    if type(model).__name__ not in _PLAIN_HEADS:
+        return None
+    decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    return (decoder, head) if decoder is not None and head is not None else None
 
 
 def _lcp(seqs: list) -> int:
@@ -496,11 +552,24 @@ class LocalLLM(LLM):
     backend = "local"
     capabilities = Capabilities(token_probs=True, top_logprobs=True, tools=False, json_schema=False)
 
-    def __init__(self, source: str, *, dtype: str = "bfloat16", prefix_cache: bool = True):
+    def __init__(
+        self,
+        source: str,
+        *,
+        dtype: str = "bfloat16",
+        prefix_cache: bool = True,
+        prepack: bool | None = None,
+    ):
+        """`prepack`: run the linear layers on prepacked bf16 weights where supported (CPU, oneDNN);
+        None: on unless AUTOINTERP_PREPACK=0. The engine is shared per process: the last LocalLLM
+        to load it sets it."""
+        from autointerp.llm.prepack import enabled_by_env
+
         self.spec = f"local:{source}"
         self.source = source
         self.dtype = dtype
         self.prefix_cache = prefix_cache
+        self.prepack = enabled_by_env() if prepack is None else prepack
         self.model = resolve(source)[0] + ("" if dtype == "bfloat16" else f"@{dtype}")
         self._engine: Engine | None = None
         self._pending = PerLoop(list)  # (prepared, future) waiting for the next batch
@@ -509,7 +578,9 @@ class LocalLLM(LLM):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.source, self.dtype)
+            engine = load_engine(self.source, self.dtype)
+            engine.set_prepack(self.prepack)
+            self._engine = engine
         return self._engine
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
