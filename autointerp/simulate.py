@@ -6,15 +6,21 @@ A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `
   gives that token's expected value. The filler is on the scale, so the probability the model puts on
   the scale (`mass`, kept per token) stays near 1, and a simulation whose median mass is below
   `MASS_FLOOR` is reported as failed, never as a score. (An off-scale filler such as `unknown` is
-  copied: measured, ~4e-5 of the mass left on the digits.) Calibrated: the same listing is read once
-  more under the null explanation `NULL_EXPLANATION`, and a token's prediction is its expected value
-  under the explanation minus under the null. That takes out what the model predicts whatever the
-  explanation says: tokens it finds salient anyway (" Wright" 6.3 for "names of months"), and the
-  decay of its predictions along a listing of zeros (a late month reads lower than an early one).
-  Measured on the synthetic suite: truth correlation 0.41 -> 0.51 (eval/bench_simulator.py). Works with
-  any backend that returns token probabilities at prompt positions (the local backend;
-  OpenAI-compatible servers via prompt logprobs).
+  copied: measured, ~4e-5 of the mass left on the digits.) Chunked: a window is listed `CHUNK` (2)
+  tokens at a time, each chunk a listing of its own right after the prompt (the prompt and the
+  explanation are computed once per batch and shared): along a listing of zeros the model copies "0"
+  more and more and stops reading the explanation (" son" 0.1 in a window's 15th line for "family
+  relations like father, son, wife"; " not" 0.0 for "negation words like not and no"); measured on
+  the synthetic suite, chunks of 8, 4, 2 tokens: truth 0.64, 0.70, 0.70 against 0.51 whole; the
+  forward tokens stay those of the listing. Calibrated: every chunk is read once more under the null
+  explanation `NULL_EXPLANATION`, and a token's prediction is its expected value under the
+  explanation minus under the null. That takes out what the model predicts whatever the explanation
+  says: tokens it finds salient anyway (" Wright" 6.3 for "names of months").
+  Measured on the synthetic suite (eval/bench_simulator.py, docs/benchmarks.md). Works with any
+  backend that returns token probabilities at prompt positions (the local backend; OpenAI-compatible
+  servers via prompt logprobs).
 - `exact-raw`: `exact` without the null read (half the forward passes; the uncalibrated figures).
+- `exact-whole`: `exact` with each window in one listing (`simulate-exact@4`'s read).
 - `exact-follow`: the same listing, but after each TAB the model continues with its own most likely
   digit (teacher-forced, one forward step per token with the key/value cache). Measured worse on the
   synthetic suite: a wrong high digit makes the next ones high too (eval/bench_simulator.py).
@@ -41,6 +47,7 @@ from autointerp.llm.base import (
     StepwiseResponse,
     TokenProbsRequest,
     TokenProbsResponse,
+    Usage,
 )
 from autointerp.llm.batch import in_turn
 from autointerp.llm.stepwise import read_stepwise
@@ -51,6 +58,7 @@ from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
 PRIOR = "0"  # the digit written after every TAB of the exact listing: most tokens of a unit are 0
+CHUNK = 2  # tokens per listing in `exact`: a window is read in listings of this many tokens
 NULL_EXPLANATION = "N/A"  # `exact` reads each listing under it too and subtracts (calibration)
 
 
@@ -85,12 +93,13 @@ def expected_value(dist: dict[str, float]) -> float:
 
 
 class ExactSimulator:
-    """Reads the scale at every token of a window in one pass, each TAB followed by the prior "0";
-    calibrated by the same read under the null explanation."""
+    """Reads the scale at every token of a window, each TAB followed by the prior "0", in listings of
+    `chunk` tokens; calibrated by the same reads under the null explanation."""
 
     name = "exact"
     filler = PRIOR  # after every TAB
     calibrated = True
+    chunk: int | None = CHUNK  # tokens per listing; None: the whole window in one listing
 
     def __init__(self, llm: LLM):
         if not llm.capabilities.token_probs:
@@ -101,6 +110,7 @@ class ExactSimulator:
         self.prompt = prompt("simulate_exact.j2")
 
     def request(self, explanation: str, tokens: list[str]) -> TokenProbsRequest:
+        """One listing of `tokens`, read at every TAB."""
         text, positions = self.prompt.text(explanation=explanation), []
         for tok in tokens:
             text += show_token(tok) + "\t"
@@ -108,24 +118,29 @@ class ExactSimulator:
             text += self.filler + "\n"
         return TokenProbsRequest(prompt=text, positions=positions, candidates=DIGITS)
 
-    async def read(
-        self, explanation: str, windows: list[list[str]]
-    ) -> list[TokenProbsResponse] | list[StepwiseResponse]:
-        """The scale distribution (and its mass) at every token of every window."""
-        return await self.llm.token_probs_many([self.request(explanation, toks) for toks in windows])
+    def pieces(self, tokens: list[str]) -> list[list[str]]:
+        """A window's tokens cut into the listings it is read in."""
+        size = self.chunk or max(1, len(tokens))
+        return [tokens[i : i + size] for i in range(0, len(tokens), size)] or [[]]
+
+    async def read(self, explanation: str, windows: list[list[str]]) -> list[TokenProbsResponse]:
+        """The scale distribution (and its mass) at every token of every window: every chunk is one
+        request, all in one batch (they share the prompt and explanation: one prefix computed once),
+        joined back into one response per window."""
+        requests, spans = [], []
+        for tokens in windows:
+            start = len(requests)
+            requests += [self.request(explanation, piece) for piece in self.pieces(tokens)]
+            spans.append((start, len(requests)))
+        answers = await self.llm.token_probs_many(requests)
+        return [join_responses(answers[a:b]) for a, b in spans]
 
     async def simulate(self, explanation: str, examples: list[Example]) -> list[Simulation]:
         check_explanation(explanation)
         shown = [crop(e, 0) for e in examples]
         windows = [toks for toks, _ in shown]
-        if not self.calibrated:
-            responses = await self.read(explanation, windows)
-            nulls: list = [None] * len(windows)
-        else:  # one batch: both reads share the prompt's prefix
-            both = await self.read_pairs(
-                [(explanation, w) for w in windows] + [(NULL_EXPLANATION, w) for w in windows]
-            )
-            responses, nulls = both[: len(windows)], both[len(windows) :]
+        responses = await self.read(explanation, windows)
+        nulls: list = await self.read(NULL_EXPLANATION, windows) if self.calibrated else [None] * len(windows)
         out = []
         for e, (_, acts), resp, null in zip(examples, shown, responses, nulls, strict=True):
             raw = [expected_value(dist) for dist in resp.probs]
@@ -148,9 +163,30 @@ class ExactSimulator:
             )
         return out
 
-    async def read_pairs(self, pairs: list[tuple[str, list[str]]]) -> list[TokenProbsResponse]:
-        """`read` of (explanation, window) pairs in one batch."""
-        return await self.llm.token_probs_many([self.request(x, toks) for x, toks in pairs])
+
+def sum_usage(parts: list[Usage]) -> Usage:
+    """What several calls spent together (cached only if every one was)."""
+    costs = [u.cost_usd for u in parts if u.cost_usd is not None]
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in parts),
+        completion_tokens=sum(u.completion_tokens for u in parts),
+        reused_prompt_tokens=sum(u.reused_prompt_tokens for u in parts),
+        latency_s=sum(u.latency_s for u in parts),
+        cost_usd=sum(costs) if costs else None,
+        cached=all(u.cached for u in parts),
+    )
+
+
+def join_responses(parts: list[TokenProbsResponse]) -> TokenProbsResponse:
+    """The responses to a window's chunks as one response: positions in order, usage summed."""
+    first = parts[0]
+    return TokenProbsResponse(
+        probs=[d for p in parts for d in p.probs],
+        mass=[m for p in parts for m in p.mass],
+        model=first.model,
+        backend=first.backend,
+        usage=sum_usage([p.usage for p in parts]),
+    )
 
 
 class RawSimulator(ExactSimulator):
@@ -160,12 +196,20 @@ class RawSimulator(ExactSimulator):
     calibrated = False
 
 
+class WholeSimulator(ExactSimulator):
+    """`exact` with every window in one listing (`simulate-exact@4`'s read)."""
+
+    name = "exact-whole"
+    chunk = None
+
+
 class HeadSimulator(ExactSimulator):
     """`exact` for attention heads: the listing asks, per token, how strongly the head attends from it
     (as the destination) to an earlier token."""
 
     name = "head-exact"
     calibrated = False  # not validated for heads (eval/heads_validation.py measured the raw read)
+    chunk = None  # likewise: the whole window in one listing, as validated
 
     def __init__(self, llm: LLM):
         super().__init__(llm)
@@ -177,6 +221,7 @@ class FollowingSimulator(ExactSimulator):
 
     name = "exact-follow"
     calibrated = False
+    chunk = None
 
     def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:  # type: ignore[override]
         return StepwiseRequest(
@@ -260,6 +305,7 @@ class Simulator(Protocol):
 SIMULATORS: Registry[Callable[[LLM], Simulator]] = Registry("simulator mode")
 SIMULATORS.register("exact")(ExactSimulator)
 SIMULATORS.register("exact-raw")(RawSimulator)
+SIMULATORS.register("exact-whole")(WholeSimulator)
 SIMULATORS.register("exact-follow")(FollowingSimulator)
 SIMULATORS.register("json")(JsonSimulator)
 SIMULATORS.register("head-exact")(HeadSimulator)

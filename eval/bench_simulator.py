@@ -1,7 +1,8 @@
 """Simulator fidelity on ground-truth units: does the true explanation simulate well, and beat wrong ones?
 
-    python eval/bench_simulator.py [--units N] [--simulator SPEC] [--mode exact|exact-raw|exact-follow|json]
-                                   [--baseline raw|follow|placeholder|none]
+    python eval/bench_simulator.py [--units N] [--simulator SPEC]
+                                   [--mode exact|exact-raw|exact-whole|exact-follow|json]
+                                   [--baseline raw|whole|follow|placeholder|none]
 
 Records the first N built-in synthetic units (all 12 by default; their activations are known rules over
 Gemma 3 270M's tokens), then for each unit simulates its held-out test windows (top + random, BOS left
@@ -20,6 +21,7 @@ near miss), and scores each with OpenAI's correlation. Prints JSON:
 - `seconds`, `per_unit`; and in exact mode, `baseline`: the same figures for another read-out computed
   in the same run for comparison: `raw` (the default: `exact` without its calibration by the null
   explanation, i.e. `exact-raw`; its passes are the calibrated run's own, served from the LLM cache),
+  `whole` (`exact-whole`: each window in one listing, not in chunks of 8: `simulate-exact@4`'s read),
   `follow` (the stepwise read-out, `exact-follow`: after each TAB the model's own most likely digit) or
   `placeholder` (the first read-out: every TAB followed by `unknown`).
 """
@@ -120,12 +122,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", type=int, default=len(BUILTIN), help="the first N built-in synthetic units")
     ap.add_argument("--simulator", default="local:qwen2.5-coder-1.5b")
-    ap.add_argument("--mode", choices=["exact", "exact-raw", "exact-follow", "json"], default="exact")
+    modes = ["exact", "exact-raw", "exact-whole", "exact-follow", "json"]
+    ap.add_argument("--mode", choices=modes, default="exact")
     ap.add_argument("--tokens", type=int, default=80_000)
     ap.add_argument("--ctx", type=int, default=32)
     ap.add_argument("--n-test-top", type=int, default=10)
     ap.add_argument("--n-test-random", type=int, default=10)
-    ap.add_argument("--baseline", choices=["raw", "follow", "placeholder", "none"], default="raw")
+    ap.add_argument("--baseline", choices=["raw", "whole", "follow", "placeholder", "none"], default="raw")
     ap.add_argument("--no-baseline", action="store_true", help="the same as --baseline none")
     ap.add_argument("--no-cache", action="store_true")
     args = ap.parse_args()
@@ -157,6 +160,8 @@ def main() -> None:
         base = (
             SIMULATORS["exact-raw"](llm)
             if baseline == "raw"
+            else SIMULATORS["exact-whole"](llm)
+            if baseline == "whole"
             else SIMULATORS["exact-follow"](llm)
             if baseline == "follow"
             else PlaceholderSimulator(llm)

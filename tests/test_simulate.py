@@ -15,12 +15,14 @@ from autointerp.metrics import MASS_FLOOR
 from autointerp.sampling import UnitSample
 from autointerp.score import ScoreSettings, correlation
 from autointerp.simulate import (
+    CHUNK,
     DIGITS,
     NULL_EXPLANATION,
     ExactSimulator,
     FollowingSimulator,
     RawSimulator,
     SimulationError,
+    WholeSimulator,
 )
 from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
@@ -75,6 +77,7 @@ def test_exact_simulation_leaves_bos_out_and_keeps_the_mass():
 def test_exact_listing_is_one_pass_with_the_prior_digit_after_every_tab():
     llm = scripted_months()
     sim = ExactSimulator(llm)
+    sim.chunk = None  # the whole window in one listing (`exact-whole`)
     (s,) = asyncio.run(sim.simulate("names of months", [example(TOKENS, ACTS)]))
     req, null = llm.requests  # one request for the whole window, and its calibration read
     body = req.prompt[len(sim.prompt.text(explanation="names of months")) :]
@@ -86,6 +89,28 @@ def test_exact_listing_is_one_pass_with_the_prior_digit_after_every_tab():
     )  # same listing, null explanation
     head, null_head = (len(sim.prompt.text(explanation=x)) for x in ("names of months", NULL_EXPLANATION))
     assert [p - null_head for p in null.positions] == [p - head for p in req.positions]
+
+
+def test_a_long_window_is_read_in_listings_of_chunk_tokens_joined_in_order():
+    tokens = ["<bos>"] + [" it", " rained", " in", " March"] * 5  # 20 tokens after BOS
+    assert 1 < CHUNK < 20 and 20 % CHUNK == 0
+    acts = [0.0] + [0, 0, 0, 1] * 5
+    llm = scripted_months()
+    sim = ExactSimulator(llm)
+    (s,) = asyncio.run(sim.simulate("names of months", [example(tokens, acts)]))
+    head = sim.prompt.text(explanation="names of months")
+    reads = [r.prompt for r in llm.requests if r.prompt.startswith(head)]
+    # CHUNK tokens each, each chunk a fresh listing right after the prompt (no zeros before it)
+    n = -(-20 // CHUNK)
+    assert [r[len(head) :] for r in reads] == [
+        "".join(f"{t}\t0\n" for t in tokens[1:][i : i + CHUNK]) for i in range(0, 20, CHUNK)
+    ]
+    assert len(reads) == n and len(llm.requests) == 2 * n  # and the same under the null explanation
+    assert [i for i, v in enumerate(s.expected) if v > 5] == [3, 7, 11, 15, 19]  # every March, in order
+    assert len(s.mass) == len(s.raw) == 20
+    (w,) = asyncio.run(WholeSimulator(llm).simulate("names of months", [example(tokens, acts)]))
+    assert w.expected == pytest.approx(s.expected)  # this scripted model does not tire along a listing
+    assert len(llm.requests) == 2 * n + 2  # the whole window in one listing, read twice
 
 
 def salient(prefix: str, candidates: list[str]) -> dict[str, float]:
@@ -107,7 +132,8 @@ def test_calibration_subtracts_what_the_model_predicts_under_the_null_explanatio
     assert s.expected[it] == pytest.approx(0.0)  # salient under the null too: calibrated away
     march = TOKENS.index(" March") - 1
     assert s.expected[march] == pytest.approx(r.expected[march])  # nothing under the null: unchanged
-    assert r.raw is None and len(llm.requests) == 3  # 2 reads calibrated, 1 raw
+    n = -(-(len(TOKENS) - 1) // CHUNK)  # listings per window
+    assert r.raw is None and len(llm.requests) == 3 * n  # 2 reads calibrated, 1 raw
 
 
 def test_following_read_out_continues_with_the_models_own_digit():
