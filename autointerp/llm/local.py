@@ -43,6 +43,9 @@ class TokenizationError(LLMError, UserError):
 MIN_REUSE = 16  # shortest shared prefix (tokens) worth a cached key/value pass
 LRU_SIZE = 8  # prefixes kept per model
 BATCH_TOKENS = 4096  # suffix tokens per forward pass (rows x longest suffix)
+PREFIX_ROWS_TOKENS = 32768  # rows x shared prefix per forward pass: the prefix's key/values are copied
+# for every row (~28 KB a token for Qwen 1.5B), so many short rows after a long prompt (the exact
+# simulator's 2-token listings) go in several passes of at most ~0.9 GB of copies each
 STEP_ROWS = 32  # stepwise rows decoded together
 GATHER_MIN = 64  # fewest (row, position) logits read through the gathered LM head (see _position_logits)
 
@@ -280,7 +283,8 @@ class Engine:
         for r in [*rows, None]:
             if r is not None:
                 longest = len(preps[r].ids) - start
-                if not chunk or longest * (len(chunk) + 1) <= BATCH_TOKENS:
+                fits = longest * (len(chunk) + 1) <= BATCH_TOKENS
+                if not chunk or (fits and start * (len(chunk) + 1) <= PREFIX_ROWS_TOKENS):
                     chunk.append(r)
                     continue
             if not chunk:
