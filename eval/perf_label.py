@@ -13,9 +13,9 @@ LLM's forward passes (timed around the model's forward, which the backend runs o
 `exact-raw`, the uncalibrated read at half the simulation passes) and adds its figures under `compare`.
 `--compare-engine VARIANT[,VARIANT]` labels them again with the local engine run another way and adds
 each under `compare_engine`: `plain` (nn.Linear, the LM head over every row's union of positions: the
-engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (the default: both);
-the main run is `prepacked` unless AUTOINTERP_PREPACK=0. Each run records its `engine` variant and the
-load average before and after (the machine is shared).
+engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (both; off by default);
+the main run is `prepacked` when AUTOINTERP_PREPACK=1, else `unpacked`. Each run records its `engine`
+variant and the load average before and after (the machine is shared).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> None:
     store, unit_ids = bench_store(args.units, first=args.first)
     local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
     forwards = time_forwards(local) if local else None
-    main_engine = "prepacked" if os.environ.get("AUTOINTERP_PREPACK", "1") != "0" else "unpacked"
+    main_engine = "prepacked" if os.environ.get("AUTOINTERP_PREPACK", "0") == "1" else "unpacked"
     out = measure(args, store, unit_ids, local, forwards, args.simulator_mode, main_engine)
     if args.compare:
         out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare, main_engine)

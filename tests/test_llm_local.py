@@ -164,7 +164,7 @@ def test_usage_counts_the_prompt_tokens_a_shared_prefix_saved():
 
 
 def test_prepacked_linears_give_the_logits_within_bf16_rounding():
-    """SmolLM2 in bf16 with its linear layers prepacked (the default on CPU): every layer runs packed,
+    """SmolLM2 in bf16 with its linear layers prepacked (AUTOINTERP_PREPACK=1): every layer runs packed,
     the tied head still reads the embedding, and the logits agree with plain nn.Linear to within bf16
     rounding (not bitwise: oneDNN's inner product rounds a few elements one step apart, which 30
     layers carry into the logits); unpacking gives the plain logits back bit for bit."""

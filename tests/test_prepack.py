@@ -81,7 +81,7 @@ def test_nothing_is_packed_outside_cpu_bf16():
 
 
 @pytest.mark.parametrize(
-    ("value", "on"), [(None, True), ("1", True), ("0", False), ("off", False), ("false", False)]
+    ("value", "on"), [(None, False), ("1", True), ("on", True), ("0", False), ("off", False)]
 )
 def test_env_switch(monkeypatch, value, on):
     if value is None:
