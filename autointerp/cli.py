@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from autointerp.config import SimulatorMode
 from autointerp.errors import LOCAL_STACK, SAE_STACK, UserError, environment_error, require_local
 from autointerp.units import parse_units, resolve_unit_ids, select_unit_ids
 from autointerp.viewer.links import VIEWER_URL, check_viewer_url
@@ -101,7 +102,7 @@ RetriesOpt = Annotated[
     ),
 ]
 SimulatorModeOpt = Annotated[
-    Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"],
+    SimulatorMode,
     typer.Option(
         help="exact (one pass), exact-follow (stepwise), json, head-exact (attention heads) or auto."
     ),
@@ -760,7 +761,7 @@ def label(
         typer.Option(help="LLM spec of the simulator and judges [default: config, else the explainer]."),
     ] = None,
     simulator_mode: Annotated[
-        Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"] | None,
+        SimulatorMode | None,
         typer.Option(help="exact, exact-follow, json, head-exact or auto [default: config, else auto]."),
     ] = None,
     methods: Annotated[

@@ -36,6 +36,10 @@ from autointerp.llm.prices import Price
 FILE = "autointerp.toml"
 
 
+# `label --simulator-mode`: "auto" and the names of simulate.SIMULATORS
+SimulatorMode = Literal["auto", "exact", "exact-whole", "exact-raw", "exact-follow", "json", "head-exact"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,7 +70,7 @@ class LabelDefaults(_Strict):
     methods: list[str] | None = None
     scorers: list[str] | None = None
     concurrency: int | None = Field(None, ge=1)
-    simulator_mode: Literal["auto", "exact", "exact-raw", "exact-follow", "json", "head-exact"] | None = None
+    simulator_mode: SimulatorMode | None = None
 
     @field_validator("methods", "scorers")
     @classmethod

@@ -15,6 +15,11 @@ from autointerp.types import SourceRef
 pytestmark = pytest.mark.slow
 HOOK = "blocks.6.mlp.hook_post"
 LLM = "local:smollm2-135m"
+# SmolLM2 reads the scale weakly at the start of a listing: in `exact`'s 2-token listings its median mass
+# is near the floor (~0.5), so those scores are (rightly) failed; the whole-window read keeps it ~0.74.
+# These tests are about the pipeline, so they simulate with `exact-whole`.
+SIM = "exact-whole"
+SCORERS = ["correlation", "detection", "fuzzing"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def db(gemma, tmp_path_factory):
 
 def test_label_stores_explanations_and_scores_with_provenance(db):
     units = [f"gemma-3-270m/{HOOK}/1", f"gemma-3-270m/{HOOK}/2"]
-    summary = label(db, units, explainer=LLM, scorers=["correlation", "detection", "fuzzing"], concurrency=2)
+    summary = label(db, units, explainer=LLM, scorers=SCORERS, concurrency=2, simulator_mode=SIM)
     assert not summary.failures
     store = Store(db)
     for uid in units:
@@ -43,7 +48,7 @@ def test_label_stores_explanations_and_scores_with_provenance(db):
             else:
                 assert s.reason
         corr = scores["correlation"]
-        assert corr.simulator == f"{LLM}#exact" and corr.prompt == "simulate-exact@5"
+        assert corr.simulator == f"{LLM}#{SIM}" and corr.prompt == "simulate-exact@5"
         assert len(corr.details["predicted"]) == corr.details["n_test"] > 0
         assert {len(p) for p in corr.details["predicted"]} == {31}  # 32-token windows, BOS left out
         mass = corr.details["scale_mass"]  # the stepwise read-out keeps its probability on the digits
@@ -56,7 +61,7 @@ def test_label_stores_explanations_and_scores_with_provenance(db):
 
 def test_second_label_run_skips_done_units(db):
     units = [f"gemma-3-270m/{HOOK}/1"]
-    again = label(db, units, explainer=LLM, scorers=["correlation", "detection", "fuzzing"])
+    again = label(db, units, explainer=LLM, scorers=SCORERS, simulator_mode=SIM)
     assert [r.skipped for r in again.results] == [True]
     assert again.prompt_tokens == 0
 

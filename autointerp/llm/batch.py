@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 MAX_ATTEMPTS = 3  # submissions of one request that came back without an answer before it is failed
 DISCOUNT = 0.5  # both providers' batch price: half the list price
-EXACT_MODES = ("exact", "exact-raw", "exact-follow", "head-exact")
+EXACT_MODES = ("exact", "exact-whole", "exact-raw", "exact-follow", "head-exact")
 # Requests and bytes per batch: OpenAI 50,000 and a 200 MB file; Anthropic 100,000 and 256 MB.
 LIMITS: dict[str, tuple[int, int]] = {"openai": (50_000, 190_000_000), "anthropic": (100_000, 250_000_000)}
 
