@@ -221,7 +221,6 @@ class FollowingSimulator(ExactSimulator):
 
     name = "exact-follow"
     calibrated = False
-    chunk = None
 
     def request(self, explanation: str, tokens: list[str]) -> StepwiseRequest:  # type: ignore[override]
         return StepwiseRequest(
@@ -230,7 +229,7 @@ class FollowingSimulator(ExactSimulator):
             candidates=DIGITS,
         )
 
-    async def read(self, explanation: str, windows: list[list[str]]) -> list[StepwiseResponse]:
+    async def read(self, explanation: str, windows: list[list[str]]) -> list[StepwiseResponse]:  # type: ignore[override]
         return await read_stepwise(self.llm, [self.request(explanation, toks) for toks in windows])
 
 
