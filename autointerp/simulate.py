@@ -6,12 +6,15 @@ A `Simulator` is registered by name in `SIMULATORS` (the `--simulator-mode` of `
   gives that token's expected value. The filler is on the scale, so the probability the model puts on
   the scale (`mass`, kept per token) stays near 1, and a simulation whose median mass is below
   `MASS_FLOOR` is reported as failed, never as a score. (An off-scale filler such as `unknown` is
-  copied: measured, ~4e-5 of the mass left on the digits.) Chunked: a window is listed `CHUNK` (2)
-  tokens at a time, each chunk a listing of its own right after the prompt (the prompt and the
-  explanation are computed once per batch and shared): along a listing of zeros the model copies "0"
-  more and more and stops reading the explanation (" son" 0.1 in a window's 15th line for "family
-  relations like father, son, wife"; " not" 0.0 for "negation words like not and no"); measured on
-  the synthetic suite, chunks of 8, 4, 2 tokens: truth 0.64, 0.70, 0.70 against 0.51 whole; the
+  copied: measured, ~4e-5 of the mass left on the digits.) Chunked: a window is listed a few tokens at
+  a time (`listing_pieces`: at least `CHUNK` (2), at most `MAX_CHUNK` (4), cut only before a token that
+  can start a word, so trailing punctuation stays with its word: "self" and its ".", "1990" and its
+  ","), each chunk a listing of its own right after the prompt (the prompt and the explanation are
+  computed once per batch and shared): along a listing of zeros the model copies "0" more and more and
+  stops reading the explanation (" son" 0.1 in a window's 15th line for "family relations like father,
+  son, wife"; " not" 0.0 for "negation words like not and no"); measured on the synthetic suite
+  (truth's mean correlation): whole windows 0.51, fixed chunks of 8, 4, 2 tokens 0.64, 0.70, 0.70,
+  2-4 tokens cut at word starts 0.73 (and the truth first on 12 of 12 units, against 11); the
   forward tokens stay those of the listing. Calibrated: every chunk is read once more under the null
   explanation `NULL_EXPLANATION`, and a token's prediction is its expected value under the
   explanation minus under the null. That takes out what the model predicts whatever the explanation
@@ -58,7 +61,9 @@ from autointerp.types import Example
 
 DIGITS = [str(i) for i in range(10)]
 PRIOR = "0"  # the digit written after every TAB of the exact listing: most tokens of a unit are 0
-CHUNK = 2  # tokens per listing in `exact`: a window is read in listings of this many tokens
+CHUNK = 2  # fewest tokens per listing in `exact` (a window's last listing may have fewer)
+MAX_CHUNK = 4  # most tokens per listing: past it a listing is cut even inside a word
+WORD_OPENERS = "\"'#([{<"  # punctuation that can open a listing (any other continues the token before)
 NULL_EXPLANATION = "N/A"  # `exact` reads each listing under it too and subtracts (calibration)
 
 
@@ -88,18 +93,37 @@ def is_null_read(prompt: str) -> bool:
     return prompt.rpartition("Explanation: ")[2].startswith(NULL_EXPLANATION + "\n")
 
 
+def opens_listing(token: str) -> bool:
+    """Whether a listing may start at `token`: whitespace, a letter or digit, or an opening mark. Other
+    punctuation stays with the token before it (the "." after "self", the "," after "1990")."""
+    head = token[:1]
+    return not head or head.isspace() or head.isalnum() or head in WORD_OPENERS
+
+
+def listing_pieces(tokens: list[str], least: int = CHUNK, most: int = MAX_CHUNK) -> list[list[str]]:
+    """`tokens` cut into listings of `least` to `most` tokens, each cut before a token that opens one
+    (a listing that reaches `most` is cut anyway)."""
+    pieces: list[list[str]] = []
+    for tok in tokens:
+        if pieces and len(pieces[-1]) < most and (len(pieces[-1]) < least or not opens_listing(tok)):
+            pieces[-1].append(tok)
+        else:
+            pieces.append([tok])
+    return pieces or [[]]
+
+
 def expected_value(dist: dict[str, float]) -> float:
     return sum(int(d) * p for d, p in dist.items())
 
 
 class ExactSimulator:
-    """Reads the scale at every token of a window, each TAB followed by the prior "0", in listings of
-    `chunk` tokens; calibrated by the same reads under the null explanation."""
+    """Reads the scale at every token of a window, each TAB followed by the prior "0", in listings of a
+    few tokens (`listing_pieces`); calibrated by the same reads under the null explanation."""
 
     name = "exact"
     filler = PRIOR  # after every TAB
     calibrated = True
-    chunk: int | None = CHUNK  # tokens per listing; None: the whole window in one listing
+    chunk: int | None = CHUNK  # fewest tokens per listing (`listing_pieces`); None: the whole window in one
 
     def __init__(self, llm: LLM):
         if not llm.capabilities.token_probs:
@@ -120,8 +144,9 @@ class ExactSimulator:
 
     def pieces(self, tokens: list[str]) -> list[list[str]]:
         """A window's tokens cut into the listings it is read in."""
-        size = self.chunk or max(1, len(tokens))
-        return [tokens[i : i + size] for i in range(0, len(tokens), size)] or [[]]
+        if self.chunk is None:
+            return [tokens]
+        return listing_pieces(tokens, self.chunk, max(self.chunk, MAX_CHUNK))
 
     async def read(self, explanation: str, windows: list[list[str]]) -> list[TokenProbsResponse]:
         """The scale distribution (and its mass) at every token of every window: every chunk is one

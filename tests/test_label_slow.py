@@ -48,7 +48,7 @@ def test_label_stores_explanations_and_scores_with_provenance(db):
             else:
                 assert s.reason
         corr = scores["correlation"]
-        assert corr.simulator == f"{LLM}#{SIM}" and corr.prompt == "simulate-exact@5"
+        assert corr.simulator == f"{LLM}#{SIM}" and corr.prompt == "simulate-exact@6"
         assert len(corr.details["predicted"]) == corr.details["n_test"] > 0
         assert {len(p) for p in corr.details["predicted"]} == {31}  # 32-token windows, BOS left out
         mass = corr.details["scale_mass"]  # the stepwise read-out keeps its probability on the digits

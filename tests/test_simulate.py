@@ -17,12 +17,14 @@ from autointerp.score import ScoreSettings, correlation
 from autointerp.simulate import (
     CHUNK,
     DIGITS,
+    MAX_CHUNK,
     NULL_EXPLANATION,
     ExactSimulator,
     FollowingSimulator,
     RawSimulator,
     SimulationError,
     WholeSimulator,
+    listing_pieces,
 )
 from autointerp.store import Store
 from autointerp.types import Context, Example, Unit, UnitRef, UnitStats
@@ -113,6 +115,53 @@ def test_a_long_window_is_read_in_listings_of_chunk_tokens_joined_in_order():
     assert len(llm.requests) == 2 * n + 2  # the whole window in one listing, read twice
 
 
+def test_listings_are_cut_only_where_a_word_can_start():
+    code = [
+        "self",
+        ".",
+        "dict",
+        ".",
+        "sync",
+        "()",
+        "\n",
+        "    ",
+        "x",
+        " =",
+        " (",
+        "1990",
+        ",",
+        " 2",
+        ")",
+        ".",
+    ]
+    assert listing_pieces(code) == [
+        ["self", "."],  # the dot stays with self, the "()" with sync
+        ["dict", "."],
+        ["sync", "()"],
+        ["\n", "    "],
+        ["x", " ="],
+        [" (", "1990", ","],  # at least CHUNK tokens, then only before a word start
+        [" 2", ")", "."],
+    ]
+    assert CHUNK == 2 and MAX_CHUNK == 4
+    assert listing_pieces(["a", ".", ",", ")", ";", "b"]) == [["a", ".", ",", ")"], [";", "b"]]  # cut at MAX
+    assert listing_pieces([" a", "#", " b", "'", "c"]) == [[" a", "#"], [" b", "'"], ["c"]]
+    assert listing_pieces([]) == [[]]
+    assert [t for p in listing_pieces(code) for t in p] == code
+
+
+def test_a_window_is_read_in_its_listing_pieces_in_order():
+    tokens = ["<bos>", " In", " March", ",", " self", ".", "x", " June", "."]
+    acts = [0.0, 0, 1, 0, 0, 0, 0, 1, 0]
+    llm = scripted_months()
+    sim = ExactSimulator(llm)
+    (s,) = asyncio.run(sim.simulate("names of months", [example(tokens, acts)]))
+    head = sim.prompt.text(explanation="names of months")
+    reads = [r.prompt[len(head) :] for r in llm.requests if r.prompt.startswith(head)]
+    assert reads == [" In\t0\n March\t0\n,\t0\n", " self\t0\n.\t0\n", "x\t0\n June\t0\n.\t0\n"]
+    assert [i for i, v in enumerate(s.expected) if v > 5] == [1, 6]
+
+
 def salient(prefix: str, candidates: list[str]) -> dict[str, float]:
     """A model that finds " it" salient whatever the explanation, and months under "names of months"."""
     dist = months(prefix, candidates)
@@ -132,7 +181,7 @@ def test_calibration_subtracts_what_the_model_predicts_under_the_null_explanatio
     assert s.expected[it] == pytest.approx(0.0)  # salient under the null too: calibrated away
     march = TOKENS.index(" March") - 1
     assert s.expected[march] == pytest.approx(r.expected[march])  # nothing under the null: unchanged
-    n = -(-(len(TOKENS) - 1) // CHUNK)  # listings per window
+    n = len(listing_pieces(TOKENS[1:]))  # listings per window
     assert r.raw is None and len(llm.requests) == 3 * n  # 2 reads calibrated, 1 raw
 
 
