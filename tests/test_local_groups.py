@@ -13,10 +13,11 @@ import random
 import pytest
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 from autointerp.llm import local  # noqa: E402
 from autointerp.llm.local import Engine, _Prepared, _row_groups  # noqa: E402
+from tests.conftest import tiny_qwen2  # noqa: E402
 
 HEADER = list(range(3, 43))  # 40 tokens: the few-shot block, then "Explanation: "
 EXPLANATIONS = [[50 + i for i in range(12)], [70 + i for i in range(9)]]
@@ -28,19 +29,7 @@ class _Tok:
 
 
 def _engine() -> Engine:
-    cfg = transformers.Qwen2Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(cfg).eval()
-    return Engine(name="tiny-qwen2", model=model, tok=_Tok(), device="cpu")
+    return Engine(name="tiny-qwen2", model=tiny_qwen2(), tok=_Tok(), device="cpu")
 
 
 def _rows(n_per: int = 10, seed: int = 0) -> list[_Prepared]:

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from autointerp.llm import prepack  # noqa: E402
+from tests.conftest import tiny_qwen2  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(
     not prepack.supported(nn.Linear(2, 2).to(torch.bfloat16)), reason="no oneDNN packed linear here"
@@ -134,17 +135,7 @@ def test_a_model_loaded_from_safetensors_lets_go_of_its_files_once_prepacked(tmp
     import gc
 
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.Qwen2Config(
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path)
+    tiny_qwen2(vocab=1000, hidden=256).to(torch.bfloat16).save_pretrained(tmp_path)
     m = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
 
     def mapped() -> int:
