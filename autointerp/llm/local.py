@@ -90,9 +90,10 @@ class Engine:
     prepacked: int = 0  # linear layers running on prepacked bf16 weights (llm/prepack.py)
 
     def set_prepack(self, on: bool) -> int:
-        """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes) or put
-        the plain ones back; how many are prepacked now. The prefix cache is emptied on a change, so
-        every cached key/value was computed the way the next forward passes run."""
+        """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes; the
+        untied plain weights are freed) or put the plain ones back (freed weights rebuilt bit for bit
+        from the packed copies); how many are prepacked now. The prefix cache is emptied on a change,
+        so every cached key/value was computed the way the next forward passes run."""
         from autointerp.llm import prepack
 
         with self.lock:
