@@ -13,9 +13,11 @@ LLM's forward passes (timed around the model's forward, which the backend runs o
 `exact-raw`, the uncalibrated read at half the simulation passes) and adds its figures under `compare`.
 `--compare-engine VARIANT[,VARIANT]` labels them again with the local engine run another way and adds
 each under `compare_engine`: `plain` (nn.Linear, the LM head over every row's union of positions: the
-engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (both; off by default);
-the main run is `prepacked` when AUTOINTERP_PREPACK=1, else `unpacked`. Each run records its `engine`
-variant and the load average before and after (the machine is shared).
+engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (both; off by default),
+`ungrouped` (the main run's engine with every batch forwarded from its one common prefix, not in row
+groups with their own: the engine before #16); the main run is `prepacked` when AUTOINTERP_PREPACK=1,
+else `unpacked`, both with row groups. Each run records its `engine` variant and the load average
+before and after (the machine is shared).
 """
 
 from __future__ import annotations
@@ -33,22 +35,26 @@ from pathlib import Path
 from common import bench_store, timed
 
 from autointerp import label
+from autointerp.llm.prepack import enabled_by_env
 from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
-ENGINES = ("plain", "unpacked", "prepacked")
+ENGINES = ("plain", "unpacked", "prepacked", "ungrouped")
 
 
-def engine_variant(variant: str) -> None:
-    """Run the local engine as `variant` from the next `label` on (see the module docstring)."""
+def engine_variant(variant: str, main: str) -> None:
+    """Run the local engine as `variant` from the next `label` on (see the module docstring); `main`:
+    the main run's variant, whose prepacking `ungrouped` keeps."""
     from autointerp.llm import local
     from autointerp.llm.prepack import ENV
 
     if not hasattr(local, "_default_plain_head"):
         local._default_plain_head = local._plain_head
     local._plain_head = (lambda model: None) if variant == "plain" else local._default_plain_head
-    os.environ[ENV] = "1" if variant == "prepacked" else "0"  # read by the LocalLLM that label() makes
+    local.GROUP_ROWS = variant != "ungrouped"
+    packed = (main if variant == "ungrouped" else variant) == "prepacked"
+    os.environ[ENV] = "1" if packed else "0"  # read by the LocalLLM that label() makes
 
 
 def time_forwards(source: str) -> dict[str, float]:
@@ -138,7 +144,8 @@ def main() -> None:
     store, unit_ids = bench_store(args.units, first=args.first)
     local = args.explainer.removeprefix("local:") if args.explainer.startswith("local:") else None
     forwards = time_forwards(local) if local else None
-    main_engine = "prepacked" if os.environ.get("AUTOINTERP_PREPACK", "0") == "1" else "unpacked"
+    main_engine = "prepacked" if enabled_by_env() else "unpacked"
+    args.main_engine = main_engine
     out = measure(args, store, unit_ids, local, forwards, args.simulator_mode, main_engine)
     if args.compare:
         out["compare"] = measure(args, store, unit_ids, local, forwards, args.compare, main_engine)
@@ -155,7 +162,7 @@ def main() -> None:
 def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str, engine: str) -> dict:  # noqa: ANN001
     """Label the units once with no LLM cache, with simulator mode `mode` and engine variant `engine`;
     the figures as a dict."""
-    engine_variant(engine)
+    engine_variant(engine, args.main_engine)
     if forwards is not None:
         forwards["seconds"] = 0.0
     # each measurement labels its own copy of the recorded store: nothing is skipped as already done
@@ -202,6 +209,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "simulator_mode": mode,
         "engine": engine,
         "prepacked_layers": prepacked_layers(local) if local else None,
+        "row_groups": engine != "ungrouped",
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "units": len(unit_ids),
         "failures": len(summary.failures),

@@ -64,6 +64,25 @@ def tiny_subject():  # noqa: ANN201 - SubjectModel
     return SubjectModel("tiny", HookedTransformer(cfg), CharTokenizer(vocab=50))
 
 
+def tiny_qwen2(vocab: int = 100, hidden: int = 32, tied: bool = True):  # noqa: ANN201 - Qwen2ForCausalLM
+    """A 2-layer random Qwen2 causal LM (float32; seeded): the local engine's model class, no download."""
+    import torch
+    import transformers
+
+    cfg = transformers.Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
 @pytest.fixture(scope="session")
 def gemma():
     from autointerp.subject.model import load_subject

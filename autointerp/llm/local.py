@@ -47,6 +47,10 @@ PREFIX_ROWS_TOKENS = 32768  # rows x shared prefix per forward pass: the prefix'
 # for every row (~28 KB a token for Qwen 1.5B), so many short rows after a long prompt (the exact
 # simulator's 2-token listings) go in several passes of at most ~0.9 GB of copies each
 STEP_ROWS = 32  # stepwise rows decoded together
+GROUP_ROWS = True  # group a batch's rows by their own shared prefix (_row_groups); False: one group
+# from the batch's common prefix (the engine before #16)
+GROUP_COST = 32  # forward tokens a group of rows must save to be forwarded apart (its pass, its copies)
+GROUP_DEPTH = 8  # nesting of groups considered (rows sorted by ids form a tree of shared prefixes)
 GATHER_MIN = 64  # fewest (row, position) logits read through the gathered LM head (see _position_logits)
 
 
@@ -86,9 +90,10 @@ class Engine:
     prepacked: int = 0  # linear layers running on prepacked bf16 weights (llm/prepack.py)
 
     def set_prepack(self, on: bool) -> int:
-        """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes) or put
-        the plain ones back; how many are prepacked now. The prefix cache is emptied on a change, so
-        every cached key/value was computed the way the next forward passes run."""
+        """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes; the
+        untied plain weights are freed) or put the plain ones back (freed weights rebuilt bit for bit
+        from the packed copies); how many are prepacked now. The prefix cache is emptied on a change,
+        so every cached key/value was computed the way the next forward passes run."""
         from autointerp.llm import prepack
 
         with self.lock:
@@ -259,20 +264,29 @@ class Engine:
             return out
 
     def _token_probs_rows(self, preps: list[_Prepared], reuse: bool, out: list) -> None:
-        shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
-        shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
-        if reuse and len(preps) > 1 and shared >= MIN_REUSE:
-            kv = self._prefix_kv(preps[0].ids[:shared])
-            self._forward_rows(list(range(len(preps))), preps, shared if kv is not None else 0, kv, out)
-        elif reuse:
-            for i, p in enumerate(preps):  # no common prefix in this batch: each may match the LRU
+        """Forward a batch's rows: without reuse all from token 0; with it, in groups of rows that
+        share a prefix (`_row_groups`), each group from its own prefix's key/values (`_prefix_kv`,
+        which extends the LRU's best match); a group's prefix tokens are counted on its first row."""
+        if not reuse:
+            self._forward_rows(list(range(len(preps))), preps, 0, None, out)
+            return
+        groups = _row_groups(preps) if GROUP_ROWS else [_batch_group(preps)]
+        for rows, shared in groups:
+            if len(rows) > 1 and shared >= MIN_REUSE:
                 before = self.stats["forward_tokens"]
+                kv = self._prefix_kv(preps[rows[0]].ids[:shared])
+                extra = self.stats["forward_tokens"] - before
+                self._forward_rows(rows, preps, shared if kv is not None else 0, kv, out)
+                probs, mass, computed = out[rows[0]]
+                out[rows[0]] = (probs, mass, computed + extra)
+                continue
+            for i in rows:  # no prefix shared in this batch worth a pass: each may match the LRU
+                before = self.stats["forward_tokens"]
+                p = preps[i]
                 cut = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
                 kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
                 self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
                 out[i] = (*out[i][:2], self.stats["forward_tokens"] - before)
-        else:
-            self._forward_rows(list(range(len(preps))), preps, 0, None, out)
 
     def _forward_rows(self, rows: list[int], preps: list[_Prepared], start: int, kv, out: list) -> None:
         """Forward `preps[rows]` from token `start` on (past key/values `kv` cover the tokens before)."""
@@ -451,6 +465,81 @@ def _plain_head(model) -> tuple | None:  # noqa: ANN001
         return None
     decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     return (decoder, head) if decoder is not None and head is not None else None
+
+
+def _batch_group(preps: list[_Prepared]) -> tuple[list[int], int]:
+    """All rows as one group from the batch's common prefix (the engine before grouping)."""
+    shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
+    shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
+    return list(range(len(preps))), shared
+
+
+def _row_groups(preps: list[_Prepared]) -> list[tuple[list[int], int]]:
+    """The batch's rows in groups, each with the prefix its rows share (capped at each row's first read
+    position, whose logits must be computed): (row indices, prefix length) per group.
+
+    Rows are sorted by token ids, so rows sharing a prefix are neighbours and every group is a run of
+    them; the runs form a tree (a run shares more than the run it is cut from). A run is cut into its
+    sub-runs where that forwards fewer tokens: each row forwards its tokens after its group's prefix,
+    each group its prefix's tokens beyond the enclosing run's once, plus `GROUP_COST` per group (a
+    pass and a key/value copy). Rows left alone by a cut stay together on the run's own prefix. With
+    two explanations' listings in one batch this gives a group per explanation, each from the end of
+    its explanation line instead of the batch's "Explanation: "."""
+    n = len(preps)
+    if n == 1:
+        return [_batch_group(preps)]
+    order = sorted(range(n), key=lambda i: preps[i].ids)
+    ids = [preps[i].ids for i in order]
+    cap = [min(preps[i].idx, default=len(preps[i].ids) - 1) for i in order]
+    adj = [_lcp2(ids[k], ids[k + 1]) for k in range(n - 1)]  # with the next row in sorted order
+
+    def prefix(run: list[int]) -> int:
+        """What the sorted rows `run` share (the common prefix of sorted rows is the least of their
+        neighbours' between the first and the last), up to their first read position."""
+        return min(min(adj[run[0] : run[-1]], default=len(ids[run[0]])), min(cap[k] for k in run))
+
+    def plan(run: list[int], outer: int, depth: int) -> tuple[int, list[tuple[list[int], int]]]:
+        """(cost, groups) of the sorted rows `run` inside a group forwarded from `outer`."""
+        p = prefix(run)
+        keep = (p - outer + sum(len(ids[k]) - p for k in run) + GROUP_COST, [(run, p)])
+        if depth >= GROUP_DEPTH:
+            return keep
+        subs: list[list[int]] = []
+        alone = [k for k in run if cap[k] <= p]  # read at the run's prefix: nothing more to share
+        for k in run:
+            if cap[k] <= p:
+                continue
+            if subs and min(adj[subs[-1][-1] : k]) > p:
+                subs[-1].append(k)
+            else:
+                subs.append([k])
+        alone += [k for x in subs if len(x) == 1 or prefix(x) <= p for k in x]
+        subs = [x for x in subs if len(x) > 1 and prefix(x) > p]
+        if not subs:
+            return keep
+        cost, groups = p - outer, []
+        for sub in subs:
+            c, g = plan(sub, p, depth + 1)
+            cost += c
+            groups += g
+        if alone:
+            cost += sum(len(ids[k]) - p for k in alone) + GROUP_COST
+            groups.append((sorted(alone), p))
+        return min(keep, (cost, groups), key=lambda x: x[0])
+
+    return [([order[k] for k in run], p) for run, p in plan(list(range(n)), 0, 0)[1]]
+
+
+def _lcp2(a: list, b: list) -> int:
+    """Length of the common prefix of two token lists (binary search on slice equality: C-speed)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _lcp(seqs: list) -> int:
