@@ -223,8 +223,13 @@ async def _classify(
             return Score(scorer=scorer, value=None, status="failed", reason=reason, details=details, **fields)
     if not details["n_pos"] or not details["n_neg"]:
         return _score(scorer, math.nan, "needs firing and non-firing windows", details=details, **fields)
-    if len(set(p_yes)) == 1:
-        what = f'P("1") = {p_yes[0]:.3f}' if mass is not None else f"answered {int(p_yes[0])}"
+    if len({int(p >= 0.5) for p in p_yes}) == 1:  # one verdict for every text: no balanced accuracy
+        if mass is None:
+            what = f"answered {int(p_yes[0])}"
+        elif len(set(p_yes)) == 1:
+            what = f'P("1") = {p_yes[0]:.3f}'
+        else:  # the probabilities may still rank the texts: their AUC stays in the details
+            what = f'P("1") {min(p_yes):.3f}-{max(p_yes):.3f}, AUC over it {details["auc"]} in the details'
         reason = f"the judge gave every text the same verdict ({what}): it does not discriminate"
         return _score(scorer, math.nan, reason, details=details, **fields)
     return _score(scorer, c.balanced_accuracy, "", details=details, **fields)

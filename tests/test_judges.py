@@ -201,6 +201,12 @@ def test_constant_judge_is_nan_with_its_reason():
     chat = Judge(lambda t: 1.0, token_probs=False)
     sc = run(scoring.detection(chat, "anything", make_sample(), scoring.ScoreSettings(judge_batch=5), **F))
     assert sc.status == "nan" and "answered 1" in sc.reason and "auc" not in sc.details
+    # P("1") varies but is >= 0.5 for every text (the embedded 1.5B judge): every verdict is "1", so no
+    # balanced accuracy (not a 0.5 averaged in as if measured); the ranking's AUC stays in the details
+    yes = Judge(lambda t: 0.9 if "March" in t else 0.6)
+    sc = run(scoring.detection(yes, "month names", make_sample(), scoring.ScoreSettings(), **F))
+    assert sc.status == "nan" and sc.value is None and "same verdict" in sc.reason
+    assert sc.details["auc"] > 0.5 and "P(\"1\") 0.600-0.900" in sc.reason
 
 
 def test_low_probability_mass_fails_the_score_with_its_reason():

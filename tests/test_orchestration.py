@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -159,3 +160,44 @@ def test_bench_with_a_scripted_llm(tmp_path, scripted, char_tokenizer):
     digits = r.units[0]
     assert digits.scores["true"]["correlation"] > 0.9 and digits.explanations["gen:top"] == "digits"
     assert Store(tmp_path / "bench.db").get_run(r.run_id).status == "complete"
+
+
+def test_bench_meta_evaluates_a_yes_saying_judges_auc_when_its_balanced_accuracy_is_nan(
+    tmp_path, scripted, char_tokenizer
+):
+    from autointerp.bench.run import run_bench
+    from autointerp.subject.model import SubjectModel
+
+    spec = [
+        {
+            "name": "digits",
+            "explanation": "digits",
+            "near_miss": "letters",
+            "rule": {"kind": "regex", "pattern": "\\d"},
+        }
+    ]
+    (tmp_path / "suite.json").write_text(json.dumps(spec))
+    (tmp_path / "c.txt").write_text("In 1999 the tax was 12 dollars, not 13; xylophones cost 7. " * 40)
+    no_forward = SimpleNamespace(cfg=SimpleNamespace(default_prepend_bos=True))
+    subject = SubjectModel("tiny", no_forward, char_tokenizer())
+
+    def probs(prefix: str, candidates: list[str]) -> dict[str, float]:
+        if candidates == ["1", "0"]:  # the judge: "1" for every text, surer where the text has a digit
+            query, so_far = prefix.rpartition("Explanation: ")[2].rsplit("Answer: [", 1)
+            text = re.findall(r"^Example \d+: (.*)$", query, re.MULTILINE)[so_far.count(",")]
+            return {"1": 0.9 if any(ch.isdigit() for ch in text) else 0.6, "0": 0.1}
+        return {"9": 0.9, "0": 0.1} if prefix[-2:-1].isdigit() else {"0": 0.9, "9": 0.1}
+
+    llm = scripted(respond=lambda request: "digits", probs=probs)
+    r = run_bench(
+        tmp_path / "bench.db", suite=str(tmp_path / "suite.json"), methods=["top"], explainer=llm.spec,
+        scorers=["correlation", "detection"], tokens=1500, ctx=16, corpus=[str(tmp_path / "c.txt")],
+        subject=subject,
+    )  # fmt: skip
+    (unit,) = r.units
+    assert unit.scores["true"]["detection"] is None and unit.status["true"]["detection"] == "nan"
+    assert unit.aucs["true"]["detection"] > 0.5  # its P("1") still ranks digit windows higher
+    assert [m.scorer for m in r.meta.scorers] == ["correlation", "detection", "detection AUC"]
+    auc = r.meta.scorers[2]
+    assert auc.n_units == 1 and auc.mean_by_kind["true"] == unit.aucs["true"]["detection"]
+    assert r.meta.scorers[1].n_units == 0  # no balanced accuracy to rank: nothing averaged in

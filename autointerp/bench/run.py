@@ -119,6 +119,9 @@ class UnitRow(BaseModel):
     )  # candidate key -> scorer -> ok/nan/failed
     errors: dict[str, str] = Field(default_factory=dict)  # method -> why its explanation failed
     match: dict[str, Match] = Field(default_factory=dict)  # method -> similarity to the truth
+    aucs: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict
+    )  # candidate key -> judge scorer -> AUC over the judge's P("1") (from the score's details)
 
 
 class ScorerStat(BaseModel):
@@ -344,6 +347,11 @@ def _collect(row: UnitRow, key: str, scores: dict[str, Score], spent: dict[str, 
     """Put the stored scores in the row; add their recorded compute time to spent[key]."""
     row.scores[key] = {sc: _fnum(x.value) for sc, x in scores.items()}
     row.status[key] = {sc: x.status for sc, x in scores.items()}
+    row.aucs[key] = {
+        sc: _fnum(x.details.get("auc"))
+        for sc, x in scores.items()
+        if "auc" in x.details and x.status != "failed"
+    }
     spent[key] = spent.get(key, 0.0) + sum(float(x.details.get("seconds", 0.0)) for x in scores.values())
 
 
@@ -582,7 +590,17 @@ async def arun_bench(
 
         meta_eval = None
         if truth and s.meta:
-            meta_eval = meta.meta_evaluate([rows[u].scores for u in usable], s.scorers)
+            # The judges' AUCs are meta-evaluated beside their balanced accuracies: a judge that says
+            # "1" to every text has no balanced accuracy (nan) but its P("1") may still rank the texts.
+            judged = [sc for sc in s.scorers if any(sc in a for u in usable for a in rows[u].aucs.values())]
+            cands = [
+                {
+                    k: {**v, **{f"{sc} AUC": a for sc, a in rows[u].aucs.get(k, {}).items()}}
+                    for k, v in rows[u].scores.items()
+                }
+                for u in usable
+            ]
+            meta_eval = meta.meta_evaluate(cands, s.scorers + [f"{sc} AUC" for sc in judged])
 
         result = BenchResult(
             settings=s,
