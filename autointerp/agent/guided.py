@@ -7,8 +7,10 @@ free loop, so `show`, `--resume` and the bulk method work alike):
 
 1. `examples(top)` and `tokens`: the explain split's top windows and the tokens the unit fires on, with
    counts and the token before each (the test split stays unreachable: the same tools as the free loop).
-   `name`: the LLM names what those tokens have in common; when one token comes before most of them,
-   'CATEGORY right after "TOKEN"' is a second candidate.
+   `name`: the LLM names what those tokens have in common; the code adds candidates it builds from the
+   measured tokens (agent/measured.py): 'CATEGORY right after "TOKEN"' when one token comes before most
+   of them, 'CATEGORY, such as A, B and C', a graded one for numbers whose activation follows their
+   value, and the form they share.
 2. `propose`: the LLM writes K distinct hypotheses, one per line (parsed robustly; empty, duplicate,
    id-like, pasted-example lines are dropped; one retry when none is left).
 3. `highlight` (with `with_highlight`): the one-shot highlight explainer's answer on the same explain
@@ -17,8 +19,9 @@ free loop, so `show`, `--resume` and the bulk method work alike):
 4. `score` each candidate (the score tool: calibrated simulation + correlation on explain-split windows).
 5. `revise`: the LLM sees the best hypothesis, its correlation and misses (tokens it fired on but the
    simulation predicted low; tokens predicted high where it stayed silent) and writes one revision,
-   which is scored.
-6. `finish` with the highest-scoring hypothesis; evidence: the experiments it came from and its score.
+   which is scored; when a context was measured and the best lacks it, 'BEST right after "TOKEN"' too.
+6. `finish` with the highest-scoring hypothesis (a near-tie, within TIE, goes to a specific candidate:
+   measured context, examples, grading); evidence: the experiments it came from and its score.
 
 Budgets: `max_steps` counts every stored step, one kept for `finish`; when the steps, tokens or seconds
 run out the investigation finishes with the best hypothesis so far (finishing costs no LLM call), or
