@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autointerp.agent.measured import distinct, grading, listed, ranks, shape
+from autointerp.agent.measured import bigram, distinct, grading, listed, ranks, shape
 from autointerp.agent.tools import TokenCount, TokensResult
 
 
@@ -45,3 +45,14 @@ def test_grading_needs_numbers_whose_mean_activation_follows_their_value():
     assert grading(tr({"1": (6, 0.5), "6": (3, 1.0), "2": (2, 0.2)})) is None  # no order (rho 0.5)
     assert grading(tr({"9": 5, "7": 3, "4": 2})) is None  # no means measured
     assert grading(tr({"9": (5, 1.0), "x": (3, 0.5), "4": (2, 0.4)})) is None  # not all numbers
+
+
+def test_bigram_writes_the_one_firing_word_after_its_measured_context_as_a_pair():
+    def with_before(firing: dict[str, int], before: dict[str, int]) -> TokensResult:
+        r = tr(firing)
+        return r.model_copy(update={"before": [TokenCount(token=t, count=n) for t, n in before.items()]})
+
+    assert bigram(with_before({".": 26}, {"self": 16, " self": 10})) == 'the "." in "self."'
+    assert bigram(with_before({" York": 5, "York": 1}, {" New": 6})) == 'the "York" in "New York"'
+    assert bigram(with_before({"1": 6, "2": 4}, {"(": 10})) is None  # two firing words: no one pair
+    assert bigram(with_before({".": 26}, {"x": 5, "y": 5})) is None  # no usual context

@@ -9,8 +9,8 @@ free loop, so `show`, `--resume` and the bulk method work alike):
    counts and the token before each (the test split stays unreachable: the same tools as the free loop).
    `name`: the LLM names what those tokens have in common; the code adds candidates it builds from the
    measured tokens (agent/measured.py): 'CATEGORY right after "TOKEN"' when one token comes before most
-   of them, 'CATEGORY, such as A, B and C', a graded one for numbers whose activation follows their
-   value, and the form they share.
+   of them (and 'the "B" in "AB"' when one word fires after it), 'CATEGORY, such as A, B and C', a
+   graded one for numbers whose activation follows their value, and the form they share.
 2. `propose`: the LLM writes K distinct hypotheses, one per line (parsed robustly; empty, duplicate,
    id-like, pasted-example lines are dropped; one retry when none is left).
 3. `highlight` (with `with_highlight`): the one-shot highlight explainer's answer on the same explain
@@ -36,7 +36,7 @@ import time
 from pydantic import BaseModel
 
 from autointerp.agent.loop import GUIDED_PROMPT, INVALID, Investigator, Outcome
-from autointerp.agent.measured import grading, listed, shape, usual_context
+from autointerp.agent.measured import bigram, grading, listed, shape, usual_context
 from autointerp.agent.tools import (
     ExamplesArgs,
     FinishArgs,
@@ -281,10 +281,10 @@ class GuidedInvestigator(Investigator):
         found = parse_hypotheses(resp.text, 1)
         specific: list[str] = []
         if found:
-            context = usual_context(tokens)
+            context, graded = usual_context(tokens), grading(tokens)
             specific = [
                 *([f'{found[0]} right after "{context}"'] if context else []),
-                *filter(None, [listed(found[0], tokens), grading(tokens)]),
+                *filter(None, [bigram(tokens), listed(found[0], tokens), graded and listed(graded, tokens)]),
             ]
             found += [*specific, *filter(None, [shape(tokens)])]
         self.keep(exp, found, "category", specific)
@@ -349,7 +349,7 @@ class GuidedInvestigator(Investigator):
         exp.thought = f"revise {best.text!r} (correlation {best.correlation:.2f}) from its misses"
         found = parse_hypotheses(resp.text, 1)
         context = usual_context(tokens)
-        kept = [f'{best.text} right after "{context}"'] if context and "right after" not in best.text else []
+        kept = [f'{best.text} right after "{context}"'] if context and not best.specific else []
         if kept and not found:
             exp.thought += f"; no revision could be read, the measured context kept: {kept[0]!r}"
         self.keep(exp, found + kept, "revision", kept)

@@ -4,6 +4,7 @@ Each reads only the `tokens` tool's result (the firing tokens of the explain spl
 counts and mean activations, and the token before each) and knows nothing of any particular unit:
 
 - `usual_context`: a token that comes right before most firing tokens ('CATEGORY right after "("');
+- `bigram`: one firing token after that context, written as the pair ('the "." in "self."');
 - `listed`: the category with the most frequent distinct firing tokens as examples
   ("negation words, such as not, no and cannot"), the way a person writes an explanation;
 - `shape`: what every firing token looks like when they share a form ("digits", "capitalized words");
@@ -43,6 +44,18 @@ def usual_context(tokens: TokensResult) -> str | None:
         return None
     token, n = max(by.items(), key=lambda kv: kv[1])
     return token if n >= CONTEXT_SHARE * total else None
+
+
+def bigram(tokens: TokensResult) -> str | None:
+    """'the "B" in "AB"' when every firing token is one word B and a usual context A comes before it
+    (each written as its most frequent spelling, the pair joined as the tokens join)."""
+    context = usual_context(tokens)
+    words = distinct(tokens.firing)
+    if context is None or len(words) != 1:
+        return None
+    first = next(x.token for x in tokens.before if x.token.strip() == context)  # most frequent first
+    second = max(tokens.firing, key=lambda x: x.count).token
+    return f'the "{words[0]}" in "{(first + second).strip()}"'
 
 
 def distinct(firing: list[TokenCount]) -> list[str]:
