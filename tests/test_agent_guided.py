@@ -136,7 +136,9 @@ def test_guided_happy_path_scores_candidates_revises_and_finishes_with_the_best(
         "finish",
     ]
     assert [e.id for e in seen] == [f"e{i}" for i in range(1, 12)] and not any(e.error for e in exps)
-    assert exps[1].result["firing"] == [{"token": " March", "count": 6}]  # the 6 explain-split top windows
+    assert exps[1].result["firing"] == [
+        {"token": " March", "count": 6, "mean": 3.5}
+    ]  # the 6 explain-split top windows
     assert exps[2].result["hypotheses"] == ["words"]  # no token comes before most ' March': no context
     # the id line and the duplicate were dropped; highlight's "the word cat" is also proposed: scored once
     assert exps[3].result["hypotheses"] == ["words after a preposition", "the word cat"]
@@ -302,3 +304,86 @@ def test_label_methods_agent_takes_the_agent_mode(synth_store, scripted, monkeyp
     (inv,) = Store(synth_store.path).investigations(UNIT)
     assert inv.settings["agent_mode"] == mode
     assert inv.prompt == ("agent-guided@2" if mode == "guided" else "agent-investigate@1")
+
+
+def measured_tokens(monkeypatch, firing: dict[str, tuple[int, float]], before: dict[str, int]) -> None:
+    """The `tokens` tool answers these counts (and mean activations) instead of the store's."""
+    from autointerp.agent.tools import TokenCount, TokensResult, Toolbox
+
+    result = TokensResult(
+        n_windows=6,
+        firing=[TokenCount(token=t, count=n, mean=m) for t, (n, m) in firing.items()],
+        before=[TokenCount(token=t, count=n) for t, n in before.items()],
+    )
+    monkeypatch.setattr(Toolbox, "tokens", lambda self, args, k=10: result)
+
+
+def test_name_adds_candidates_built_from_the_measured_tokens_and_a_tie_goes_to_the_specific(
+    synth_store, reader, scripted, monkeypatch
+):
+    measured_tokens(monkeypatch, {" March": (4, 1.0), " may": (1, 1.0), " May": (2, 1.0)}, {" in": 2})
+    llm = guided_llm(
+        scripted, {"name": ["month words"], "highlight": ["names of months"], "propose": ["dates"]}
+    )
+    out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
+    (name,) = [e for e in out.experiments if e.tool == "name"]
+    # the examples, merged case-insensitively, most frequent first; no context (' in' precedes 2 of 7)
+    assert name.result["hypotheses"] == ["month words", "month words, such as March and May"]
+    assert name.result["specific"] == ["month words, such as March and May"]
+    scores = {
+        e.arguments["explanation"]: e.result["correlation"] for e in out.experiments if e.tool == "score"
+    }
+    # the simulator reads only "month": every month hypothesis ties; the one with examples wins the tie
+    assert scores["names of months"] == scores["month words, such as March and May"] > 0.9
+    assert out.investigation.explanation == "month words, such as March and May"
+
+
+def test_a_graded_and_shaped_candidate_from_numeric_tokens_and_a_clear_win_beats_specific(
+    synth_store, reader, scripted, monkeypatch
+):
+    firing = {"9": (5, 1.0), "7": (3, 0.8), "4": (2, 0.5), "8": (1, 0.9)}
+    measured_tokens(monkeypatch, firing, {" x": 1})
+    llm = guided_llm(scripted, {"name": ["numbers"], "highlight": ["names of months"], "propose": ["dates"]})
+    out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
+    (name,) = [e for e in out.experiments if e.tool == "name"]
+    assert name.result["hypotheses"] == [
+        "numbers",
+        "numbers, such as 9, 7 and 4",
+        "digits, stronger for larger digits, such as 9, 7 and 4",  # graded, with the examples
+        "digits",  # the shared form: measured, but no more specific than a category
+    ]
+    assert name.result["specific"] == name.result["hypotheses"][1:3]
+    # months fire here, digits do not: highlight's "names of months" wins by far over the specific ones
+    assert out.investigation.explanation == "names of months"
+
+
+def test_revision_keeps_the_measured_context_beside_a_broader_best(
+    synth_store, reader, scripted, monkeypatch
+):
+    measured_tokens(monkeypatch, {" March": (6, 1.0)}, {" in": 5, " on": 1})
+    answers = {
+        "name": ["words"],
+        "highlight": ["names of months"],
+        "propose": ["dates"],
+        "revise": ["months"],
+    }
+    llm = guided_llm(scripted, {k: list(v) for k, v in answers.items()})
+    out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
+    (name,) = [e for e in out.experiments if e.tool == "name"]
+    # ' in' before 5 of 6: the category after it, and the one firing word after it as a pair
+    assert name.result["hypotheses"] == ["words", 'words right after "in"', 'the "March" in "in March"']
+    (revise,) = [e for e in out.experiments if e.tool == "revise"]
+    # the best so far ("names of months") lacks the measured context: the code adds it back
+    assert revise.result == {
+        "hypotheses": ["months", 'names of months right after "in"'],
+        "specific": ['names of months right after "in"'],
+    }
+    scored = [e.arguments["explanation"] for e in out.experiments if e.tool == "score"]
+    assert scored[-2:] == ["months", 'names of months right after "in"']
+    assert out.investigation.explanation == 'names of months right after "in"'  # ties "names of months"
+    # an unreadable revision still keeps the context candidate
+    llm = guided_llm(scripted, answers | {"revise": ["[[x]]"]}, name="g2")
+    out = investigate(synth_store.path, UNIT, settings(llm), reader=reader)
+    (revise,) = [e for e in out.experiments if e.tool == "revise"]
+    assert revise.result["hypotheses"] == ['names of months right after "in"'] and not revise.error
+    assert "no revision could be read" in revise.thought

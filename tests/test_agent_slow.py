@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from autointerp.agent.guided import TIE
 from autointerp.agent.loop import AgentSettings, investigate
 from autointerp.bench.run import BenchSettings, record_suite
 from autointerp.bench.synthetic import BUILTIN
@@ -65,7 +66,8 @@ def test_qwen_guided_investigation_of_the_months_unit(gemma, tmp_path):
     assert inv.status == "finished" and len([e for e in exps if e.tool == "score" and not e.error]) == 2
     (exp,) = Store(db).explanations(uid, method="agent")
     scored = {e.arguments["explanation"]: e.result["correlation"] for e in exps if e.tool == "score"}
-    assert exp.text in scored and scored[exp.text] == max(v for v in scored.values() if v is not None)
+    # the best, or a specific candidate (examples, context) within the tie of it
+    assert exp.text in scored and scored[exp.text] >= max(v for v in scored.values() if v is not None) - TIE
     assert "month" in exp.text.lower()  # the truth: names of months
     assert Store(db).scores(exp.id)
 

@@ -7,8 +7,10 @@ free loop, so `show`, `--resume` and the bulk method work alike):
 
 1. `examples(top)` and `tokens`: the explain split's top windows and the tokens the unit fires on, with
    counts and the token before each (the test split stays unreachable: the same tools as the free loop).
-   `name`: the LLM names what those tokens have in common; when one token comes before most of them,
-   'CATEGORY right after "TOKEN"' is a second candidate.
+   `name`: the LLM names what those tokens have in common; the code adds candidates it builds from the
+   measured tokens (agent/measured.py): 'CATEGORY right after "TOKEN"' when one token comes before most
+   of them (and 'the "B" in "AB"' when one word fires after it), 'CATEGORY, such as A, B and C', a
+   graded one for numbers whose activation follows their value, and the form they share.
 2. `propose`: the LLM writes K distinct hypotheses, one per line (parsed robustly; empty, duplicate,
    id-like, pasted-example lines are dropped; one retry when none is left).
 3. `highlight` (with `with_highlight`): the one-shot highlight explainer's answer on the same explain
@@ -17,8 +19,9 @@ free loop, so `show`, `--resume` and the bulk method work alike):
 4. `score` each candidate (the score tool: calibrated simulation + correlation on explain-split windows).
 5. `revise`: the LLM sees the best hypothesis, its correlation and misses (tokens it fired on but the
    simulation predicted low; tokens predicted high where it stayed silent) and writes one revision,
-   which is scored.
-6. `finish` with the highest-scoring hypothesis; evidence: the experiments it came from and its score.
+   which is scored; when a context was measured and the best lacks it, 'BEST right after "TOKEN"' too.
+6. `finish` with the highest-scoring hypothesis (a near-tie, within TIE, goes to a specific candidate:
+   measured context, examples, grading); evidence: the experiments it came from and its score.
 
 Budgets: `max_steps` counts every stored step, one kept for `finish`; when the steps, tokens or seconds
 run out the investigation finishes with the best hypothesis so far (finishing costs no LLM call), or
@@ -33,6 +36,7 @@ import time
 from pydantic import BaseModel
 
 from autointerp.agent.loop import GUIDED_PROMPT, INVALID, Investigator, Outcome
+from autointerp.agent.measured import bigram, grading, listed, shape, usual_context
 from autointerp.agent.tools import (
     ExamplesArgs,
     FinishArgs,
@@ -52,7 +56,7 @@ from autointerp.render import show_token
 from autointerp.types import Experiment
 
 N_EXAMPLES = 10  # top explain-split windows read (and shown to the LLM: the first SHOWN)
-CONTEXT_SHARE = 0.6  # `name`: a preceding token this common among the firing ones makes a second candidate
+TIE = 0.02  # scores this close to the best are a tie, won by a specific (measured) candidate
 SHOWN = 6
 MAX_WORDS = 12  # a hypothesis line longer than this is prose, not a hypothesis
 RETRY = "Answer with {k} short hypotheses, one per line, each a short phrase naming a kind of token."
@@ -91,24 +95,10 @@ def counts(xs: list[TokenCount], n: int = 8) -> str:
     return ", ".join(f"{show_token(x.token)!r} x{x.count}" for x in xs[:n]) or "none"
 
 
-def usual_context(tokens: TokensResult) -> str | None:
-    """The token (spaces stripped) before at least CONTEXT_SHARE of the firing tokens, if any; None for
-    whitespace."""
-    total = sum(x.count for x in tokens.firing)
-    by: dict[str, int] = {}
-    for x in tokens.before:
-        key = x.token.strip()
-        if key:
-            by[key] = by.get(key, 0) + x.count
-    if not by or not total:
-        return None
-    token, n = max(by.items(), key=lambda kv: kv[1])
-    return token if n >= CONTEXT_SHARE * total else None
-
-
 class Candidate(BaseModel):
     text: str
     source: str  # the experiment id that proposed it
+    specific: bool = False  # built by code from measured evidence (examples, context, grading)
     score_id: str | None = None
     correlation: float | None = None
 
@@ -133,8 +123,9 @@ class GuidedInvestigator(Investigator):
         for e in order:
             if e.error:
                 continue
-            for h in HypothesesResult.model_validate(e.result).hypotheses:
-                out.setdefault(h.lower(), Candidate(text=h, source=e.id))
+            r = HypothesesResult.model_validate(e.result)
+            for h in r.hypotheses:
+                out.setdefault(h.lower(), Candidate(text=h, source=e.id, specific=h in r.specific))
         for e in self.ran("score"):
             c = out.get(str(e.arguments.get("explanation", "")).lower())
             if c is not None and not e.error and c.score_id is None:
@@ -142,11 +133,13 @@ class GuidedInvestigator(Investigator):
         return list(out.values())
 
     def best(self) -> Candidate | None:
-        """The highest-scoring candidate; unscored ones only when none was scored (the first of them)."""
+        """The highest-scoring candidate, a specific one winning a tie (within TIE of the best); unscored
+        ones only when none was scored (the first of them)."""
         cands = self.candidates()
-        scored = [c for c in cands if c.correlation is not None]
+        scored = [(c.correlation, c) for c in cands if c.correlation is not None]
         if scored:
-            return max(scored, key=lambda c: c.correlation)  # type: ignore[arg-type,return-value]
+            top = max(r for r, _ in scored)
+            return max((c for r, c in scored if r >= top - TIE), key=lambda c: (c.specific, c.correlation))
         return cands[0] if cands else None
 
     def tokens_result(self) -> TokensResult:
@@ -253,10 +246,13 @@ class GuidedInvestigator(Investigator):
         exp.seconds = round(time.perf_counter() - t0, 3)
         return exp, resp
 
-    def keep(self, exp: Experiment, hypotheses: list[str], what: str) -> None:
-        """Store an LLM turn: its hypotheses, or an invalid action when none could be read."""
+    def keep(
+        self, exp: Experiment, hypotheses: list[str], what: str, specific: list[str] | None = None
+    ) -> None:
+        """Store an LLM turn: its hypotheses (with those the code built from measured evidence), or an
+        invalid action when none could be read."""
         if hypotheses:
-            exp.result = HypothesesResult(hypotheses=hypotheses).model_dump()
+            exp.result = HypothesesResult(hypotheses=hypotheses, specific=specific or []).model_dump()
         else:
             exp.error = f"{INVALID}no usable {what} in the answer {exp.action[:80]!r}"
         self.store_step(exp)
@@ -283,10 +279,15 @@ class GuidedInvestigator(Investigator):
         exp, resp = await self.ask("name", ChatRequest(messages=messages, max_tokens=24, temperature=0.0))
         exp.thought = "name what the firing tokens have in common"
         found = parse_hypotheses(resp.text, 1)
-        context = usual_context(tokens)
-        if found and context:
-            found.append(f'{found[0]} right after "{context}"')
-        self.keep(exp, found, "category")
+        specific: list[str] = []
+        if found:
+            context, graded = usual_context(tokens), grading(tokens)
+            specific = [
+                *([f'{found[0]} right after "{context}"'] if context else []),
+                *filter(None, [bigram(tokens), listed(found[0], tokens), graded and listed(graded, tokens)]),
+            ]
+            found += [*specific, *filter(None, [shape(tokens)])]
+        self.keep(exp, found, "category", specific)
 
     async def do_propose(self) -> None:
         k = self.s.hypotheses
@@ -346,7 +347,12 @@ class GuidedInvestigator(Investigator):
         )
         exp, resp = await self.ask("revise", ChatRequest(messages=messages, max_tokens=32, temperature=0.0))
         exp.thought = f"revise {best.text!r} (correlation {best.correlation:.2f}) from its misses"
-        self.keep(exp, parse_hypotheses(resp.text, 1), "revision")
+        found = parse_hypotheses(resp.text, 1)
+        context = usual_context(tokens)
+        kept = [f'{best.text} right after "{context}"'] if context and not best.specific else []
+        if kept and not found:
+            exp.thought += f"; no revision could be read, the measured context kept: {kept[0]!r}"
+        self.keep(exp, found + kept, "revision", kept)
 
     async def finish(self) -> Outcome:
         best = self.best()

@@ -272,6 +272,7 @@ class SearchResult(BaseModel):
 class TokenCount(BaseModel):
     token: str
     count: int
+    mean: float | None = None  # the unit's mean activation on it (the `tokens` tool's firing tokens)
 
 
 def _counts(xs: list[TokenCount]) -> str:
@@ -321,6 +322,7 @@ class HypothesesResult(BaseModel):
     one-shot highlight explainer's answer)."""
 
     hypotheses: list[str]
+    specific: list[str] = Field(default_factory=list)  # those built by code from measured evidence
 
     def brief(self) -> str:
         return "\n".join(f"- {h}" for h in self.hypotheses) or "no hypothesis"
@@ -516,19 +518,24 @@ class Toolbox:
             raise ToolError("no top examples in the explain split")
         firing: Counter[str] = Counter()
         before: Counter[str] = Counter()
+        total: dict[str, float] = {}  # summed activation per firing token
         for e in windows:
             b = body(e)
             toks = b.context.tokens
             for i, a in enumerate(b.acts):
                 if self.unit_max > 0 and a > 0 and a >= MARK_AT * self.unit_max:
                     firing[toks[i]] += 1
+                    total[toks[i]] = total.get(toks[i], 0.0) + a
                     if i > 0:
                         before[toks[i - 1]] += 1
 
-        def top(c: Counter[str]) -> list[TokenCount]:
-            return [TokenCount(token=t, count=n) for t, n in c.most_common(k)]
+        def top(c: Counter[str], means: bool = False) -> list[TokenCount]:
+            return [
+                TokenCount(token=t, count=n, mean=round(total[t] / n, 4) if means else None)
+                for t, n in c.most_common(k)
+            ]
 
-        return TokensResult(n_windows=len(windows), firing=top(firing), before=top(before))
+        return TokensResult(n_windows=len(windows), firing=top(firing, True), before=top(before))
 
     def effect(self, name: str, args: OutputEffectArgs | SteerArgs | AblateArgs) -> BaseModel:
         """output_effect, steer or ablate on the subject model; ToolError when the unit has no such effect."""
