@@ -124,7 +124,7 @@ def test_common_prefix_of_two_rows():
 
 
 def test_each_batch_hands_freed_memory_back_once(monkeypatch):
-    """The engine trims the C heap (llm/malloc.py) after every batch, once, and counts it."""
+    """The engine trims the C heap (llm/malloc.py) once after each token_probs or stepwise batch."""
     calls: list[int] = []
 
     def trim() -> float:
@@ -137,6 +137,8 @@ def test_each_batch_hands_freed_memory_back_once(monkeypatch):
     eng.token_probs_batch(_rows(3, seed=1), reuse=False)
     assert len(calls) == 2
     assert eng.stats["trims"] == 2 and eng.stats["trim_s"] == pytest.approx(0.5)
+    eng.stepwise_batch([local._Steps(HEADER, [[60, 2], [61, 2]], CAND, [9])])
+    assert len(calls) == 3 and eng.stats["trims"] == 3
     monkeypatch.setattr(local.malloc, "trim", lambda: None)  # no glibc: nothing counted
     eng.token_probs_batch(_rows(3), reuse=True)
-    assert eng.stats["trims"] == 2
+    assert eng.stats["trims"] == 3
