@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from autointerp.errors import UserError
-from autointerp.llm import ChatRequest, LLMError, Message, TokenProbsRequest, Tool, get_llm
-from autointerp.llm.local import LocalLLM
+from autointerp.llm import ChatRequest, LLMError, Message, TokenProbsRequest, Tool, get_llm, malloc
+from autointerp.llm.local import LocalLLM, load_engine
 from autointerp.store import Store
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,16 @@ def test_greedy_chat_is_deterministic_with_stop_and_logprobs(tmp_path):
         asyncio.run(
             llm.chat(req.model_copy(update={"tools": [Tool(name="f", description="", parameters={})]}))
         )
+
+
+def test_chat_hands_freed_memory_back_where_glibc_is(tmp_path):
+    llm = get_llm("local:smollm2-135m", Store(tmp_path / "c.db"), no_cache=True)
+    req = ChatRequest(messages=[Message(role="user", content="Say hi.")], max_tokens=4)
+    asyncio.run(llm.chat(req))  # loads the engine
+    stats = load_engine("smollm2-135m").stats
+    before = stats["trims"]
+    asyncio.run(llm.chat(req))
+    assert stats["trims"] == before + (malloc.glibc() is not None and malloc.enabled())
 
 
 def test_token_probs_are_cached_in_the_store(tmp_path):

@@ -121,3 +121,24 @@ def test_common_prefix_of_two_rows():
         b = [rng.randrange(3) for _ in range(rng.randrange(12))]
         assert local._lcp2(a, b) == local._lcp([a, b])
     assert local._lcp2([1, 2, 3], [1, 2, 3, 4]) == 3 and local._lcp2([], [1]) == 0
+
+
+def test_each_batch_hands_freed_memory_back_once(monkeypatch):
+    """The engine trims the C heap (llm/malloc.py) once after each token_probs or stepwise batch."""
+    calls: list[int] = []
+
+    def trim() -> float:
+        calls.append(1)
+        return 0.25
+
+    monkeypatch.setattr(local.malloc, "trim", trim)
+    eng = _engine()
+    eng.token_probs_batch(_rows(3), reuse=True)
+    eng.token_probs_batch(_rows(3, seed=1), reuse=False)
+    assert len(calls) == 2
+    assert eng.stats["trims"] == 2 and eng.stats["trim_s"] == pytest.approx(0.5)
+    eng.stepwise_batch([local._Steps(HEADER, [[60, 2], [61, 2]], CAND, [9])])
+    assert len(calls) == 3 and eng.stats["trims"] == 3
+    monkeypatch.setattr(local.malloc, "trim", lambda: None)  # no glibc: nothing counted
+    eng.token_probs_batch(_rows(3), reuse=True)
+    assert eng.stats["trims"] == 3

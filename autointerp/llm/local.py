@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autointerp.errors import UserError
+from autointerp.llm import malloc
 from autointerp.llm.base import (
     LLM,
     Capabilities,
@@ -86,7 +87,9 @@ class Engine:
     lock: threading.Lock = field(default_factory=threading.Lock)
     prefixes: OrderedDict = field(default_factory=OrderedDict)  # tuple(token ids) -> DynamicCache
     sliding: bool = False  # the model has sliding-window layers: prefix reuse is off
-    stats: dict = field(default_factory=lambda: {"forward_tokens": 0, "reused_tokens": 0})
+    stats: dict = field(
+        default_factory=lambda: {"forward_tokens": 0, "reused_tokens": 0, "trims": 0, "trim_s": 0.0}
+    )
     prepacked: int = 0  # linear layers running on prepacked bf16 weights (llm/prepack.py)
 
     def set_prepack(self, on: bool) -> int:
@@ -106,6 +109,13 @@ class Engine:
                 return self.prepacked
             self.prefixes.clear()
             return self.prepacked
+
+    def _release(self) -> None:
+        """After a batch: hand the C heap's freed memory back to the system (`llm/malloc.py`)."""
+        took = malloc.trim()
+        if took is not None:
+            self.stats["trims"] += 1
+            self.stats["trim_s"] += took
 
     # -- token_probs ----------------------------------------------------------------------------
     def prepare(self, req: TokenProbsRequest) -> _Prepared:
@@ -172,6 +182,7 @@ class Engine:
                     chunk = rows[k : k + STEP_ROWS]
                     for r, res in zip(chunk, self._stepwise_rows([items[r] for r in chunk]), strict=True):
                         out[r] = res
+            self._release()
         return out
 
     def _stepwise_rows(
@@ -261,6 +272,7 @@ class Engine:
             if out and extra:
                 probs, mass, computed = out[0]
                 out[0] = (probs, mass, computed + extra)
+            self._release()
             return out
 
     def _token_probs_rows(self, preps: list[_Prepared], reuse: bool, out: list) -> None:
@@ -450,6 +462,9 @@ class Engine:
                 for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                     alts.setdefault(self.tok.decode([i]), v)
                 logprobs.append(TokenLogprob(token=self.tok.decode([t]), logprob=lp[t].item(), top=alts))
+        del out  # the generation's key/values and logits, freed before the trim
+        with self.lock:
+            self._release()
         if req.json_schema is not None:
             parse_json_answer(answer, req.json_schema, spec)
         return answer, finish, logprobs, n_prompt, len(gen)
