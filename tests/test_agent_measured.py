@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autointerp.agent.measured import bigram, distinct, grading, listed, ranks, shape
+from autointerp.agent.measured import bigram, distinct, grading, listed, shape
 from autointerp.agent.tools import TokenCount, TokensResult
 
 
@@ -36,7 +36,8 @@ def test_shape_is_the_form_every_distinct_firing_token_shares():
 
 
 def test_grading_needs_numbers_whose_mean_activation_follows_their_value():
-    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    tied = tr({"1": (2, 0.2), "2": (2, 0.5), "3": (2, 0.5), "4": (2, 0.9)})  # tied means share a rank
+    assert grading(tied) == "digits, stronger for larger digits"
     rising = tr({"9": (5, 1.0), "7": (3, 0.8), "4": (2, 0.5), "8": (1, 0.9)})
     assert grading(rising) == "digits, stronger for larger digits"
     falling = tr({"10": (5, 0.4), "20": (3, 0.3), "50": (2, 0.2)})

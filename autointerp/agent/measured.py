@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 import statistics
 
+from scipy.stats import spearmanr
+
 from autointerp.agent.tools import TokenCount, TokensResult
 
 CONTEXT_SHARE = 0.6  # a preceding token this common among the firing ones is their context
@@ -91,21 +93,6 @@ def shape(tokens: TokensResult) -> str | None:
     return next((name for pattern, name in SHAPES if all(pattern.fullmatch(w) for w in words)), None)
 
 
-def ranks(xs: list[float]) -> list[float]:
-    """1-based ranks, ties sharing their mean rank."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    out = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
 def grading(tokens: TokensResult) -> str | None:
     """'FORM, stronger for larger FORM' (or weaker) when every firing token is a number, at least three
     values fire, and the mean activation's rank correlation with the value is at least GRADED."""
@@ -119,7 +106,7 @@ def grading(tokens: TokensResult) -> str | None:
     means = [statistics.fmean(by[v]) for v in values]
     if len(values) < 3 or len(set(means)) < 2:
         return None
-    rho = statistics.correlation(ranks(values), ranks(means))
+    rho = float(spearmanr(values, means).statistic)
     if abs(rho) < GRADED:
         return None
     return f"{form}, {'stronger' if rho > 0 else 'weaker'} for larger {form}"

@@ -558,16 +558,10 @@ def _lcp2(a: list, b: list) -> int:
 
 
 def _lcp(seqs: list) -> int:
-    """Length of the longest common prefix of token sequences."""
+    """Length of the longest common prefix of token sequences (the least with the first: `_lcp2`)."""
     if not seqs:
         return 0
-    n = min(map(len, seqs))
-    first = seqs[0]
-    for i in range(n):
-        t = first[i]
-        if any(s[i] != t for s in seqs[1:]):
-            return i
-    return n
+    return min((_lcp2(seqs[0], s) for s in seqs[1:]), default=len(seqs[0]))
 
 
 _ENGINES: dict[tuple[str, str], Engine] = {}

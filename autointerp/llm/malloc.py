@@ -11,17 +11,18 @@ glibc (macOS, musl) nothing is done. `AUTOINTERP_MALLOC_TRIM=0` turns it off (fo
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import time
 from functools import cache
+
+from autointerp.llm.util import env_flag
 
 ENV = "AUTOINTERP_MALLOC_TRIM"
 
 
 def enabled() -> bool:
     """Whether trimming is on: unless AUTOINTERP_MALLOC_TRIM is 0, false, no or off."""
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return env_flag(ENV, default=True)
 
 
 @cache

@@ -25,9 +25,9 @@ from the packed one where freed); a non-contiguous input is made contiguous wher
 
 from __future__ import annotations
 
-import os
+from autointerp.llm.util import env_flag
 
-ENV = "AUTOINTERP_PREPACK"  # "0" turns prepacking off for `LocalLLM(prepack=None)`
+ENV = "AUTOINTERP_PREPACK"  # "1" turns prepacking on for `LocalLLM(prepack=None)`
 BATCH_HINT = 4096  # rows per call the packed layout is chosen for (the engine's BATCH_TOKENS)
 
 
@@ -35,7 +35,7 @@ def enabled_by_env() -> bool:
     """Whether prepacking is on by default: only when AUTOINTERP_PREPACK is set (1, true, yes, on). Off
     by default: with the plain weights freed Qwen 1.5B takes 4.1 GB resident instead of 3.6, all of it
     private (unpacked, 3.2 GB is the weight files' map, shared between processes), for ~1.13x."""
-    return os.environ.get(ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(ENV, default=False)
 
 
 def supported(model) -> bool:  # noqa: ANN001

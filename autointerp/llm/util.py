@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -11,6 +12,17 @@ from typing import Generic, TypeVar
 from autointerp.llm.base import LLMError
 
 T = TypeVar("T")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment variable: "1", "true", "yes", "on" turn it on, "0", "false", "no", "off"
+    off; unset or anything else gives `default`."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    return default
 
 
 def schema_instruction(schema: dict) -> str:
