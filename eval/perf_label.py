@@ -15,9 +15,12 @@ LLM's forward passes (timed around the model's forward, which the backend runs o
 each under `compare_engine`: `plain` (nn.Linear, the LM head over every row's union of positions: the
 engine before prepacking), `unpacked` (nn.Linear, gathered LM head), `prepacked` (both; off by default),
 `ungrouped` (the main run's engine with every batch forwarded from its one common prefix, not in row
-groups with their own: the engine before #16); the main run is `prepacked` when AUTOINTERP_PREPACK=1,
-else `unpacked`, both with row groups. Each run records its `engine` variant and the load average
-before and after (the machine is shared).
+groups with their own, no tree: the engine before #16), `rows` (row groups, no tree mode, and no
+answers remembered across units: the label run before the token tree); the main run is
+`prepacked` when AUTOINTERP_PREPACK=1, else `unpacked`, both in tree mode (`llm/tree.py`) where the
+model allows it, with the run's token-probability answers remembered (`llm.cache.REMEMBER`: the
+null reads of the shared random windows are made once). Each run
+records its `engine` variant and the load average before and after (the machine is shared).
 """
 
 from __future__ import annotations
@@ -40,19 +43,23 @@ from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
-ENGINES = ("plain", "unpacked", "prepacked", "ungrouped")
+ENGINES = ("plain", "unpacked", "prepacked", "ungrouped", "rows")
 
 
 def engine_variant(variant: str, main: str) -> None:
     """Run the local engine as `variant` from the next `label` on (see the module docstring); `main`:
     the main run's variant, whose prepacking `ungrouped` keeps."""
-    from autointerp.llm import local
+    from autointerp.llm import cache, local
     from autointerp.llm.prepack import ENV
 
     if not hasattr(local, "_default_plain_head"):
         local._default_plain_head = local._plain_head
     local._plain_head = (lambda model: None) if variant == "plain" else local._default_plain_head
     local.GROUP_ROWS = variant != "ungrouped"
+    local.TREE_ROWS = variant not in ("plain", "ungrouped", "rows")
+    if not hasattr(cache, "_default_remember"):
+        cache._default_remember = cache.REMEMBER
+    cache.REMEMBER = 0 if variant in ("plain", "ungrouped", "rows") else cache._default_remember
     packed = (main if variant == "ungrouped" else variant) == "prepacked"
     os.environ[ENV] = "1" if packed else "0"  # read by the LocalLLM that label() makes
 
@@ -210,6 +217,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "engine": engine,
         "prepacked_layers": prepacked_layers(local) if local else None,
         "row_groups": engine != "ungrouped",
+        "tree": engine not in ("plain", "ungrouped", "rows"),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "units": len(unit_ids),
         "failures": len(summary.failures),

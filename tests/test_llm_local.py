@@ -240,3 +240,33 @@ def _line_starts(text: str, start: int) -> list[tuple[int, str]]:
             out.append((i, line.split("\t")[0]))
         i += len(line)
     return out
+
+
+def test_tree_mode_reads_real_chunk_listings_as_row_groups_do_from_fewer_tokens(monkeypatch):
+    """Two explanations' exact-simulator chunk listings in one batch (as `label` makes with two units at
+    once), float32: the token tree (llm/tree.py) gives the probabilities of the row groups and of
+    each prompt forwarded alone, from fewer forward tokens (listings sharing their first lines)."""
+    from autointerp.llm import local
+    from autointerp.simulate import ExactSimulator
+
+    llm = LocalLLM("smollm2-135m", dtype="float32")
+    sim = ExactSimulator(llm)
+    window = [" The", " meeting", " is", " in", " March", ",", " not", " in", " May", "."] * 2
+    reqs = [
+        sim.request(expl, piece) for expl in ("names of months", "negation") for piece in sim.pieces(window)
+    ]
+    runs = {}
+    for name, tree, cache in (("tree", True, True), ("groups", False, True), ("alone", False, False)):
+        monkeypatch.setattr(local, "TREE_ROWS", tree)
+        llm.prefix_cache = cache
+        llm.engine.prefixes.clear()
+        before = llm.engine.stats["forward_tokens"]
+        runs[name] = asyncio.run(llm.token_probs_many(reqs)), llm.engine.stats["forward_tokens"] - before
+    for other in ("groups", "alone"):
+        for a, b in zip(runs["tree"][0], runs[other][0], strict=True):
+            flat = [[p for d in r.probs for p in d.values()] for r in (a, b)]
+            assert flat[0] == pytest.approx(flat[1], abs=1e-4)
+            assert a.mass == pytest.approx(b.mass, rel=1e-4)
+    assert runs["tree"][1] < runs["groups"][1] < runs["alone"][1]
+    computed = sum(r.usage.prompt_tokens - r.usage.reused_prompt_tokens for r in runs["tree"][0])
+    assert computed == runs["tree"][1]  # usage stays true: what was forwarded, nothing more

@@ -44,14 +44,18 @@ def _rows(n_per: int = 10, seed: int = 0) -> list[_Prepared]:
     return rows
 
 
-def _run(rows: list[_Prepared], grouped: bool, reuse: bool = True) -> tuple[list, int, int]:
-    """Results, forward tokens and reused tokens of one batch on a fresh engine (empty prefix LRU)."""
+def _run(
+    rows: list[_Prepared], grouped: bool, reuse: bool = True, tree: bool = False
+) -> tuple[list, int, int]:
+    """Results, forward tokens and reused tokens of one batch on a fresh engine (empty prefix LRU);
+    row groups (the engine without tree mode, `tests/test_local_tree.py`) unless `tree`."""
     eng = _engine()
-    saved, local.GROUP_ROWS = local.GROUP_ROWS, grouped
+    saved = local.GROUP_ROWS, local.TREE_ROWS
+    local.GROUP_ROWS, local.TREE_ROWS = grouped, tree
     try:
         out = eng.token_probs_batch(rows, reuse=reuse)
     finally:
-        local.GROUP_ROWS = saved
+        local.GROUP_ROWS, local.TREE_ROWS = saved
     return out, eng.stats["forward_tokens"], eng.stats["reused_tokens"]
 
 

@@ -24,6 +24,7 @@ from autointerp.simulate import (
     RawSimulator,
     SimulationError,
     WholeSimulator,
+    is_null_read,
     listing_pieces,
 )
 from autointerp.store import Store
@@ -238,3 +239,30 @@ def test_stepwise_read_outs_are_cached_in_the_store(tmp_path):
     second = asyncio.run(llm.stepwise_many([req]))[0]
     assert len(prompts(inner)) == calls == 2  # the second read-out came from the store
     assert second.usage.cached and second.chosen == first.chosen == ["9", "0"]
+
+
+def test_a_run_asks_each_null_read_once_whatever_the_unit(monkeypatch):
+    """The null read does not depend on the unit: through a run's CachedLLM (even with no_cache) a
+    second unit's simulation of a window read before asks only its own explanation's listings, and
+    gets the same calibration; the remembered answers are marked cached. `REMEMBER = 0`: asked again."""
+    from autointerp.llm import cache
+
+    tokens = ["<bos>", " it", " rained", " in", " March"]
+    for remember in (cache.REMEMBER, 0):
+        monkeypatch.setattr(cache, "REMEMBER", remember)
+        inner = scripted_months()
+        sim = ExactSimulator(CachedLLM(inner, None, no_cache=True))
+        (a,) = asyncio.run(sim.simulate("names of months", [example(tokens, [0.0, 0, 0, 0, 1])]))
+        first = len(inner.requests)
+        (b,) = asyncio.run(sim.simulate("weather words", [example(tokens, [0.0, 0, 1, 0, 0])]))
+        asked = inner.requests[first:]
+        nulls = sum(is_null_read(r.prompt) for r in asked)
+        assert nulls == (0 if remember else first // 2) and len(asked) - nulls == first // 2
+        null_a = [x - r for x, r in zip(a.raw, a.expected, strict=True)]
+        null_b = [x - r for x, r in zip(b.raw, b.expected, strict=True)]
+        assert null_b == pytest.approx(null_a)
+    monkeypatch.setattr(cache, "REMEMBER", 10)
+    llm = CachedLLM(scripted_months(), None, no_cache=True)
+    (fresh,) = asyncio.run(ExactSimulator(llm).read(NULL_EXPLANATION, [tokens[1:]]))
+    (again,) = asyncio.run(ExactSimulator(llm).read(NULL_EXPLANATION, [tokens[1:]]))
+    assert not fresh.usage.cached and again.usage.cached and again.probs == fresh.probs

@@ -3,7 +3,11 @@
 Each call is looked up in the store by the hash of its canonical request; a hit is returned with
 `usage.cached=True`. A miss is performed, timed and written with its token counts, latency and cost.
 Identical requests in flight at the same time (also within one batch) are performed once; the
-other askers get a copy marked cached. A failed call raises `LLMError` and is never written; nor is
+other askers get a copy marked cached. Token-probability answers (deterministic reads, no sampling)
+are also remembered for the rest of the run (`REMEMBER`, least recently used out), even with
+`no_cache`: a request asked again later in the run is answered from memory, marked cached. The exact
+simulator's null reads are the same for every unit (the random windows are shared), so a run makes
+them once. A failed call raises `LLMError` and is never written; nor is
 an empty answer (no text, no tool call, no probabilities), a JSON-schema answer that is not JSON, or
 an answer to a `json_answer` request (JSON the caller parses itself) that holds no JSON: a rerun asks again.
 """
@@ -14,6 +18,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -37,6 +42,8 @@ from autointerp.types import LLMCallRecord
 
 log = logging.getLogger("autointerp.llm")
 
+REMEMBER = 100_000  # token-probability answers a CachedLLM remembers for its run (0: none)
+
 R = TypeVar("R", ChatResponse, TokenProbsResponse, StepwiseResponse)
 
 
@@ -48,6 +55,7 @@ class CachedLLM(LLM):
         self.store = store
         self.no_cache = no_cache
         self._inflight: dict[str, asyncio.Future] = {}
+        self._memory: OrderedDict[str, TokenProbsResponse] = OrderedDict()  # this run's token_probs answers
         self.calls = 0  # calls actually performed by the backend (not served from the cache)
 
     @property
@@ -143,6 +151,11 @@ class CachedLLM(LLM):
         return [r for r in out if r is not None]
 
     def _lookup(self, key: str, kind: type[R]) -> R | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            resp = self._memory[key].model_copy(deep=True)
+            resp.usage.cached = True
+            return resp  # type: ignore[return-value]
         if self.store is None or self.no_cache:
             return None
         rec = self.store.get_llm_call(key)
@@ -165,6 +178,10 @@ class CachedLLM(LLM):
         if not _cacheable(request, resp):
             log.debug("llm answer %s %s not cached: empty or not the JSON asked for", self.spec, key[:12])
             return
+        if isinstance(resp, TokenProbsResponse) and REMEMBER > 0:
+            self._memory[key] = resp
+            while len(self._memory) > REMEMBER:
+                self._memory.popitem(last=False)
         log.debug(
             "llm call %s %s %s: %d+%d tokens, %.2f s",
             self.spec,

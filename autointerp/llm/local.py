@@ -4,7 +4,10 @@ Chat uses the tokenizer's chat template; temperature 0 is greedy and determinist
 reads exact next-token distributions from the logits. Concurrent `token_probs` calls are gathered
 into one batch, and the key/value cache of a shared prompt prefix is computed once and reused:
 within a batch (the common token prefix of its prompts) and across calls (a small LRU of recent
-prefixes, matched by longest common token prefix). Torch work runs in a worker thread under a
+prefixes, matched by longest common token prefix). After that prefix a batch is forwarded as one
+token tree (`llm/tree.py`: every distinct token path once, nothing after a prompt's last read), for
+the model families whose decoder takes a custom attention mask (`_PLAIN_HEADS`); other models go in
+row groups, each from its rows' own shared prefix (`_row_groups`). Torch work runs in a worker thread under a
 per-model lock, so the event loop is never blocked; models load once per process.
 """
 
@@ -18,8 +21,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from autointerp.errors import UserError
-from autointerp.llm import malloc
+from autointerp.llm import malloc, tree
 from autointerp.llm.base import (
     LLM,
     Capabilities,
@@ -53,6 +58,10 @@ GROUP_ROWS = True  # group a batch's rows by their own shared prefix (_row_group
 GROUP_COST = 32  # forward tokens a group of rows must save to be forwarded apart (its pass, its copies)
 GROUP_DEPTH = 8  # nesting of groups considered (rows sorted by ids form a tree of shared prefixes)
 GATHER_MIN = 64  # fewest (row, position) logits read through the gathered LM head (see _position_logits)
+TREE_ROWS = True  # forward a batch's rows as one token tree (llm/tree.py) where the model allows it
+TREE_PACK = 256  # tree nodes per packed row (a node sees its ancestors in its pack: a pack's path
+# from the root is forwarded again in each pack that starts inside a subtree)
+HEAD_ROWS = 256  # read positions per LM-head product in tree mode (a [rows, vocab] float32 block)
 
 
 def _device() -> str:
@@ -66,6 +75,7 @@ class _Prepared:
     ids: list[int]
     idx: list[int]  # per requested position: the token index whose logits predict the next token
     cand: list[int]  # candidate token ids
+    n_prompt: int = 0  # the prompt's tokens (`ids` stops at the last read: nothing reads past it)
 
 
 @dataclass
@@ -141,7 +151,10 @@ class Engine:
                     f"(near {req.prompt[max(0, p - 10) : p + 10]!r}); end each prefix with a separator "
                     "such as a tab."
                 )
-        return _Prepared(ids, idx, self.candidate_ids(req.candidates))
+        n_prompt = len(ids)
+        if idx:
+            ids = ids[: max(idx) + 1]
+        return _Prepared(ids, idx, self.candidate_ids(req.candidates), n_prompt)
 
     def candidate_ids(self, candidates: list[str]) -> list[int]:
         cand = []
@@ -282,6 +295,9 @@ class Engine:
         if not reuse:
             self._forward_rows(list(range(len(preps))), preps, 0, None, out)
             return
+        if TREE_ROWS and not self.sliding and _plain_head(self.model) is not None:
+            self._tree_rows(preps, out)
+            return
         groups = _row_groups(preps) if GROUP_ROWS else [_batch_group(preps)]
         for rows, shared in groups:
             if len(rows) > 1 and shared >= MIN_REUSE:
@@ -299,6 +315,72 @@ class Engine:
                 kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
                 self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
                 out[i] = (*out[i][:2], self.stats["forward_tokens"] - before)
+
+    def _tree_rows(self, preps: list[_Prepared], out: list) -> None:
+        """Forward the batch as one token tree (`llm/tree.py`) from its common prefix's key/values:
+        every distinct token path once, in packs of `TREE_PACK` nodes, `BATCH_TOKENS` per pass; the
+        logits of each read node from its home pack (decoder, then the LM head on those rows only)."""
+        import torch
+
+        if len(preps) == 1:  # one prompt: from the LRU's best match up to its first read
+            p = preps[0]
+            shared = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
+        else:
+            _, shared = _batch_group(preps)
+        kv = self._prefix_kv(preps[0].ids[:shared]) if shared >= MIN_REUSE else None
+        if kv is None:
+            shared = 0
+        t = tree.build([p.ids[shared:] for p in preps], [[i - shared for i in p.idx] for p in preps])
+        packs, home = tree.packs(t, TREE_PACK)
+        decoder, head = _plain_head(self.model)
+        dtype = next(self.model.parameters()).dtype
+        read: dict = {v: None for nodes in t.reads for v in nodes}  # read node -> (candidate logits, lse)
+        cand = sorted({c for p in preps for c in p.cand})
+        per_pass = max(1, BATCH_TOKENS // TREE_PACK)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        for k in range(0, len(packs), per_pass):
+            group = packs[k : k + per_pass]
+            width = max(map(len, group))
+            inp = torch.tensor([[t.token[v] for v in p] + [pad] * (width - len(p)) for p in group])
+            pos = torch.tensor([tree.positions(t, p, shared, width) for p in group])
+            seen = np.zeros((len(group), 1, width, shared + width), dtype=bool)
+            seen[:, :, :, :shared] = True
+            for b, p in enumerate(group):
+                seen[b, 0, :, shared:] = tree.ancestors(t, p, width)
+            mask = torch.zeros(seen.shape, dtype=dtype)
+            mask.masked_fill_(torch.from_numpy(~seen), torch.finfo(dtype).min)
+            kwargs = _past(kv, len(group))
+            hidden = decoder(
+                input_ids=inp.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device),
+                use_cache=kv is not None,
+                **kwargs,
+            ).last_hidden_state
+            wanted = [  # the read nodes at home in this pass's packs
+                (b, j, v) for b, p in enumerate(group) for j, v in enumerate(p) if home[v] == k + b
+            ]
+            wanted = [w for w in wanted if w[2] in read]
+            for a in range(0, len(wanted), HEAD_ROWS):
+                part = wanted[a : a + HEAD_ROWS]
+                rows = torch.tensor([b for b, _, _ in part], device=self.device)
+                cols = torch.tensor([j for _, j, _ in part], device=self.device)
+                logits = head(hidden[rows, cols]).float()
+                lse, picked = logits.logsumexp(-1), logits[:, cand]
+                for n, (_, _, v) in enumerate(part):
+                    read[v] = (picked[n], lse[n])
+            self.stats["forward_tokens"] += sum(map(len, group))
+            self.stats["reused_tokens"] += shared * len(group)
+        owned = [0] * len(preps)
+        for r in t.owner:
+            owned[r] += 1
+        for c, p in enumerate(preps):
+            if not p.idx:
+                out[c] = ([], [], owned[c])
+                continue
+            col = [cand.index(x) for x in p.cand]
+            sel = torch.stack([read[v][0][col] - read[v][1] for v in t.reads[c]])  # log-probabilities
+            out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), owned[c])
 
     def _forward_rows(self, rows: list[int], preps: list[_Prepared], start: int, kv, out: list) -> None:
         """Forward `preps[rows]` from token `start` on (past key/values `kv` cover the tokens before)."""
@@ -322,12 +404,7 @@ class Engine:
             mask = torch.tensor(
                 [[1] * (start + len(s)) + [0] * (width - len(s)) for s in suffixes], device=self.device
             )
-            kwargs = {}
-            if kv is not None:
-                past = copy.deepcopy(kv)
-                if len(chunk) > 1:
-                    past.batch_repeat_interleave(len(chunk))
-                kwargs["past_key_values"] = past
+            kwargs = _past(kv, len(chunk))
             rows_logits = self._position_logits(
                 inp, mask, [[i - start for i in preps[c].idx] for c in chunk], kv is not None, kwargs
             )
@@ -480,6 +557,17 @@ def _plain_head(model) -> tuple | None:  # noqa: ANN001
         return None
     decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     return (decoder, head) if decoder is not None and head is not None else None
+
+
+def _past(kv, rows: int) -> dict:  # noqa: ANN001
+    """The model keyword for a pass of `rows` rows after the cached prefix `kv` (a copy, repeated per
+    row: the pass appends to it); none without a prefix."""
+    if kv is None:
+        return {}
+    past = copy.deepcopy(kv)
+    if rows > 1:
+        past.batch_repeat_interleave(rows)
+    return {"past_key_values": past}
 
 
 def _batch_group(preps: list[_Prepared]) -> tuple[list[int], int]:
@@ -773,8 +861,8 @@ class LocalLLM(LLM):
                         model=self.model,
                         backend=self.backend,
                         usage=Usage(
-                            prompt_tokens=len(prep.ids),
-                            reused_prompt_tokens=max(0, len(prep.ids) - computed),
+                            prompt_tokens=prep.n_prompt,
+                            reused_prompt_tokens=max(0, prep.n_prompt - computed),
                             latency_s=share,
                         ),
                     )
