@@ -94,11 +94,12 @@ def test_tree_mode_gives_the_row_groups_probabilities_from_one_pass_per_node():
     grouped, fwd_g, _ = _run(rows, grouped=True)
     alone = [_run([r], grouped=False, reuse=False)[0][0] for r in rows]
     t = tree.build([r.ids[len(HEADER) :] for r in rows], [[i - len(HEADER) for i in r.idx] for r in rows])
-    for pack in (4096, 7):  # one pack; packs that start inside subtrees (their paths forwarded again)
+    for pack in (4096, 20):  # one pack; packs that start inside subtrees (their paths forwarded again)
         treed, fwd_t, reused_t = _tree_run(rows, pack)
         _close(treed, grouped)
         _close(treed, alone)
         packs, _ = tree.packs(t, pack)
+        assert (len(packs) > 1) == (pack == 20)
         assert fwd_t == len(HEADER) + sum(map(len, packs))  # the header once (into the LRU), then the packs
         assert sum(c for _, _, c in treed) == fwd_t  # per row counts add up (duplicates on row 0)
         assert reused_t == len(HEADER) * len(packs)  # every pack reads the header's key/values
@@ -144,3 +145,15 @@ def test_one_prompt_is_forwarded_from_the_lrus_prefix():
     (one,) = eng.token_probs_batch([rows[2]])
     assert eng.stats["forward_tokens"] - before == len(rows[2].ids) - len(HEADER)
     _close([one], [_run([rows[2]], grouped=False, reuse=False)[0][0]])
+
+
+def test_a_prompt_longer_than_a_pack_past_the_common_prefix_goes_to_the_row_groups(monkeypatch):
+    """Its pack's mask would grow with its square: the batch is forwarded in row groups instead."""
+    rows = _rows(n_per=12, seed=3)
+    monkeypatch.setattr(local, "TREE_PACK", 16)  # the listings (~17 tokens past the header) do not fit
+    treed, fwd_t, _ = _run(rows, grouped=True, tree=True)
+    grouped, fwd_g, _ = _run(rows, grouped=True)
+    assert fwd_t == fwd_g
+    _close(treed, grouped)
+    monkeypatch.setattr(local, "TREE_PACK", 64)
+    assert _run(rows, grouped=True, tree=True)[1] < fwd_g

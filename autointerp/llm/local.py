@@ -295,8 +295,12 @@ class Engine:
         if not reuse:
             self._forward_rows(list(range(len(preps))), preps, 0, None, out)
             return
-        if TREE_ROWS and not self.sliding and _plain_head(self.model) is not None:
-            self._tree_rows(preps, out)
+        if (
+            TREE_ROWS
+            and not self.sliding
+            and _plain_head(self.model) is not None
+            and self._tree_rows(preps, out)
+        ):
             return
         groups = _row_groups(preps) if GROUP_ROWS else [_batch_group(preps)]
         for rows, shared in groups:
@@ -316,10 +320,12 @@ class Engine:
                 self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
                 out[i] = (*out[i][:2], self.stats["forward_tokens"] - before)
 
-    def _tree_rows(self, preps: list[_Prepared], out: list) -> None:
+    def _tree_rows(self, preps: list[_Prepared], out: list) -> bool:
         """Forward the batch as one token tree (`llm/tree.py`) from its common prefix's key/values:
         every distinct token path once, in packs of `TREE_PACK` nodes, `BATCH_TOKENS` per pass; the
-        logits of each read node from its home pack (decoder, then the LM head on those rows only)."""
+        logits of each read node from its home pack (decoder, then the LM head on those rows only).
+        False, with nothing done, where a prompt runs longer than a pack past that prefix (its pack's
+        mask would grow with its square): the row groups take the batch."""
         import torch
 
         if len(preps) == 1:  # one prompt: from the LRU's best match up to its first read
@@ -327,9 +333,14 @@ class Engine:
             shared = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
         else:
             _, shared = _batch_group(preps)
+        longest = max(len(p.ids) for p in preps)
+        if longest - (shared if shared >= MIN_REUSE else 0) > TREE_PACK:
+            return False
         kv = self._prefix_kv(preps[0].ids[:shared]) if shared >= MIN_REUSE else None
         if kv is None:
             shared = 0
+            if longest > TREE_PACK:  # the prefix could not be cached (sliding-window attention)
+                return False
         t = tree.build([p.ids[shared:] for p in preps], [[i - shared for i in p.idx] for p in preps])
         packs, home = tree.packs(t, TREE_PACK)
         decoder, head = _plain_head(self.model)
@@ -381,6 +392,7 @@ class Engine:
             col = [cand.index(x) for x in p.cand]
             sel = torch.stack([read[v][0][col] - read[v][1] for v in t.reads[c]])  # log-probabilities
             out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), owned[c])
+        return True
 
     def _forward_rows(self, rows: list[int], preps: list[_Prepared], start: int, kv, out: list) -> None:
         """Forward `preps[rows]` from token `start` on (past key/values `kv` cover the tokens before)."""
