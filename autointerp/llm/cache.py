@@ -42,7 +42,7 @@ from autointerp.types import LLMCallRecord
 
 log = logging.getLogger("autointerp.llm")
 
-REMEMBER = 100_000  # token-probability answers a CachedLLM remembers for its run (0: none)
+REMEMBER = 20_000  # token-probability answers a CachedLLM remembers for its run (0: none; ~5 KB each)
 
 R = TypeVar("R", ChatResponse, TokenProbsResponse, StepwiseResponse)
 
