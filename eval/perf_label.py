@@ -44,6 +44,7 @@ from autointerp.store import Store
 from autointerp.types import now
 
 ENGINES = ("plain", "unpacked", "prepacked", "ungrouped", "rows")
+BEFORE_TREE = ("plain", "ungrouped", "rows")  # variants without the token tree and the run's memory
 
 
 def engine_variant(variant: str, main: str) -> None:
@@ -56,10 +57,10 @@ def engine_variant(variant: str, main: str) -> None:
         local._default_plain_head = local._plain_head
     local._plain_head = (lambda model: None) if variant == "plain" else local._default_plain_head
     local.GROUP_ROWS = variant != "ungrouped"
-    local.TREE_ROWS = variant not in ("plain", "ungrouped", "rows")
+    local.TREE_ROWS = variant not in BEFORE_TREE
     if not hasattr(cache, "_default_remember"):
         cache._default_remember = cache.REMEMBER
-    cache.REMEMBER = 0 if variant in ("plain", "ungrouped", "rows") else cache._default_remember
+    cache.REMEMBER = 0 if variant in BEFORE_TREE else cache._default_remember
     packed = (main if variant == "ungrouped" else variant) == "prepacked"
     os.environ[ENV] = "1" if packed else "0"  # read by the LocalLLM that label() makes
 
@@ -217,7 +218,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "engine": engine,
         "prepacked_layers": prepacked_layers(local) if local else None,
         "row_groups": engine != "ungrouped",
-        "tree": engine not in ("plain", "ungrouped", "rows"),
+        "tree": engine not in BEFORE_TREE,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "units": len(unit_ids),
         "failures": len(summary.failures),

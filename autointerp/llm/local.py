@@ -77,6 +77,12 @@ class _Prepared:
     cand: list[int]  # candidate token ids
     n_prompt: int = 0  # the prompt's tokens (`ids` stops at the last read: nothing reads past it)
 
+    @property
+    def first_read(self) -> int:
+        """The first token whose logits are read (the last token when none is): a shared prefix stops
+        before it."""
+        return min(self.idx, default=len(self.ids) - 1)
+
 
 @dataclass
 class _Steps:
@@ -315,7 +321,7 @@ class Engine:
             for i in rows:  # no prefix shared in this batch worth a pass: each may match the LRU
                 before = self.stats["forward_tokens"]
                 p = preps[i]
-                cut = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
+                cut = p.first_read
                 kv = self._prefix_kv(p.ids[:cut]) if cut >= MIN_REUSE else None
                 self._forward_rows([i], preps, cut if kv is not None else 0, kv, out)
                 out[i] = (*out[i][:2], self.stats["forward_tokens"] - before)
@@ -329,8 +335,7 @@ class Engine:
         import torch
 
         if len(preps) == 1:  # one prompt: from the LRU's best match up to its first read
-            p = preps[0]
-            shared = min(min(p.idx, default=len(p.ids) - 1), len(p.ids) - 1)
+            shared = preps[0].first_read
         else:
             _, shared = _batch_group(preps)
         longest = max(len(p.ids) for p in preps)
@@ -345,8 +350,9 @@ class Engine:
         packs, home = tree.packs(t, TREE_PACK)
         decoder, head = _plain_head(self.model)
         dtype = next(self.model.parameters()).dtype
-        read: dict = {v: None for nodes in t.reads for v in nodes}  # read node -> (candidate logits, lse)
+        slot = {v: i for i, v in enumerate(dict.fromkeys(v for nodes in t.reads for v in nodes))}
         cand = sorted({c for p in preps for c in p.cand})
+        logp = torch.empty(len(slot), len(cand), device=self.device)  # per read node: log-probabilities
         per_pass = max(1, BATCH_TOKENS // TREE_PACK)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         for k in range(0, len(packs), per_pass):
@@ -369,17 +375,17 @@ class Engine:
                 **kwargs,
             ).last_hidden_state
             wanted = [  # the read nodes at home in this pass's packs
-                (b, j, v) for b, p in enumerate(group) for j, v in enumerate(p) if home[v] == k + b
+                (b, j, slot[v])
+                for b, p in enumerate(group)
+                for j, v in enumerate(p)
+                if home[v] == k + b and v in slot
             ]
-            wanted = [w for w in wanted if w[2] in read]
             for a in range(0, len(wanted), HEAD_ROWS):
-                part = wanted[a : a + HEAD_ROWS]
-                rows = torch.tensor([b for b, _, _ in part], device=self.device)
-                cols = torch.tensor([j for _, j, _ in part], device=self.device)
+                rows, cols, at = (
+                    torch.tensor(x, device=self.device) for x in zip(*wanted[a : a + HEAD_ROWS], strict=True)
+                )
                 logits = head(hidden[rows, cols]).float()
-                lse, picked = logits.logsumexp(-1), logits[:, cand]
-                for n, (_, _, v) in enumerate(part):
-                    read[v] = (picked[n], lse[n])
+                logp[at] = logits[:, cand] - logits.logsumexp(-1, keepdim=True)
             self.stats["forward_tokens"] += sum(map(len, group))
             self.stats["reused_tokens"] += shared * len(group)
         owned = [0] * len(preps)
@@ -390,7 +396,7 @@ class Engine:
                 out[c] = ([], [], owned[c])
                 continue
             col = [cand.index(x) for x in p.cand]
-            sel = torch.stack([read[v][0][col] - read[v][1] for v in t.reads[c]])  # log-probabilities
+            sel = logp[[slot[v] for v in t.reads[c]]][:, col]
             out[c] = (sel.softmax(-1).tolist(), sel.logsumexp(-1).exp().tolist(), owned[c])
         return True
 
@@ -585,7 +591,7 @@ def _past(kv, rows: int) -> dict:  # noqa: ANN001
 def _batch_group(preps: list[_Prepared]) -> tuple[list[int], int]:
     """All rows as one group from the batch's common prefix (the engine before grouping)."""
     shared = _lcp([p.ids for p in preps]) if len(preps) > 1 else 0
-    shared = min(shared, *(min(p.idx, default=len(p.ids) - 1) for p in preps))
+    shared = min(shared, *(p.first_read for p in preps))
     return list(range(len(preps))), shared
 
 
@@ -605,7 +611,7 @@ def _row_groups(preps: list[_Prepared]) -> list[tuple[list[int], int]]:
         return [_batch_group(preps)]
     order = sorted(range(n), key=lambda i: preps[i].ids)
     ids = [preps[i].ids for i in order]
-    cap = [min(preps[i].idx, default=len(preps[i].ids) - 1) for i in order]
+    cap = [preps[i].first_read for i in order]
     adj = [_lcp2(ids[k], ids[k + 1]) for k in range(n - 1)]  # with the next row in sorted order
 
     def prefix(run: list[int]) -> int:
