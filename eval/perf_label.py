@@ -19,8 +19,11 @@ groups with their own, no tree: the engine before #16), `rows` (row groups, no t
 answers remembered across units: the label run before the token tree); the main run is
 `prepacked` when AUTOINTERP_PREPACK=1, else `unpacked`, both in tree mode (`llm/tree.py`) where the
 model allows it, with the run's token-probability answers remembered (`llm.cache.REMEMBER`: the
-null reads of the shared random windows are made once). Each run
-records its `engine` variant and the load average before and after (the machine is shared).
+null reads of the shared random windows are made once) and the element-wise ops fused
+(`llm/fused.py`, torch.compile; not with prepacking); `eager` is the main run without the fusing
+(the variants before the tree run eager too). The engine is set up (and compiled) before each run's
+clock starts. Each run records its `engine` variant, `fused_modules` and the load average before
+and after (the machine is shared).
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ from autointerp.score import ScoreSettings
 from autointerp.store import Store
 from autointerp.types import now
 
-ENGINES = ("plain", "unpacked", "prepacked", "ungrouped", "rows")
+ENGINES = ("plain", "unpacked", "prepacked", "ungrouped", "rows", "eager")
 BEFORE_TREE = ("plain", "ungrouped", "rows")  # variants without the token tree and the run's memory
+UNFUSED = (*BEFORE_TREE, "eager")  # variants with the eager element-wise ops (no llm/fused.py)
 
 
-def engine_variant(variant: str, main: str) -> None:
+def engine_variant(variant: str, main: str, source: str | None) -> None:
     """Run the local engine as `variant` from the next `label` on (see the module docstring); `main`:
-    the main run's variant, whose prepacking `ungrouped` keeps."""
-    from autointerp.llm import cache, local
+    the main run's variant, whose prepacking `ungrouped` keeps. The loaded engine of `source` is set
+    up now (prepacked, compiled), before the run is timed."""
+    from autointerp.llm import cache, fused, local
     from autointerp.llm.prepack import ENV
 
     if not hasattr(local, "_default_plain_head"):
@@ -62,7 +67,20 @@ def engine_variant(variant: str, main: str) -> None:
         cache._default_remember = cache.REMEMBER
     cache.REMEMBER = 0 if variant in BEFORE_TREE else cache._default_remember
     packed = (main if variant == "ungrouped" else variant) == "prepacked"
+    fuse = variant not in UNFUSED and not packed
     os.environ[ENV] = "1" if packed else "0"  # read by the LocalLLM that label() makes
+    os.environ[fused.ENV] = "1" if fuse else "0"
+    if source is not None:
+        engine = local.load_engine(source)
+        engine.set_prepack(packed)
+        engine.set_fuse(fuse)
+
+
+def fused_modules(source: str) -> int:
+    """How many modules of the loaded local model run compiled (fused) now."""
+    from autointerp.llm.local import load_engine
+
+    return load_engine(source).fused
 
 
 def time_forwards(source: str) -> dict[str, float]:
@@ -170,7 +188,7 @@ def main() -> None:
 def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str, engine: str) -> dict:  # noqa: ANN001
     """Label the units once with no LLM cache, with simulator mode `mode` and engine variant `engine`;
     the figures as a dict."""
-    engine_variant(engine, args.main_engine)
+    engine_variant(engine, args.main_engine, local)
     if forwards is not None:
         forwards["seconds"] = 0.0
     # each measurement labels its own copy of the recorded store: nothing is skipped as already done
@@ -217,6 +235,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "simulator_mode": mode,
         "engine": engine,
         "prepacked_layers": prepacked_layers(local) if local else None,
+        "fused_modules": fused_modules(local) if local else None,
         "row_groups": engine != "ungrouped",
         "tree": engine not in BEFORE_TREE,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

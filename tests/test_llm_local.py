@@ -182,7 +182,7 @@ def test_prepacked_linears_give_the_logits_within_bf16_rounding():
 
     from autointerp.llm import prepack
 
-    llm = LocalLLM("smollm2-135m", prepack=False)
+    llm = LocalLLM("smollm2-135m", prepack=False, fuse=False)
     eng = llm.engine
     if not prepack.supported(eng.model):
         pytest.skip("no oneDNN packed linear here")
@@ -199,6 +199,35 @@ def test_prepacked_linears_give_the_logits_within_bf16_rounding():
         assert (packed.argmax(-1) == plain.argmax(-1)).float().mean() > 0.95
         assert eng.set_prepack(False) == 0
         assert torch.equal(eng.model(input_ids=ids).logits.float(), plain)
+
+
+def test_fused_blocks_give_the_readings_within_bf16_rounding():
+    """SmolLM2 in bf16 as `LocalLLM` loads it by default: its MLPs and RMSNorms compiled into fused
+    kernels (llm/fused.py); the month readings agree with the eager model's to within bf16 rounding,
+    and putting the eager forwards back gives the eager logits bit for bit."""
+    import torch
+
+    from autointerp.llm import fused
+
+    eng = LocalLLM("smollm2-135m", prepack=False, fuse=False).engine
+    if not fused.supported(eng.model):
+        pytest.skip("not a bf16 CPU model here")
+    ids = eng.tok([f"{PREFIX}{w}\t" for w in WORDS[:2]], return_tensors="pt")["input_ids"]
+    reqs = _requests(WORDS)
+    eager_probs = asyncio.run(LocalLLM("smollm2-135m", prepack=False, fuse=False).token_probs_many(reqs))
+    with torch.inference_mode():
+        eager = eng.model(input_ids=ids).logits.float()
+    llm = LocalLLM("smollm2-135m", prepack=False)  # the default: fused
+    assert llm.engine is eng and eng.fused == fused.count(eng.model) == 30 + 2 * 30 + 1
+    got = asyncio.run(llm.token_probs_many(reqs))
+    for a, b in zip(got, eager_probs, strict=True):
+        ea = sum(int(k) * v for k, v in a.probs[0].items())
+        eb = sum(int(k) * v for k, v in b.probs[0].items())
+        assert ea == pytest.approx(eb, abs=0.15)  # the expected digit, 0-9
+        assert a.mass[0] == pytest.approx(b.mass[0], abs=0.02)
+    assert eng.set_fuse(False) == 0
+    with torch.inference_mode():
+        assert torch.equal(eng.model(input_ids=ids).logits.float(), eager)
 
 
 def test_gathered_lm_head_gives_the_same_probabilities():

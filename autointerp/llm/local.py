@@ -107,6 +107,7 @@ class Engine:
         default_factory=lambda: {"forward_tokens": 0, "reused_tokens": 0, "trims": 0, "trim_s": 0.0}
     )
     prepacked: int = 0  # linear layers running on prepacked bf16 weights (llm/prepack.py)
+    fused: int = 0  # modules running compiled, fused element-wise kernels (llm/fused.py)
 
     def set_prepack(self, on: bool) -> int:
         """Prepack the model's bf16 linear layers (on CPU with oneDNN; elsewhere nothing changes; the
@@ -117,6 +118,8 @@ class Engine:
 
         with self.lock:
             if on and not self.prepacked:
+                if self.fused:  # a compiled MLP would trace the packed layers: eager first
+                    self._unfuse()
                 self.prepacked = prepack.prepack_linears(self.model)
             elif not on and self.prepacked:
                 prepack.unpack_linears(self.model)
@@ -125,6 +128,31 @@ class Engine:
                 return self.prepacked
             self.prefixes.clear()
             return self.prepacked
+
+    def set_fuse(self, on: bool) -> int:
+        """Compile the MLPs and RMSNorms into fused kernels (llm/fused.py: bf16 on CPU, unpacked
+        linears; elsewhere, or where compiling fails, nothing changes) or put the eager forwards back;
+        how many modules run compiled now. The prefix cache is emptied on a change."""
+        from autointerp.llm import fused
+
+        with self.lock:
+            if on and not self.fused:
+                self.fused = fused.fuse_blocks(self.model)
+                if not self.fused:
+                    return 0
+            elif not on and self.fused:
+                self._unfuse()
+            else:
+                return self.fused
+            self.prefixes.clear()
+            return self.fused
+
+    def _unfuse(self) -> None:
+        from autointerp.llm import fused
+
+        fused.unfuse_blocks(self.model)
+        self.fused = 0
+        self.prefixes.clear()
 
     def _release(self) -> None:
         """After a batch: hand the C heap's freed memory back to the system (`llm/malloc.py`)."""
@@ -767,10 +795,13 @@ class LocalLLM(LLM):
         dtype: str = "bfloat16",
         prefix_cache: bool = True,
         prepack: bool | None = None,
+        fuse: bool | None = None,
     ):
         """`prepack`: run the linear layers on prepacked bf16 weights where supported (CPU, oneDNN);
-        None: on unless AUTOINTERP_PREPACK=0. The engine is shared per process: the last LocalLLM
-        to load it sets it."""
+        None: off unless AUTOINTERP_PREPACK=1. `fuse`: compile the element-wise ops into fused
+        kernels where supported (llm/fused.py; not with prepacking); None: on unless
+        AUTOINTERP_FUSE=0. The engine is shared per process: the last LocalLLM to load it sets both."""
+        from autointerp.llm import fused
         from autointerp.llm.prepack import enabled_by_env
 
         self.spec = f"local:{source}"
@@ -778,6 +809,7 @@ class LocalLLM(LLM):
         self.dtype = dtype
         self.prefix_cache = prefix_cache
         self.prepack = enabled_by_env() if prepack is None else prepack
+        self.fuse = fused.enabled_by_env() if fuse is None else fuse
         self.model = resolve(source)[0] + ("" if dtype == "bfloat16" else f"@{dtype}")
         self._engine: Engine | None = None
         self._pending = PerLoop(list)  # (prepared, future) waiting for the next batch
@@ -788,6 +820,7 @@ class LocalLLM(LLM):
         if self._engine is None:
             engine = load_engine(self.source, self.dtype)
             engine.set_prepack(self.prepack)
+            engine.set_fuse(self.fuse and not self.prepack)
             self._engine = engine
         return self._engine
 
