@@ -62,6 +62,7 @@ def test_fused_blocks_give_the_eager_numbers_within_bf16_rounding_and_unfuse_exa
     assert n == fused.count(eng.model) == 2 + 2 * 2 + 1  # two MLPs, two norms per layer, the final norm
     assert not eng.prefixes  # emptied: the next key/values are computed the fused way
     assert eng.set_fuse(True) == n  # already fused: nothing recompiled
+    assert fused.fuse_blocks(eng.model) == n  # nor when asked directly
     out = _logits(eng.model, IDS)
     assert (out - eager).abs().max() <= 0.02 * eager.abs().max()
     one = _logits(eng.model, IDS[:1, :1])  # one row: the second compiled shape, no error

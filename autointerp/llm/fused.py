@@ -69,6 +69,8 @@ def fuse_blocks(model) -> int:  # noqa: ANN001
 
     if not supported(model):
         return 0
+    if done := count(model):  # already compiled
+        return done
     targets = _targets(model)
     for m in targets:
         m.forward = _flat(torch.compile(m.forward, dynamic=True))
