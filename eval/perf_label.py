@@ -76,13 +76,6 @@ def engine_variant(variant: str, main: str, source: str | None) -> None:
         engine.set_fuse(fuse)
 
 
-def fused_modules(source: str) -> int:
-    """How many modules of the loaded local model run compiled (fused) now."""
-    from autointerp.llm.local import load_engine
-
-    return load_engine(source).fused
-
-
 def time_forwards(source: str) -> dict[str, float]:
     """Load the local model now and time every forward pass it makes (generation steps included): the
     model's forward, and its decoder's when the engine calls that alone (outermost calls only)."""
@@ -110,11 +103,15 @@ def outermost(timed_fn, plain_fn, state: dict):  # noqa: ANN001, ANN201
     return wrapper
 
 
-def prepacked_layers(source: str) -> int:
-    """How many linear layers of the loaded local model run prepacked now."""
+def engine_state(source: str | None) -> dict[str, int | None]:
+    """How the loaded local model of `source` runs now: linear layers prepacked, modules compiled
+    (fused); None for both without a local model."""
+    if source is None:
+        return {"prepacked_layers": None, "fused_modules": None}
     from autointerp.llm.local import load_engine
 
-    return load_engine(source).prepacked
+    engine = load_engine(source)
+    return {"prepacked_layers": engine.prepacked, "fused_modules": engine.fused}
 
 
 def where_tokens_go(store: Store, since: str, source: str, n_units: int) -> dict[str, float]:
@@ -234,8 +231,7 @@ def measure(args, store: Store, unit_ids: list[str], local, forwards, mode: str,
         "explainer": args.explainer,
         "simulator_mode": mode,
         "engine": engine,
-        "prepacked_layers": prepacked_layers(local) if local else None,
-        "fused_modules": fused_modules(local) if local else None,
+        **engine_state(local),
         "row_groups": engine != "ungrouped",
         "tree": engine not in BEFORE_TREE,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -118,16 +118,19 @@ def warm_up(targets: list) -> None:
                 m(torch.zeros(rows, key[1], dtype=torch.bfloat16))
 
 
+def _compiled(model) -> list:  # noqa: ANN001
+    """The target modules running a compiled forward (an instance attribute over the class's)."""
+    return [m for m in _targets(model) if "forward" in vars(m)]
+
+
 def unfuse_blocks(model) -> int:  # noqa: ANN001
     """Put the eager forwards back; how many modules were compiled."""
-    n = 0
-    for m in _targets(model):
-        if "forward" in vars(m):
-            del m.forward
-            n += 1
-    return n
+    compiled = _compiled(model)
+    for m in compiled:
+        del m.forward
+    return len(compiled)
 
 
 def count(model) -> int:  # noqa: ANN001
     """How many modules of `model` run compiled now."""
-    return sum("forward" in vars(m) for m in _targets(model))
+    return len(_compiled(model))

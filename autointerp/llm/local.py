@@ -138,16 +138,14 @@ class Engine:
         with self.lock:
             if on and not self.fused:
                 self.fused = fused.fuse_blocks(self.model)
-                if not self.fused:
-                    return 0
+                if self.fused:
+                    self.prefixes.clear()
             elif not on and self.fused:
                 self._unfuse()
-            else:
-                return self.fused
-            self.prefixes.clear()
             return self.fused
 
     def _unfuse(self) -> None:
+        """Put the eager forwards back and empty the prefix cache (the caller holds the lock)."""
         from autointerp.llm import fused
 
         fused.unfuse_blocks(self.model)
